@@ -1,0 +1,1 @@
+"""Ingestion: discover, load, chunk, embed and upsert documents; prune what was removed."""

@@ -1,0 +1,161 @@
+"""The one sync routine: make the store hold exactly the current chunks of a folder's documents."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ingest.chunker import chunk_document
+from ingest.discover import discover
+from ingest.loaders import LoadError, load_document
+from retrieval.store import ChunkPoint, DocState, VectorStore
+
+log = logging.getLogger(__name__)
+
+CHUNKER_REVISION = "1"
+
+Embed = Callable[[Sequence[str]], np.ndarray]
+CountTokens = Callable[[str], int]
+
+
+@dataclass
+class SyncSummary:
+    """What one sync did."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        return (
+            f"files: {self.added} added, {self.changed} changed, {self.unchanged} unchanged, "
+            f"{self.removed} removed, {len(self.failed)} failed; chunks: {self.chunks_written} written, "
+            f"{self.chunks_deleted} deleted; {self.seconds:.1f} s"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "added": self.added, "changed": self.changed, "unchanged": self.unchanged,
+            "removed": self.removed, "failed": [{"file": f, "reason": r} for f, r in self.failed],
+            "chunks_written": self.chunks_written, "chunks_deleted": self.chunks_deleted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class ChunkingOptions:
+    target_tokens: int = 220
+    overlap_tokens: int = 32
+
+    def fingerprint(self) -> bytes:
+        """Part of each document version, so that new chunking settings re-chunk every file."""
+        return f"|chunker={CHUNKER_REVISION}|{self.target_tokens}|{self.overlap_tokens}".encode()
+
+
+def document_id(path: Path) -> str:
+    """Stable id of a file: its absolute path."""
+    return path.resolve().as_posix()
+
+
+def _complete(state: DocState) -> bool:
+    return state.chunk_count > 0 and state.points == state.chunk_count
+
+
+def sync_folder(
+    root: Path,
+    store: VectorStore,
+    embed: Embed,
+    count_tokens: CountTokens,
+    options: ChunkingOptions = ChunkingOptions(),
+    batch_size: int = 32,
+    on_file: Callable[[Path, str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> SyncSummary:
+    """Add, replace and prune the chunks of ``root``'s documents so the store matches the folder.
+
+    New chunks are written (and waited for) before a document's old version is deleted, so a
+    reader never sees a document vanish. A file that cannot be read or decoded is reported in
+    the summary and left as it was in the store.
+    """
+    started = time.perf_counter()
+    root = root.resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    summary = SyncSummary()
+    inventory = store.inventory()
+    files = discover(root)
+    if on_start:
+        on_start(len(files))
+    present: set[str] = set()
+    for path in files:
+        doc_id = document_id(path)
+        present.add(doc_id)
+        outcome = _sync_file(path, doc_id, inventory.get(doc_id, {}), store, embed, count_tokens, options, batch_size, summary)
+        if on_file:
+            on_file(path, outcome)
+    prefix = root.as_posix().rstrip("/") + "/"
+    for doc_id, versions in inventory.items():
+        if doc_id.startswith(prefix) and doc_id not in present:
+            store.delete_doc(doc_id)
+            summary.removed += 1
+            summary.chunks_deleted += sum(s.points for s in versions.values())
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _sync_file(
+    path: Path, doc_id: str, versions: dict[str, DocState], store: VectorStore, embed: Embed,
+    count_tokens: CountTokens, options: ChunkingOptions, batch_size: int, summary: SyncSummary,
+) -> str:
+    """Bring one file up to date; returns its outcome (added, changed, unchanged, failed)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        summary.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
+        return "failed"
+    version = hashlib.sha256(data + options.fingerprint()).hexdigest()[:32]
+    stale = sum(s.points for v, s in versions.items() if v != version)
+    if version in versions and _complete(versions[version]):
+        if stale:
+            store.delete_doc(doc_id, keep_version=version)
+            summary.chunks_deleted += stale
+        summary.unchanged += 1
+        return "unchanged"
+    try:
+        document = load_document(path, data)
+    except LoadError as exc:
+        summary.failed.append((str(path), str(exc)))
+        return "failed"
+    texts = chunk_document(document.text, document.title, count_tokens, options.target_tokens, options.overlap_tokens)
+    if not texts:
+        summary.failed.append((str(path), "no text"))
+        return "failed"
+    uri = path.resolve().as_uri()
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        vectors = embed(batch)
+        summary.chunks_written += store.upsert(
+            ChunkPoint(doc_id, version, start + i, len(texts), document.title, uri, text, vectors[i])
+            for i, text in enumerate(batch)
+        )
+    previous = sum(s.points for s in versions.values())
+    if previous:
+        store.delete_doc(doc_id, keep_version=version)
+        summary.chunks_deleted += stale
+    if versions:
+        summary.changed += 1
+        return "changed"
+    summary.added += 1
+    return "added"

@@ -1,0 +1,1 @@
+"""Retrieval: embed queries, search Qdrant, assemble context under a token budget."""

@@ -1,0 +1,59 @@
+"""Context assembly: the best hits, numbered for citation, under a token budget."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from retrieval.store import Hit
+
+# Lines that could pose as the prompt frame's own structure are defused: retrieved text is data.
+_FRAME_LINE = re.compile(r"^\s*(#{3,}|question\s*:|answer\s*:|sources\s*:|\[\d+\])", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The text placed in the prompt and the hits it cites, in citation order ([1] first)."""
+
+    text: str
+    sources: tuple[Hit, ...]
+    tokens: int
+
+
+def defuse(text: str) -> str:
+    """Neutralise lines of retrieved text that mimic the prompt frame's markers."""
+    return _FRAME_LINE.sub(lambda m: "- " + m.group(0).lstrip(), text).strip()
+
+
+def format_source(number: int, hit: Hit) -> str:
+    """One numbered source block."""
+    title = " ".join(hit.title.split()) or hit.doc_id
+    return f"[{number}] {title}\n{defuse(hit.text)}"
+
+
+def assemble_context(
+    hits: Sequence[Hit], budget_tokens: int, count_tokens: Callable[[str], int], min_score: float = 0.0,
+) -> Context:
+    """Take hits best-first while they fit the budget; skip duplicates and low scores.
+
+    A hit that does not fit is skipped rather than ending the assembly, so a long chunk
+    never crowds out a shorter, lower-ranked one that fits.
+    """
+    chosen: list[Hit] = []
+    blocks: list[str] = []
+    used = 0
+    seen: set[str] = set()
+    for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+        key = " ".join(hit.text.split())
+        if hit.score < min_score or not key or key in seen:
+            continue
+        block = format_source(len(chosen) + 1, hit)
+        cost = count_tokens(block + "\n\n")
+        if used + cost > budget_tokens:
+            continue
+        seen.add(key)
+        chosen.append(hit)
+        blocks.append(block)
+        used += cost
+    return Context(text="\n\n".join(blocks), sources=tuple(chosen), tokens=used)

@@ -1,0 +1,190 @@
+"""Typed settings for every package: defaults, then ``SMALLFIRST_*`` variables, then CLI flags.
+
+They live at the base of the import graph (service -> retrieval, ingest -> retrieval) so that
+the service, the ingest CLI and the worker all read the one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "SMALLFIRST_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "smallfirst"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the service, the CLI and ingestion."""
+
+    # Network
+    host: str = _opt("127.0.0.1", "Address the service listens on.")
+    port: int = _opt(8000, "Port the service listens on.")
+    # Storage
+    data_dir: Path = field(
+        default_factory=_default_data_dir,
+        metadata={"help": "Folder for the embedded Qdrant store and other state."},
+    )
+    qdrant_url: str | None = _opt(None, "Qdrant server URL; unset uses the embedded store in DATA_DIR/qdrant.")
+    qdrant_api_key: str | None = _opt(None, "API key for the Qdrant server.")
+    collection: str = _opt("docs", "Qdrant collection holding the document chunks.")
+    # Embedding
+    embed_model: str | None = _opt(None, "Sentence-transformers model folder; unset uses the bundled all-MiniLM-L6-v2.")
+    embed_batch_size: int = _opt(32, "Chunks embedded per batch.")
+    query_cache_size: int = _opt(2048, "Query vectors kept in the LRU cache.")
+    # Chunking
+    chunk_tokens: int = _opt(220, "Target size of a chunk in embedding-model tokens.")
+    chunk_overlap_tokens: int = _opt(32, "Tokens of the previous chunk repeated at the start of the next.")
+    # Small model
+    model_path: str | None = _opt(None, "GGUF file of the small model; unset uses the bundled Gemma 3 270M.")
+    model_threads: int = _opt(0, "Threads for llama.cpp; 0 uses every core.")
+    answer_ctx: int = _opt(2048, "Context window of the answer context in tokens.")
+    complete_ctx: int = _opt(1024, "Context window of the autocomplete context in tokens.")
+    prefill_step_tokens: int = _opt(32, "Prompt tokens evaluated per scheduler step (bounds how long a keystroke waits).")
+    # Retrieval and answers
+    top_k: int = _opt(4, "Chunks retrieved for an answer when the request gives no top_k.")
+    max_top_k: int = _opt(16, "Largest top_k a request may ask for.")
+    min_score: float = _opt(0.2, "Hits scoring below this cosine similarity are not used as context.")
+    context_tokens: int = _opt(360, "Token budget of the retrieved context in an answer prompt.")
+    answer_max_tokens: int = _opt(200, "Most tokens generated for an answer.")
+    answer_temperature: float = _opt(0.2, "Sampling temperature for answers.")
+    complete_max_tokens: int = _opt(16, "Default and upper bound of max_tokens for autocomplete.")
+    # Limits
+    max_frame_bytes: int = _opt(65536, "Largest WebSocket frame answered normally; 4x this closes with 1009.")
+    max_question_chars: int = _opt(2000, "Longest question accepted.")
+    max_text_chars: int = _opt(8000, "Longest autocomplete text accepted (only its tail is used).")
+    rate_limit_per_s: float = _opt(30.0, "Messages per second allowed on one connection (token bucket).")
+    rate_burst: int = _opt(60, "Burst size of the per-connection rate limit.")
+    max_inflight: int = _opt(4, "Requests one connection may have in flight.")
+    answer_queue_limit: int = _opt(16, "Answers waiting for the model before new ones get 'busy'.")
+    idle_timeout_s: float = _opt(600.0, "Close a connection that sent nothing for this long.")
+    allowed_origins: tuple[str, ...] = _opt((), "Extra browser origins allowed on the WebSocket (comma separated).")
+    api_token: str | None = _opt(None, "Require this bearer token on the WebSocket and the API.")
+    log_level: str = _opt("info", "Log level: debug, info, warning, error.")
+
+    @property
+    def qdrant_path(self) -> Path:
+        """Folder of the embedded Qdrant store."""
+        return self.data_dir / "qdrant"
+
+    def validate(self) -> "Settings":
+        """Reject values that would fail later and less clearly."""
+        positive = (
+            "port", "embed_batch_size", "query_cache_size", "chunk_tokens", "answer_ctx", "complete_ctx",
+            "prefill_step_tokens", "top_k", "max_top_k", "context_tokens", "answer_max_tokens",
+            "complete_max_tokens", "max_frame_bytes", "max_question_chars", "max_text_chars",
+            "rate_burst", "max_inflight", "answer_queue_limit",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.chunk_overlap_tokens < self.chunk_tokens:
+            raise SettingsError("chunk_overlap_tokens must be at least 0 and below chunk_tokens")
+        if self.port > 65535:
+            raise SettingsError(f"port must be at most 65535, got {self.port}")
+        if self.model_threads < 0:
+            raise SettingsError("model_threads must be 0 (all cores) or positive")
+        if self.rate_limit_per_s <= 0 or self.idle_timeout_s <= 0:
+            raise SettingsError("rate_limit_per_s and idle_timeout_s must be positive")
+        if self.answer_temperature < 0:
+            raise SettingsError("answer_temperature must not be negative")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        return self
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from the environment, then explicit overrides (None means 'not given')."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = parse_value(hints[f.name], env[name], name)
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+        return cls(**values).validate()
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """Strip ``Optional`` from a type hint; say whether it was optional."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def parse_value(hint: Any, raw: str, source: str) -> Any:
+    """Convert one textual value to the field's type, with an error that names its source."""
+    base, optional = _base_type(hint)
+    text = raw.strip()
+    if optional and text == "":
+        return None
+    try:
+        if base is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if typing.get_origin(base) is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if base is Path:
+            return Path(text).expanduser()
+        return base(text)
+    except ValueError as exc:
+        raise SettingsError(f"{source}={raw!r} is not a valid value: {exc}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add one ``--flag`` per setting (or per named setting), documented with its variable."""
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        base, _ = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default {shown}]"
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                flag, dest=f.name, default=None, metavar=f.name.upper(),
+                type=lambda raw, h=hints[f.name], fl=flag: _parse_flag(h, raw, fl), help=help_text,
+            )
+
+
+def _parse_flag(hint: Any, raw: str, flag: str) -> Any:
+    try:
+        return parse_value(hint, raw, flag)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags given on the command line."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    return Settings.load(**{k: v for k, v in vars(args).items() if k in names})

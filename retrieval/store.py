@@ -1,0 +1,197 @@
+"""The Qdrant store: one code path for the embedded folder and a Qdrant server."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from qdrant_client import QdrantClient, models
+
+from retrieval.errors import RetrievalUnavailable, StoreLocked
+
+log = logging.getLogger(__name__)
+
+POINT_NAMESPACE = uuid.UUID("6f2a4f0e-1c1e-5b8e-9a57-5d9a1c3f7e21")
+PAYLOAD_KEYS = ("doc_id", "doc_version")
+
+
+def point_id(doc_id: str, doc_version: str, chunk_index: int) -> str:
+    """Deterministic id of one chunk: the same document content always yields the same ids."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{doc_id}\x00{doc_version}\x00{chunk_index}"))
+
+
+@dataclass(frozen=True)
+class ChunkPoint:
+    """A chunk ready to be written: its vector and payload."""
+
+    doc_id: str
+    doc_version: str
+    chunk_index: int
+    chunk_count: int
+    title: str
+    uri: str
+    text: str
+    vector: Sequence[float]
+
+    @property
+    def id(self) -> str:
+        return point_id(self.doc_id, self.doc_version, self.chunk_index)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "text": self.text, "doc_id": self.doc_id, "doc_version": self.doc_version,
+            "chunk_index": self.chunk_index, "chunk_count": self.chunk_count,
+            "title": self.title, "uri": self.uri,
+        }
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    doc_id: str
+    doc_version: str
+    chunk_index: int
+    title: str
+    uri: str
+    text: str
+
+    @classmethod
+    def from_point(cls, point: models.ScoredPoint) -> "Hit":
+        p = point.payload or {}
+        return cls(
+            id=str(point.id), score=float(point.score), doc_id=str(p.get("doc_id", "")),
+            doc_version=str(p.get("doc_version", "")), chunk_index=int(p.get("chunk_index", 0)),
+            title=str(p.get("title", "")), uri=str(p.get("uri", "")), text=str(p.get("text", "")),
+        )
+
+
+@dataclass
+class DocState:
+    """What the store holds for one document version."""
+
+    points: int = 0
+    chunk_count: int = 0
+
+
+class VectorStore:
+    """Collection schema, writes, inventory and search over one Qdrant collection."""
+
+    def __init__(self, client: QdrantClient, collection: str, dimension: int) -> None:
+        self.client = client
+        self.collection = collection
+        self.dimension = dimension
+
+    @classmethod
+    def open(
+        cls, collection: str, dimension: int, *, path: Path | None = None,
+        url: str | None = None, api_key: str | None = None,
+    ) -> "VectorStore":
+        """Open a Qdrant server (``url``) or the embedded store folder (``path``) and ensure the collection."""
+        try:
+            if url:
+                client = QdrantClient(url=url, api_key=api_key, timeout=10)
+            else:
+                assert path is not None, "either url or path is required"
+                path.mkdir(parents=True, exist_ok=True)
+                client = QdrantClient(path=str(path))
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise StoreLocked(
+                    f"the embedded store {path} is in use by another process (is `smallfirst serve` running?); "
+                    "stop it first, or set SMALLFIRST_QDRANT_URL to share a Qdrant server"
+                ) from None
+            raise RetrievalUnavailable(f"cannot open the vector store: {exc}") from exc
+        store = cls(client, collection, dimension)
+        try:
+            store.ensure_collection()
+        except StoreLocked:
+            raise
+        except Exception as exc:
+            client.close()
+            raise RetrievalUnavailable(f"cannot reach the vector store: {exc}") from exc
+        return store
+
+    def ensure_collection(self) -> None:
+        """Create the collection and its payload indexes if missing; check the vector size."""
+        if not self.client.collection_exists(self.collection):
+            self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
+            )
+            with warnings.catch_warnings():  # the embedded store has no payload indexes and says so
+                warnings.simplefilter("ignore", UserWarning)
+                for key in PAYLOAD_KEYS:
+                    self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+            return
+        info = self.client.get_collection(self.collection)
+        vectors = info.config.params.vectors
+        size = vectors.size if isinstance(vectors, models.VectorParams) else None
+        if size is not None and size != self.dimension:
+            raise RetrievalUnavailable(
+                f"collection {self.collection!r} holds {size}-d vectors but the embedder makes "
+                f"{self.dimension}-d ones; use another collection or re-create it"
+            )
+
+    def upsert(self, points: Iterable[ChunkPoint]) -> int:
+        """Write chunks and wait until they are stored; returns how many were written."""
+        batch = [models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload()) for p in points]
+        if batch:
+            self.client.upsert(self.collection, points=batch, wait=True)
+        return len(batch)
+
+    def delete_doc(self, doc_id: str, keep_version: str | None = None) -> None:
+        """Delete a document's chunks, all of them or every version but ``keep_version``."""
+        must = [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
+        must_not = []
+        if keep_version is not None:
+            must_not.append(models.FieldCondition(key="doc_version", match=models.MatchValue(value=keep_version)))
+        self.client.delete(
+            self.collection,
+            points_selector=models.FilterSelector(filter=models.Filter(must=must, must_not=must_not)),
+            wait=True,
+        )
+
+    def inventory(self) -> dict[str, dict[str, DocState]]:
+        """Every stored document with, per version, its point count and expected chunk count."""
+        docs: dict[str, dict[str, DocState]] = {}
+        offset: Any = None
+        while True:
+            points, offset = self.client.scroll(
+                self.collection, limit=1024, offset=offset,
+                with_payload=["doc_id", "doc_version", "chunk_count"], with_vectors=False,
+            )
+            for point in points:
+                p = point.payload or {}
+                state = docs.setdefault(str(p.get("doc_id")), {}).setdefault(str(p.get("doc_version")), DocState())
+                state.points += 1
+                state.chunk_count = int(p.get("chunk_count", 0))
+            if offset is None:
+                return docs
+
+    def search(self, vector: Sequence[float], top_k: int) -> list[Hit]:
+        """The ``top_k`` chunks nearest to ``vector`` by cosine similarity."""
+        try:
+            result = self.client.query_points(
+                self.collection, query=list(map(float, vector)), limit=top_k, with_payload=True,
+            )
+        except Exception as exc:
+            raise RetrievalUnavailable(f"search failed: {exc}") from exc
+        return [Hit.from_point(point) for point in result.points]
+
+    def count(self) -> int:
+        """Number of stored chunks."""
+        return int(self.client.count(self.collection, exact=True).count)
+
+    def close(self) -> None:
+        """Release the store (and, in embedded mode, its folder lock)."""
+        try:
+            self.client.close()
+        except Exception:  # closing twice or after a failure is harmless
+            log.debug("closing the store failed", exc_info=True)

@@ -1,0 +1,1 @@
+"""The service: Litestar app, WebSocket protocol, request pipelines, model backends."""

@@ -1,0 +1,126 @@
+"""The Litestar app: demo page, health, source files and the WebSocket endpoint."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from litestar import Litestar, MediaType, Request, Response, WebSocket, get, websocket
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.response import File
+from litestar.static_files import create_static_files_router
+from qdrant_client import models
+
+from retrieval.errors import SmallfirstError
+from retrieval.settings import Settings
+from service.runtime import Runtime
+from service.session import POLICY_VIOLATION, Session
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> bool:
+    """Same origin, localhost, or an origin named in ``allowed_origins``; no Origin header (non-browser) is fine."""
+    if not origin:
+        return True
+    if origin.rstrip("/") in {o.rstrip("/") for o in settings.allowed_origins}:
+        return True
+    parts = urlsplit(origin)
+    return parts.netloc == host or (parts.hostname or "") in LOCAL_HOSTS
+
+
+def token_ok(connection: ASGIConnection, settings: Settings) -> bool:
+    """The bearer token from the Authorization header or the ``token`` query parameter."""
+    if not settings.api_token:
+        return True
+    header = connection.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else connection.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), settings.api_token.encode())
+
+
+def _runtime(state: State) -> Runtime:
+    return state.runtime  # type: ignore[no-any-return]
+
+
+@get("/", media_type=MediaType.HTML, include_in_schema=False)
+async def index() -> File:
+    return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type=MediaType.HTML)
+
+
+@get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(state: State) -> Response[dict[str, object]]:
+    runtime = _runtime(state)
+    body: dict[str, object] = {"status": runtime.state}
+    if runtime.error:
+        body["error"] = runtime.error
+    if runtime.ready:
+        body["model"] = runtime.model_name
+        body["load_seconds"] = round(runtime.load_seconds, 2)
+    return Response(body, status_code=200 if runtime.ready else 503)
+
+
+@get("/api/source")
+async def source(request: Request, state: State, doc_id: str) -> File:
+    """The original file of an ingested document (only files the store holds are served)."""
+    runtime = _runtime(state)
+    if not token_ok(request, runtime.settings):
+        raise NotAuthorizedException("missing or wrong bearer token")
+    runtime.require_ready()
+    store = runtime.store
+    assert store is not None
+    flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
+    known = await runtime.in_store_thread(lambda: store.client.count(store.collection, count_filter=flt).count)
+    path = Path(doc_id)
+    if not known or not path.is_file():
+        raise NotFoundException("no such document")
+    media = MediaType.HTML if path.suffix.lower() in (".html", ".htm") else MediaType.TEXT
+    return File(path, content_disposition_type="inline", media_type=media)
+
+
+@websocket("/ws")
+async def ws_endpoint(socket: WebSocket) -> None:
+    runtime = _runtime(socket.app.state)
+    settings = runtime.settings
+    if not origin_allowed(socket.headers.get("origin"), socket.headers.get("host"), settings) or not token_ok(socket, settings):
+        await socket.close(code=POLICY_VIOLATION, reason="origin or token not allowed")
+        return
+    await Session(socket, runtime, settings).run()
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the service; models and the store load in the background after start-up."""
+    runtime = Runtime(settings)
+
+    async def start(app: Litestar) -> None:
+        runtime.start()
+
+    async def stop(app: Litestar) -> None:
+        await runtime.close()
+
+    def smallfirst_error(request: Request, exc: SmallfirstError) -> Response[dict[str, object]]:
+        status = 503 if exc.retryable else 400
+        return Response({"code": exc.code, "message": exc.message, "retryable": exc.retryable}, status_code=status)
+
+    return Litestar(
+        route_handlers=[
+            index, healthz, readyz, source, ws_endpoint,
+            create_static_files_router(path="/static", directories=[WEB_DIR]),
+        ],
+        on_startup=[start],
+        on_shutdown=[stop],
+        state=State({"runtime": runtime}),
+        exception_handlers={SmallfirstError: smallfirst_error},
+        debug=False,
+    )

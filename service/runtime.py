@@ -1,0 +1,125 @@
+"""Everything the service loads once: scheduler, store, embedder, small-model contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from retrieval.embedder import Embedder
+from retrieval.errors import Busy, RetrievalUnavailable, SmallfirstError
+from retrieval.settings import Settings
+from retrieval.store import Hit, VectorStore
+from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
+from service.scheduler import CpuScheduler, Priority
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Loads the components in the background and hands them out once ready."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.scheduler = CpuScheduler()
+        # qdrant-client's embedded store keeps a SQLite connection bound to the thread that opened it.
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smallfirst-store")
+        self.state = "loading"
+        self.error: str | None = None
+        self.model_name = ""
+        self.store: VectorStore | None = None
+        self.embedder: Embedder | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.answer_model: LocalBackend | None = None
+        self.complete_model: LocalBackend | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.load_seconds = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self._task = asyncio.get_running_loop().create_task(self._load())
+
+    async def wait_ready(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        try:
+            model_path = Path(s.model_path) if s.model_path else await asyncio.to_thread(bundled_model_path)
+            self.model_name = model_path.name
+            threads = s.model_threads
+            self.embedder = await self.scheduler.run(
+                Priority.CONTROL, lambda: Embedder(s.embed_model, s.query_cache_size, threads)
+            )
+            dimension = self.embedder.dimension
+            self.store = await self.in_store_thread(
+                lambda: VectorStore.open(s.collection, dimension, path=s.qdrant_path, url=s.qdrant_url, api_key=s.qdrant_api_key)
+            )
+            self.tokenizer = await asyncio.to_thread(Tokenizer, model_path)
+            self.complete_model = await LocalBackend.load(
+                "small", model_path, s.complete_ctx, threads, self.scheduler, Priority.KEYSTROKE,
+                prefill_step=max(s.prefill_step_tokens, 64), queue_limit=s.answer_queue_limit,
+            )
+            self.answer_model = await LocalBackend.load(
+                "small", model_path, s.answer_ctx, threads, self.scheduler, Priority.ANSWER,
+                prefill_step=s.prefill_step_tokens, queue_limit=s.answer_queue_limit,
+            )
+            self.load_seconds = time.perf_counter() - started
+            self.state = "ready"
+            log.info("ready in %.1f s: model %s, collection %r", self.load_seconds, model_path, s.collection)
+        except SmallfirstError as exc:
+            self._fail(exc.message)
+        except Exception as exc:  # anything else is a bug, but the health endpoints must still answer
+            log.exception("loading failed")
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str) -> None:
+        self.state = "failed"
+        self.error = message
+        log.error("not ready: %s", message)
+
+    def require_ready(self) -> None:
+        if self.state == "failed":
+            raise Busy(f"the service failed to start: {self.error}")
+        if not self.ready:
+            raise Busy("the service is still loading its models; try again in a few seconds")
+
+    async def in_store_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
+
+    async def embed_query(self, text: str) -> Any:
+        """The query vector: from the cache on the loop, else computed on the scheduler."""
+        assert self.embedder is not None
+        if self.embedder.is_cached(text):
+            return self.embedder.embed_query(text)
+        return await self.scheduler.run(Priority.ANSWER, self.embedder.embed_query, text)
+
+    async def search(self, vector: Any, top_k: int) -> list[Hit]:
+        assert self.store is not None
+        store = self.store
+        try:
+            return await self.in_store_thread(lambda: store.search(vector, top_k))
+        except RetrievalUnavailable:
+            raise
+        except Exception as exc:
+            raise RetrievalUnavailable(f"search failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.store is not None:
+            store = self.store
+            await self.in_store_thread(store.close)
+        self._store_thread.shutdown(wait=False)
+        self.scheduler.stop()

@@ -1,0 +1,131 @@
+"""One CPU scheduler: heavy work runs one step at a time on one thread, most urgent first.
+
+On a 2-core machine two llama.cpp computations at once run 4x slower each, so every model
+step, prefill batch and embedding batch goes through here. Work is cut into small steps, so a
+keystroke waits at most for the one step already running. The thread is also the single owner
+of every llama.cpp context: no other thread touches one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from enum import IntEnum
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Priority(IntEnum):
+    """Lower runs first."""
+
+    CONTROL = 0
+    KEYSTROKE = 1
+    ANSWER = 2
+    INGEST = 3
+
+
+class SchedulerClosed(RuntimeError):
+    """The scheduler was stopped."""
+
+
+class CpuScheduler:
+    """A priority queue drained by one worker thread."""
+
+    def __init__(self, name: str = "smallfirst-cpu") -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._closed = False
+        self.steps = 0
+        self.busy_s = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def thread_id(self) -> int | None:
+        return self._thread.ident
+
+    async def run(self, priority: Priority, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread; cancelling the caller drops a job not yet started."""
+        if self._closed:
+            raise SchedulerClosed("the scheduler is stopped")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((int(priority), next(self._order), (fn, args, future, loop)))
+        return await future
+
+    def call(self, priority: Priority, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread and block the calling (non-loop) thread for it."""
+        if self._closed:
+            raise SchedulerClosed("the scheduler is stopped")
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # handed back to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self._queue.put((int(priority), next(self._order), (job, (), None, None)))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the running step; queued jobs are dropped."""
+        self._closed = True
+        self._queue.put((-1, -1, None))
+        if self._thread.is_alive() and threading.get_ident() != self._thread.ident:
+            self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            _, _, item = self._queue.get()
+            if item is None:
+                return
+            fn, args, future, loop = item
+            if future is not None and future.cancelled():
+                continue
+            started = time.perf_counter()
+            try:
+                value = fn(*args)
+            except BaseException as exc:
+                _hand_back(future, loop, None, exc)
+            else:
+                _hand_back(future, loop, value, None)
+            finally:
+                self.steps += 1
+                self.busy_s += time.perf_counter() - started
+
+
+def _hand_back(future: Any, loop: Any, value: Any, error: BaseException | None) -> None:
+    """Resolve an awaited job's future on its loop; a loop already closed no longer cares."""
+    if future is None:
+        if error is not None:
+            log.error("scheduler job failed", exc_info=error)
+        return
+    try:
+        loop.call_soon_threadsafe(_settle, future, value, error)
+    except RuntimeError:
+        pass
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
