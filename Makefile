@@ -29,7 +29,8 @@ test: install
 	$(BIN)/python -m pytest -ra
 
 bench: install
-	@ls bench/*.py >/dev/null 2>&1 && for script in bench/*.py; do $(BIN)/python $$script || exit 1; done || echo "no bench scripts yet"
+	@set -e; found=0; for script in bench/*.py; do [ -f "$$script" ] || continue; found=1; $(BIN)/python "$$script"; done; \
+	[ $$found = 1 ] || echo "no bench scripts yet"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,172 @@
+// smallfirst widget: ghost-text autocomplete and streamed answers over one WebSocket.
+// Plain ES module, no build step. Model output is always rendered with textContent.
+
+/** Open a protocol client on `url` (default: this page's /ws); reconnects after a drop. */
+export function connect(url = defaultUrl()) {
+  const handlers = new Map();
+  const listeners = new Set();
+  let socket = null;
+  let counter = 0;
+  let backoff = 250;
+  const client = {
+    ready: null,
+    nextId(prefix) { counter += 1; return `${prefix}${Date.now().toString(36)}-${counter}`; },
+    /** Send a request frame; `on` receives every frame for its id until done or error. */
+    request(frame, on) {
+      handlers.set(frame.id, on);
+      if (!send(frame)) { handlers.delete(frame.id); on({ type: "error", id: frame.id, code: "busy", message: "not connected", retryable: true }); }
+    },
+    cancel(id) { send({ type: "cancel", id }); },
+    onStatus(fn) { listeners.add(fn); },
+  };
+  function send(frame) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+  function status(text) { listeners.forEach((fn) => fn(text)); }
+  function open() {
+    socket = new WebSocket(url);
+    socket.onopen = () => { backoff = 250; };
+    socket.onmessage = (event) => {
+      let frame;
+      try { frame = JSON.parse(event.data); } catch { return; }
+      if (frame.type === "ready") { client.ready = frame; status(`connected · ${frame.model}`); return; }
+      const on = handlers.get(frame.id);
+      if (on) on(frame);
+      if (frame.type === "done" || frame.type === "error") handlers.delete(frame.id);
+    };
+    socket.onclose = () => {
+      status("disconnected · retrying");
+      for (const [id, on] of handlers) on({ type: "error", id, code: "busy", message: "connection lost", retryable: true });
+      handlers.clear();
+      setTimeout(open, backoff);
+      backoff = Math.min(backoff * 2, 5000);
+    };
+  }
+  open();
+  return client;
+}
+
+function defaultUrl() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/ws`;
+}
+
+/**
+ * Ghost-text autocomplete on a textarea laid over a mirror element.
+ * `mirror` holds two spans: the typed text (invisible) and the suggestion (grey).
+ */
+export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150, maxTokens = 16 } = {}) {
+  const typed = mirror.querySelector(".typed");
+  const ghost = mirror.querySelector(".ghost");
+  let timer = null;
+  let current = null; // { id, text } of the request whose suggestion may be painted
+  let suggestion = "";
+
+  function paint() {
+    typed.textContent = textarea.value;
+    const atEnd = textarea.selectionStart === textarea.value.length && textarea.selectionEnd === textarea.value.length;
+    ghost.textContent = atEnd ? suggestion : "";
+    mirror.scrollTop = textarea.scrollTop;
+  }
+  function clear() {
+    if (current) client.cancel(current.id);
+    current = null;
+    suggestion = "";
+    paint();
+  }
+  function request() {
+    const text = textarea.value;
+    if (!text.trim()) { clear(); return; }
+    const id = client.nextId("c");
+    current = { id, text };
+    suggestion = "";
+    client.request({ type: "complete", id, text, max_tokens: maxTokens }, (frame) => {
+      // Paint only a suggestion for exactly the text now in the box: a stale one is dropped.
+      if (!current || current.id !== frame.id || textarea.value !== current.text) return;
+      if (frame.type === "token") { suggestion += frame.text; paint(); }
+    });
+  }
+  textarea.addEventListener("input", () => {
+    const previous = current ? current.text + suggestion : null;
+    const text = textarea.value;
+    // Typing into the suggestion keeps the rest of it without a new request.
+    if (current && previous && previous.startsWith(text) && text.length > current.text.length && text.startsWith(current.text)) {
+      suggestion = previous.slice(text.length);
+      current = { id: current.id, text };
+      paint();
+      if (suggestion) return;
+    } else {
+      suggestion = "";
+      paint();
+    }
+    clearTimeout(timer);
+    timer = setTimeout(request, debounceMs);
+  });
+  textarea.addEventListener("keydown", (event) => {
+    if (event.key === "Tab" && suggestion) {
+      event.preventDefault();
+      textarea.value += suggestion;
+      textarea.selectionStart = textarea.selectionEnd = textarea.value.length;
+      current = null;
+      suggestion = "";
+      paint();
+      clearTimeout(timer);
+      timer = setTimeout(request, debounceMs);
+    } else if (event.key === "Escape") {
+      clearTimeout(timer);
+      clear();
+    }
+  });
+  textarea.addEventListener("scroll", paint);
+  textarea.addEventListener("click", paint);
+  textarea.addEventListener("keyup", paint);
+  paint();
+}
+
+function sourceHref(source) {
+  if (/^https?:\/\//.test(source.uri)) return source.uri;
+  return `/api/source?doc_id=${encodeURIComponent(source.doc_id)}`;
+}
+
+/** Ask `question` and stream the answer and its sources into `view` ({answer, sources, meta}). Returns a stop function. */
+export function askInto(view, client, question, { topK } = {}) {
+  const id = client.nextId("a");
+  view.answer.textContent = "";
+  view.sources.replaceChildren();
+  view.meta.textContent = "retrieving…";
+  const frame = { type: "ask", id, question };
+  if (topK) frame.top_k = topK;
+  client.request(frame, (msg) => {
+    if (msg.type === "sources") {
+      view.meta.textContent = "generating…";
+      for (const [i, source] of msg.sources.entries()) {
+        const item = document.createElement("li");
+        const link = document.createElement("a");
+        link.href = sourceHref(source);
+        link.target = "_blank";
+        link.rel = "noopener";
+        link.textContent = `[${i + 1}] ${source.title}`;
+        const score = document.createElement("span");
+        score.className = "score";
+        score.textContent = ` ${source.score.toFixed(2)}`;
+        const snippet = document.createElement("p");
+        snippet.textContent = source.snippet;
+        item.append(link, score, snippet);
+        view.sources.append(item);
+      }
+      if (!msg.sources.length) view.sources.textContent = "No matching sources.";
+    } else if (msg.type === "token") {
+      view.answer.textContent += msg.text;
+    } else if (msg.type === "done") {
+      const t = msg.timings_ms;
+      view.meta.textContent = `${msg.finish} · ${msg.tier} · first token ${t.first_token ?? "–"} ms · total ${t.total} ms · ${msg.usage.completion_tokens} tokens`;
+      view.onDone?.();
+    } else if (msg.type === "error") {
+      view.meta.textContent = `error (${msg.code}): ${msg.message}`;
+      view.onDone?.();
+    }
+  });
+  return () => client.cancel(id);
+}
