@@ -122,33 +122,32 @@ def chunk_document(
     limit = max(16, target_tokens - 24)
     units = units_of(text, title, limit, count)
     chunks: list[str] = []
-    body: list[str] = []
-    body_tokens = 0
-    trail: tuple[str, ...] = ()
+    body: list[Unit] = []
 
-    def flush() -> None:
-        nonlocal body, body_tokens
-        if any(not _HEADING.match(b) for b in body):
-            crumb = " › ".join(trail)
-            chunks.append("\n\n".join([crumb, *body] if crumb else body))
-        body, body_tokens = [], 0
+    def flush() -> list[Unit]:
+        """Emit the chunk; trailing headings are handed back to open the next chunk."""
+        nonlocal body
+        held: list[Unit] = []
+        while body and body[-1].is_heading:
+            held.insert(0, body.pop())
+        if body:
+            first = body[0]
+            crumb = " › ".join(first.trail[:-1] if first.is_heading else first.trail)
+            texts = [u.text for u in body]
+            chunks.append("\n\n".join([crumb, *texts] if crumb else texts))
+        body = []
+        return held
 
     for unit in units:
-        if unit.is_heading and body_tokens >= target_tokens // 2:
-            flush()
-        has_text = any(not _HEADING.match(b) for b in body)
-        if has_text and body_tokens + unit.tokens > limit:
+        size = sum(u.tokens for u in body)
+        if unit.is_heading and size >= target_tokens // 2:
+            body = flush()
+        elif not unit.is_heading and size + unit.tokens > limit and any(not u.is_heading for u in body):
             last = body[-1]
-            carried = ""
-            if not unit.is_heading and not _HEADING.match(last) and overlap_tokens > 0:
-                carried = _tail(last, overlap_tokens, count)
-            flush()
-            if carried:
-                trail = unit.trail
-                body, body_tokens = [carried], count(carried)
-        if not body:
-            trail = unit.trail[:-1] if unit.is_heading else unit.trail
-        body.append(unit.text)
-        body_tokens += unit.tokens
+            carried = _tail(last.text, overlap_tokens, count) if overlap_tokens > 0 and not last.is_heading else ""
+            body = flush()
+            if carried and not body:
+                body = [Unit(carried, unit.trail, count(carried))]
+        body.append(unit)
     flush()
     return chunks

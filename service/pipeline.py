@@ -83,7 +83,10 @@ class Request:
         }
         return {
             "type": "done", "id": self.id, "finish": finish, "tier": "small",
-            "usage": {"prompt_tokens": self.stats.prompt_tokens, "completion_tokens": self.stats.completion_tokens},
+            "usage": {
+                "prompt_tokens": self.stats.prompt_tokens, "completion_tokens": self.stats.completion_tokens,
+                "cached_tokens": self.stats.cached_tokens,
+            },
             "cost_usd": 0.0, "timings_ms": timings,
         }
 

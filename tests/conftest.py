@@ -1,0 +1,110 @@
+"""Shared fixtures: the real embedder, a fixture corpus, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FIXTURE_DOCS = Path(__file__).parent / "fixtures" / "docs"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from retrieval.embedder import Embedder
+
+    return Embedder(cache_size=64)
+
+
+@pytest.fixture
+def docs_dir(tmp_path: Path) -> Path:
+    """A writable copy of the fixture corpus."""
+    target = tmp_path / "docs"
+    shutil.copytree(FIXTURE_DOCS, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def smallfirst(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI."""
+    return subprocess.run(
+        [str(BIN / "smallfirst"), *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+class Server:
+    """A real `smallfirst serve` process on a free port."""
+
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.env = {"SMALLFIRST_DATA_DIR": str(data_dir), "SMALLFIRST_PORT": str(self.port), **(extra_env or {})}
+        self.log = data_dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = 180) -> "Server":
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "smallfirst"), "serve"], env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.http + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The fixture corpus ingested with the real CLI, served by a real server process."""
+    data_dir = tmp_path_factory.mktemp("served")
+    docs = data_dir / "docs"
+    shutil.copytree(FIXTURE_DOCS, docs)
+    result = smallfirst("ingest", str(docs), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    srv = Server(data_dir).start()
+    yield srv
+    srv.stop()
