@@ -1,0 +1,204 @@
+"""End to end through a real server process and a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import Server
+
+pytestmark = pytest.mark.slow
+
+
+async def recv(ws: Any, timeout: float = 60) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def until_done(ws: Any, request_id: str, timeout: float = 90) -> list[dict[str, Any]]:
+    """Every frame up to this request's done or error (frames of other ids included)."""
+    frames: list[dict[str, Any]] = []
+    while True:
+        frame = await recv(ws, timeout)
+        frames.append(frame)
+        if frame.get("id") == request_id and frame["type"] in ("done", "error"):
+            return frames
+
+
+def of(frames: list[dict[str, Any]], request_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [f for f in frames if f.get("id") == request_id and (kind is None or f["type"] == kind)]
+
+
+async def connected(server: Server, **kw: Any):
+    ws = await websockets.connect(server.ws, max_size=None, **kw)
+    ready = await recv(ws)
+    assert ready["type"] == "ready" and ready["protocol"] == 1
+    return ws
+
+
+def test_health_and_readiness(server: Server) -> None:
+    assert httpx.get(server.http + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(server.http + "/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    page = httpx.get(server.http + "/")
+    assert page.status_code == 200 and "widget.js" in page.text
+    assert httpx.get(server.http + "/static/widget.js").status_code == 200
+
+
+def test_ask_streams_sources_then_tokens_then_done(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "a1", "question": "When does the lighthouse museum close?"}))
+            return await until_done(ws, "a1")
+    frames = asyncio.run(scenario())
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "sources" and kinds[-1] == "done", kinds
+    assert kinds.count("token") >= 3 and set(kinds) == {"sources", "token", "done"}
+    sources = frames[0]["sources"]
+    assert Path(sources[0]["doc_id"]).name == "lighthouse.md" and sources[0]["title"] == "Harbor Lighthouse"
+    assert {"doc_id", "title", "uri", "chunk_index", "score", "snippet"} <= set(sources[0])
+    tokens = of(frames, "a1", "token")
+    assert [t["seq"] for t in tokens] == list(range(len(tokens)))
+    done = frames[-1]
+    assert done["finish"] in ("stop", "length") and done["tier"] == "small"
+    assert done["usage"]["completion_tokens"] >= len(tokens) and done["usage"]["prompt_tokens"] > 50
+    t = done["timings_ms"]
+    assert set(t) >= {"queue", "embed", "search", "prefill", "first_token", "total"}
+    assert 0 < t["first_token"] <= t["total"]
+
+
+def test_source_link_serves_only_ingested_files(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "s", "question": "sourdough starter feeding"}))
+            return await until_done(ws, "s")
+    source = asyncio.run(scenario())[0]["sources"][0]
+    served = httpx.get(server.http + "/api/source", params={"doc_id": source["doc_id"]})
+    assert served.status_code == 200 and "Sourdough" in served.text
+    assert httpx.get(server.http + "/api/source", params={"doc_id": "/etc/passwd"}).status_code == 404
+
+
+def test_complete_streams_and_a_new_keystroke_cancels_the_previous(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "complete", "id": "c1", "text": "The lighthouse museum opens at"}))
+            first = await until_done(ws, "c1")
+            await ws.send(json.dumps({"type": "complete", "id": "c2", "text": "Once upon a time", "max_tokens": 16}))
+            await ws.send(json.dumps({"type": "complete", "id": "c3", "text": "Once upon a time there"}))
+            frames = await until_done(ws, "c3")
+            while not of(frames, "c2", "done"):
+                frames.append(await recv(ws))
+            return first, frames
+    first, frames = asyncio.run(scenario())
+    assert of(first, "c1", "token") and of(first, "c1", "done")[0]["finish"] in ("stop", "length")
+    c2_done = of(frames, "c2", "done")[0]
+    assert c2_done["finish"] == "cancelled"
+    after_done = frames[frames.index(c2_done) + 1:]
+    assert not of(after_done, "c2")  # nothing for c2 after its done
+    assert of(frames, "c3", "token") and of(frames, "c3", "done")[0]["finish"] in ("stop", "length")
+
+
+def test_cancel_stops_an_answer(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "long", "question": "Tell me everything about Mount Kessler."}))
+            frames = []
+            while not of(frames, "long", "token"):
+                frames.append(await recv(ws))
+            await ws.send(json.dumps({"type": "cancel", "id": "long"}))
+            frames += await until_done(ws, "long")
+            await ws.send(json.dumps({"type": "ping", "ts": 1}))
+            pong = await recv(ws, 10)
+            return frames, pong
+    frames, pong = asyncio.run(scenario())
+    done = of(frames, "long", "done")[0]
+    assert done["finish"] == "cancelled"
+    assert done["usage"]["completion_tokens"] < 20
+    assert pong == {"type": "pong", "ts": 1}
+
+
+@pytest.mark.parametrize("frame, code, request_id", [
+    ("{not json", "bad_request", None),
+    ("[1, 2]", "bad_request", None),
+    ('{"id": "x"}', "bad_request", "x"),
+    ('{"type": "teleport", "id": "x"}', "bad_request", "x"),
+    ('{"type": "ask", "id": "x"}', "bad_request", "x"),
+    ('{"type": "ask", "id": "x", "question": "   "}', "bad_request", "x"),
+    ('{"type": "ask", "id": "x", "question": "hi", "top_k": 1000}', "bad_request", "x"),
+    ('{"type": "ask", "id": "x", "question": "hi", "collection": "other"}', "bad_request", "x"),
+    ('{"type": "complete", "text": "hi"}', "bad_request", None),
+    ('{"type": "complete", "id": "x", "text": 5}', "bad_request", "x"),
+    ('{"type": "ask", "id": "x", "question": "' + "q" * 2500 + '"}', "too_large", "x"),
+])
+def test_bad_input_gets_an_error_and_the_socket_stays_usable(server: Server, frame: str, code: str, request_id: Any) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(frame)
+            error = await recv(ws, 10)
+            await ws.send(json.dumps({"type": "ping", "ts": "still here"}))
+            return error, await recv(ws, 10)
+    error, pong = asyncio.run(scenario())
+    assert error["type"] == "error" and error["code"] == code and error["id"] == request_id, error
+    assert error["message"] and error["retryable"] is False
+    assert pong["type"] == "pong"
+
+
+def test_binary_and_oversized_frames(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(b"\x00\x01")
+            binary = await recv(ws, 10)
+            await ws.send(json.dumps({"type": "ping", "pad": "x" * 70_000}))
+            too_large = await recv(ws, 10)
+            await ws.send(json.dumps({"type": "ping", "ts": 2}))
+            pong = await recv(ws, 10)
+        async with await connected(server) as ws:
+            await ws.send("x" * 300_000)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(ws, 10)
+        return binary, too_large, pong, closed.value
+    binary, too_large, pong, closed = asyncio.run(scenario())
+    assert binary["code"] == "bad_request" and too_large["code"] == "too_large" and pong["ts"] == 2
+    assert closed.rcvd is not None and closed.rcvd.code == 1009
+    assert server.alive()
+
+
+def test_duplicate_id_in_flight_is_refused(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "d", "question": "Who won the chess club title?"}))
+            await ws.send(json.dumps({"type": "ask", "id": "d", "question": "again"}))
+            return await until_done(ws, "d")
+    frames = asyncio.run(scenario())
+    errors = of(frames, "d", "error")
+    assert errors and "already in flight" in errors[0]["message"]
+
+
+def test_foreign_origin_is_refused(server: Server) -> None:
+    async def scenario():
+        with pytest.raises(websockets.InvalidStatus):
+            await websockets.connect(server.ws, origin="https://evil.example")
+        ws = await connected(server, origin=f"http://127.0.0.1:{server.port}")
+        await ws.close()
+    asyncio.run(scenario())
+
+
+def test_closing_the_socket_stops_the_work(server: Server) -> None:
+    async def scenario():
+        ws = await connected(server)
+        await ws.send(json.dumps({"type": "ask", "id": "gone", "question": "Describe the volcano monitoring in detail."}))
+        await recv(ws)
+        await ws.close()
+        # The answer model is free again at once: the abandoned answer (up to 200 tokens,
+        # several seconds) is not finished for nobody.
+        async with await connected(server) as ws2:
+            await ws2.send(json.dumps({"type": "ask", "id": "next", "question": "Who was the club champion?"}))
+            frames = await until_done(ws2, "next", timeout=60)
+        return of(frames, "next", "done")[0]
+    done = asyncio.run(scenario())
+    assert done["finish"] in ("stop", "length") and done["timings_ms"]["queue"] < 500, done
