@@ -80,6 +80,22 @@ class DocState:
     chunk_count: int = 0
 
 
+def open_local_client(path: Path | None) -> QdrantClient:
+    """The embedded store in ``path``; a folder held by another process raises :class:`StoreLocked`."""
+    if path is None:
+        raise RetrievalUnavailable("the embedded store needs a folder (or set a Qdrant server URL)")
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=str(path))
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):
+            raise StoreLocked(
+                f"the embedded store {path} is in use by another process (is `smallfirst serve` or an ingest "
+                "running?); stop it first, or set SMALLFIRST_QDRANT_URL to share a Qdrant server"
+            ) from None
+        raise
+
+
 class VectorStore:
     """Collection schema, writes, inventory and search over one Qdrant collection."""
 
@@ -95,26 +111,18 @@ class VectorStore:
     ) -> "VectorStore":
         """Open a Qdrant server (``url``) or the embedded store folder (``path``) and ensure the collection."""
         try:
-            if url:
-                client = QdrantClient(url=url, api_key=api_key, timeout=10)
-            else:
-                assert path is not None, "either url or path is required"
-                path.mkdir(parents=True, exist_ok=True)
-                client = QdrantClient(path=str(path))
-        except RuntimeError as exc:
-            if "already accessed" in str(exc):
-                raise StoreLocked(
-                    f"the embedded store {path} is in use by another process (is `smallfirst serve` running?); "
-                    "stop it first, or set SMALLFIRST_QDRANT_URL to share a Qdrant server"
-                ) from None
+            client = QdrantClient(url=url, api_key=api_key, timeout=10) if url else open_local_client(path)
+        except StoreLocked:
+            raise
+        except Exception as exc:
             raise RetrievalUnavailable(f"cannot open the vector store: {exc}") from exc
         store = cls(client, collection, dimension)
         try:
             store.ensure_collection()
-        except StoreLocked:
-            raise
         except Exception as exc:
             client.close()
+            if isinstance(exc, RetrievalUnavailable):
+                raise
             raise RetrievalUnavailable(f"cannot reach the vector store: {exc}") from exc
         return store
 
@@ -184,6 +192,11 @@ class VectorStore:
         except Exception as exc:
             raise RetrievalUnavailable(f"search failed: {exc}") from exc
         return [Hit.from_point(point) for point in result.points]
+
+    def has_doc(self, doc_id: str) -> bool:
+        """Whether any chunk of ``doc_id`` is stored."""
+        flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
+        return int(self.client.count(self.collection, count_filter=flt, exact=True).count) > 0
 
     def count(self) -> int:
         """Number of stored chunks."""

@@ -13,7 +13,6 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.response import File
 from litestar.static_files import create_static_files_router
-from qdrant_client import models
 
 from retrieval.errors import SmallfirstError
 from retrieval.settings import Settings
@@ -80,8 +79,7 @@ async def source(request: Request, state: State, doc_id: str) -> File:
     runtime.require_ready()
     store = runtime.store
     assert store is not None
-    flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
-    known = await runtime.in_store_thread(lambda: store.client.count(store.collection, count_filter=flt).count)
+    known = await runtime.in_store_thread(lambda: store.has_doc(doc_id))
     path = Path(doc_id)
     if not known or not path.is_file():
         raise NotFoundException("no such document")

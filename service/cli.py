@@ -9,25 +9,13 @@ import sys
 from ingest import cli as ingest_cli
 from retrieval.errors import SmallfirstError
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
-from retrieval.store import VectorStore
+from retrieval.store import open_local_client
 
 
 def _check_store_free(settings: Settings) -> None:
     """Fail fast, with a clear message, when another process holds the embedded store."""
-    if settings.qdrant_url:
-        return
-    from qdrant_client import QdrantClient
-
-    settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-    try:
-        QdrantClient(path=str(settings.qdrant_path)).close()
-    except RuntimeError as exc:
-        if "already accessed" in str(exc):
-            raise SmallfirstError(
-                f"the embedded store {settings.qdrant_path} is in use by another process "
-                "(another `smallfirst serve` or a running ingest); stop it or set SMALLFIRST_QDRANT_URL"
-            ) from None
-        raise
+    if not settings.qdrant_url:
+        open_local_client(settings.qdrant_path).close()
 
 
 def serve(args: argparse.Namespace) -> int:

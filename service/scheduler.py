@@ -62,27 +62,6 @@ class CpuScheduler:
         self._queue.put((int(priority), next(self._order), (fn, args, future, loop)))
         return await future
 
-    def call(self, priority: Priority, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the worker thread and block the calling (non-loop) thread for it."""
-        if self._closed:
-            raise SchedulerClosed("the scheduler is stopped")
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def job() -> None:
-            try:
-                box["value"] = fn(*args)
-            except BaseException as exc:  # handed back to the caller
-                box["error"] = exc
-            finally:
-                done.set()
-
-        self._queue.put((int(priority), next(self._order), (job, (), None, None)))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the running step; queued jobs are dropped."""
         self._closed = True

@@ -1,0 +1,115 @@
+"""Time to first token through the real service: keystrokes (warm prefix vs cold text) and answers.
+
+Starts `smallfirst serve` on the bundled model with `docs/` ingested into a temporary store,
+then drives the WebSocket one request at a time (nothing else should run on the machine).
+Prints the figures last, in one plain line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TYPED = "The scheduler runs every heavy computation on one worker thread, so keystrokes come first."
+COLD = [
+    "Quarterly revenue grew", "My favourite mountain", "Please remember to", "Dear committee members,",
+    "The recipe calls for", "In the second chapter", "Our train leaves at", "Bring a warm jacket",
+    "The museum will reopen", "Children under twelve", "After the storm passed", "Every Thursday evening",
+]
+QUESTIONS = [
+    "How long does the first install take?", "What does the ingest summary print?",
+    "Which origins may connect to the WebSocket?", "How many tokens does a chunk hold?",
+    "What happens when a new complete arrives?", "Why does the service use one scheduler?",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def first_token(ws, frame: dict) -> float:
+    """Milliseconds from sending ``frame`` to its first token frame; drains to done."""
+    sent = time.perf_counter()
+    await ws.send(json.dumps(frame))
+    first = None
+    while True:
+        msg = json.loads(await ws.recv())
+        if msg.get("id") != frame["id"]:
+            continue
+        if msg["type"] == "token" and first is None:
+            first = (time.perf_counter() - sent) * 1000
+        if msg["type"] in ("done", "error"):
+            if msg["type"] == "error":
+                raise RuntimeError(msg)
+            return first if first is not None else (time.perf_counter() - sent) * 1000
+
+
+async def measure(url: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"warm": [], "cold": [], "ask": []}
+    async with websockets.connect(url) as ws:
+        await ws.recv()
+        await first_token(ws, {"type": "complete", "id": "w0", "text": TYPED[:10], "max_tokens": 8})
+        for i in range(11, len(TYPED) + 1):  # one keystroke after another, as typed
+            out["warm"].append(await first_token(ws, {"type": "complete", "id": f"k{i}", "text": TYPED[:i], "max_tokens": 8}))
+        for i, text in enumerate(COLD):  # unrelated texts: no reusable prefix
+            out["cold"].append(await first_token(ws, {"type": "complete", "id": f"n{i}", "text": text, "max_tokens": 8}))
+        await first_token(ws, {"type": "ask", "id": "a-warm", "question": "What is smallfirst?"})
+        for i, question in enumerate(QUESTIONS):
+            out["ask"].append(await first_token(ws, {"type": "ask", "id": f"a{i}", "question": question}))
+    return out
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SMALLFIRST_DATA_DIR": tmp, "HF_HUB_OFFLINE": "1"}
+        subprocess.run([str(BIN / "smallfirst"), "ingest", str(ROOT / "docs"), "--no-progress"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env["SMALLFIRST_PORT"] = str(port)
+        server = subprocess.Popen([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    print("server did not become ready", file=sys.stderr)
+                    return 1
+                time.sleep(0.3)
+            figures = asyncio.run(measure(f"ws://127.0.0.1:{port}/ws"))
+        finally:
+            server.terminate()
+            server.wait(20)
+    for name, values in figures.items():
+        print(f"{name:>5}: n={len(values)} p50={statistics.median(values):.1f} ms p95={pct(values, 0.95):.1f} ms max={max(values):.1f} ms")
+    warm, cold, ask = (statistics.median(figures[k]) for k in ("warm", "cold", "ask"))
+    print(
+        f"first_token keystroke_p50_ms={warm:.1f} keystroke_p95_ms={pct(figures['warm'], 0.95):.1f} "
+        f"cold_text_p50_ms={cold:.1f} cold_over_keystroke={cold / warm:.2f} "
+        f"ask_p50_ms={ask:.1f} ask_p95_ms={pct(figures['ask'], 0.95):.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
