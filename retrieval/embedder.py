@@ -55,7 +55,7 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Number of model tokens in ``text`` (without the special tokens)."""
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        return len(self._tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for many texts, shape (len(texts), dimension), float32, unit length."""
