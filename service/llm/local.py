@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
@@ -29,10 +30,11 @@ def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = Fa
 
     if not model_path.is_file():
         raise ConfigError(f"model file not found: {model_path}")
+    threads = threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
     try:
         return Llama(
-            str(model_path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads or None,
-            n_threads_batch=threads or None, swa_full=True, flash_attn=True, vocab_only=vocab_only,
+            str(model_path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads,
+            n_threads_batch=threads, swa_full=True, flash_attn=True, vocab_only=vocab_only,
             verbose=False,
         )
     except (ValueError, RuntimeError) as exc:
