@@ -107,9 +107,8 @@ def test_cancel_stops_an_answer(server: Server) -> None:
     async def scenario():
         async with await connected(server) as ws:
             await ws.send(json.dumps({"type": "ask", "id": "long", "question": "Tell me everything about Mount Kessler."}))
-            frames = []
-            while not of(frames, "long", "token"):
-                frames.append(await recv(ws))
+            frames = [await recv(ws)]
+            assert frames[0]["type"] == "sources"  # the prompt is now being evaluated, step by step
             await ws.send(json.dumps({"type": "cancel", "id": "long"}))
             frames += await until_done(ws, "long")
             await ws.send(json.dumps({"type": "ping", "ts": 1}))
@@ -118,7 +117,7 @@ def test_cancel_stops_an_answer(server: Server) -> None:
     frames, pong = asyncio.run(scenario())
     done = of(frames, "long", "done")[0]
     assert done["finish"] == "cancelled"
-    assert done["usage"]["completion_tokens"] < 20
+    assert done["usage"]["completion_tokens"] <= 1 and done["timings_ms"]["total"] < 1500
     assert pong == {"type": "pong", "ts": 1}
 
 
