@@ -67,6 +67,29 @@ class Settings:
     answer_max_tokens: int = _opt(200, "Most tokens generated for an answer.")
     answer_temperature: float = _opt(0.2, "Sampling temperature for answers.")
     complete_max_tokens: int = _opt(16, "Default and upper bound of max_tokens for autocomplete.")
+    # Routing and the large tier
+    grounding_threshold: float = _opt(0.24, "Top retrieval score below which an answer escalates (low_grounding); calibrated by `smallfirst calibrate`.")
+    hard_query_threshold: float = _opt(0.5, "Classifier probability above which a question is hard and escalates (hard_query).")
+    large_url: str | None = _opt(None, "Base URL of an OpenAI-compatible API for the large tier, e.g. http://host:8080/v1; unset disables it.")
+    large_model: str = _opt("large", "Model name sent to the large tier.")
+    large_api_key: str | None = _opt(None, "Bearer key for the large tier.")
+    large_send_context: bool = _opt(True, "Send retrieved document text to the large tier (off: the question alone).")
+    large_max_tokens: int = _opt(400, "Most tokens asked of the large tier for an answer.")
+    large_connect_timeout_s: float = _opt(3.0, "Connect timeout for the large tier.")
+    large_first_token_timeout_s: float = _opt(15.0, "Time allowed until the large tier's first token.")
+    large_token_timeout_s: float = _opt(10.0, "Time allowed between two tokens of the large tier.")
+    large_total_timeout_s: float = _opt(120.0, "Time allowed for a whole large-tier answer.")
+    large_retries: int = _opt(1, "Retries of a large-tier request that failed before its first token.")
+    breaker_failures: int = _opt(3, "Consecutive large-tier failures that open the circuit breaker.")
+    breaker_reset_s: float = _opt(30.0, "Seconds the open breaker waits before letting one trial request through.")
+    # Cost
+    small_price_in_per_m: float = _opt(0.0, "Small tier: USD per million prompt tokens (electricity/CPU, if you count it).")
+    small_price_out_per_m: float = _opt(0.0, "Small tier: USD per million generated tokens.")
+    large_price_in_per_m: float = _opt(2.5, "Large tier: USD per million prompt tokens.")
+    large_price_out_per_m: float = _opt(10.0, "Large tier: USD per million generated tokens.")
+    distill_log: Path | None = _opt(None, "Append every escalated request to this JSONL file (the next small model's training set).")
+    distill_max_bytes: int = _opt(50_000_000, "Rotate the distillation log past this size.")
+    distill_backups: int = _opt(5, "Rotated distillation logs kept.")
     # Limits
     max_frame_bytes: int = _opt(65536, "Largest WebSocket frame answered normally; 4x this closes with 1009.")
     max_question_chars: int = _opt(2000, "Longest question accepted.")
@@ -91,7 +114,9 @@ class Settings:
             "port", "embed_batch_size", "query_cache_size", "chunk_tokens", "answer_ctx", "complete_ctx",
             "prefill_step_tokens", "top_k", "max_top_k", "context_tokens", "answer_max_tokens",
             "complete_max_tokens", "max_frame_bytes", "max_question_chars", "max_text_chars",
-            "rate_burst", "max_inflight", "answer_queue_limit",
+            "rate_burst", "max_inflight", "answer_queue_limit", "large_max_tokens", "large_connect_timeout_s",
+            "large_first_token_timeout_s", "large_token_timeout_s", "large_total_timeout_s", "breaker_failures",
+            "breaker_reset_s", "distill_max_bytes",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -104,6 +129,11 @@ class Settings:
             raise SettingsError("model_threads must be 0 (all cores) or positive")
         if self.rate_limit_per_s <= 0 or self.idle_timeout_s <= 0:
             raise SettingsError("rate_limit_per_s and idle_timeout_s must be positive")
+        prices = (self.small_price_in_per_m, self.small_price_out_per_m, self.large_price_in_per_m, self.large_price_out_per_m)
+        if min(prices) < 0 or self.large_retries < 0 or self.distill_backups < 0:
+            raise SettingsError("prices, large_retries and distill_backups must not be negative")
+        if not 0 <= self.hard_query_threshold <= 1:
+            raise SettingsError("hard_query_threshold must be between 0 and 1")
         if self.answer_temperature < 0:
             raise SettingsError("answer_temperature must not be negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -70,6 +70,22 @@ async def readyz(state: State) -> Response[dict[str, object]]:
     return Response(body, status_code=200 if runtime.ready else 503)
 
 
+@get("/api/stats")
+async def stats(request: Request, state: State) -> dict[str, object]:
+    """Per-tier requests, tokens, cost and latency since start, plus escalation and fallback counts."""
+    runtime = _runtime(state)
+    if not token_ok(request, runtime.settings):
+        raise NotAuthorizedException("missing or wrong bearer token")
+    body = runtime.stats.as_dict()
+    body["large_tier"] = (
+        {"configured": True, "model": runtime.settings.large_model, "breaker": runtime.large.breaker.state}
+        if runtime.large is not None else {"configured": False}
+    )
+    if runtime.distill is not None:
+        body["distill"] = {"written": runtime.distill.written, "dropped": runtime.distill.dropped}
+    return body
+
+
 @get("/api/source")
 async def source(request: Request, state: State, doc_id: str) -> File:
     """The original file of an ingested document (only files the store holds are served)."""
@@ -113,7 +129,7 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            index, healthz, readyz, source, ws_endpoint,
+            index, healthz, readyz, stats, source, ws_endpoint,
             create_static_files_router(path="/static", directories=[WEB_DIR]),
         ],
         on_startup=[start],

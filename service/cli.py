@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ingest import cli as ingest_cli
+from service import calibrate
 from retrieval.errors import SmallfirstError
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
 from retrieval.store import open_local_client
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         description="Embed a folder of documents into the store.")
     ingest_cli.configure_parser(ingest_parser)
     ingest_parser.set_defaults(handler=ingest_cli.run)
+    calibrate_parser = commands.add_parser("calibrate", help="Choose the grounding threshold from labelled questions.",
+                                           description="Choose the grounding threshold from labelled questions.")
+    calibrate.configure_parser(calibrate_parser)
+    calibrate_parser.set_defaults(handler=calibrate.run)
     return parser
 
 

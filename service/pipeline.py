@@ -1,17 +1,22 @@
-"""The request pipelines: grounded answers and autocomplete, streamed as protocol frames."""
+"""The request pipelines: grounded answers (small first, large when needed) and autocomplete."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
-from retrieval.context import assemble_context
-from retrieval.errors import BadRequest
+from retrieval.context import Context, assemble_context
+from retrieval.errors import BadRequest, SmallfirstError, UpstreamTimeout
+from retrieval.settings import Settings
 from service.llm.base import GenerationStats
-from service.llm.prompts import ANSWER_STOPS, COMPLETE_STOPS, answer_prompt, complete_prompt
+from service.llm.prompts import (
+    ANSWER_STOPS, COMPLETE_STOPS, NOT_COVERED, answer_prompt, complete_prompt, large_prompt,
+)
+from service.llm.remote import LargeUnavailable
 from service.protocol import Ask, Complete, source_entry
+from service.router import Route, choose_tier
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,11 +39,13 @@ class TokenWriter:
         self._wake = asyncio.Event()
         self._closing = False
         self.seq = 0
+        self.text: list[str] = []
         self.first_sent_at: float | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def push(self, text: str) -> None:
         self._pending.append(text)
+        self.text.append(text)
         self._wake.set()
 
     async def _run(self) -> None:
@@ -63,56 +70,92 @@ class TokenWriter:
 
 
 class Request:
-    """Timing and usage of one request, for its ``done`` frame."""
+    """One request's timings, per-tier usage and output, for its ``done`` frame."""
 
-    def __init__(self, request_id: str, received: float) -> None:
+    def __init__(self, request_id: str, received: float, settings: Settings) -> None:
         self.id = request_id
         self.received = received
-        self.stats = GenerationStats()
+        self.settings = settings
+        self.segments: list[tuple[str, GenerationStats]] = []
         self.timings: dict[str, float] = {}
         self.writer: TokenWriter | None = None
+        self.route: Route | None = None
+
+    def segment(self, tier: str) -> GenerationStats:
+        """Usage of the next stretch of output, produced by ``tier``."""
+        stats = GenerationStats()
+        self.segments.append((tier, stats))
+        return stats
+
+    @property
+    def tier(self) -> str:
+        return self.segments[-1][0] if self.segments else "small"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.writer.text) if self.writer else ""
+
+    def cost_usd(self) -> float:
+        s = self.settings
+        prices = {"small": (s.small_price_in_per_m, s.small_price_out_per_m),
+                  "large": (s.large_price_in_per_m, s.large_price_out_per_m)}
+        total = 0.0
+        for tier, stats in self.segments:
+            price_in, price_out = prices[tier]
+            total += (stats.prompt_tokens * price_in + stats.completion_tokens * price_out) / 1e6
+        return round(total, 8)
 
     def done_frame(self, finish: str) -> dict[str, Any]:
         now = time.perf_counter()
         first = self.writer.first_sent_at if self.writer else None
+        head = self.segments[0][1] if self.segments else GenerationStats()
         timings = {
-            "queue": round(self.stats.queue_ms, 1), **self.timings,
-            "prefill": round(self.stats.prefill_ms, 1),
-            "first_token": _ms(first - self.received) if first else None,
-            "total": _ms(now - self.received),
+            "queue": round(head.queue_ms, 1), **self.timings, "prefill": round(head.prefill_ms, 1),
+            "first_token": _ms(first - self.received) if first else None, "total": _ms(now - self.received),
+        }
+        usage = {
+            "prompt_tokens": sum(s.prompt_tokens for _, s in self.segments),
+            "completion_tokens": sum(s.completion_tokens for _, s in self.segments),
+            "cached_tokens": sum(s.cached_tokens for _, s in self.segments),
         }
         return {
-            "type": "done", "id": self.id, "finish": finish, "tier": "small",
-            "usage": {
-                "prompt_tokens": self.stats.prompt_tokens, "completion_tokens": self.stats.completion_tokens,
-                "cached_tokens": self.stats.cached_tokens,
-            },
-            "cost_usd": 0.0, "timings_ms": timings,
+            "type": "done", "id": self.id, "finish": finish, "tier": self.tier, "usage": usage,
+            "cost_usd": self.cost_usd(), "timings_ms": timings,
         }
 
+    async def pump(self, send: Send, stream: AsyncIterator[str]) -> None:
+        """Stream deltas to the client through one writer shared by every segment."""
+        if self.writer is None:
+            self.writer = TokenWriter(send, self.id)
+        async for text in stream:
+            self.writer.push(text)
 
-async def _stream(req: Request, send: Send, runtime_stream: Any) -> str:
-    """Pump a backend stream into a token writer; returns the finish reason."""
-    req.writer = TokenWriter(send, req.id)
-    try:
-        async for text in runtime_stream:
-            req.writer.push(text)
-    except asyncio.CancelledError:
-        await req.writer.close()
-        raise
-    await req.writer.close()
-    return req.stats.finish
+    async def finish(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+
+
+async def _fixed_text(text: str, stats: GenerationStats) -> AsyncIterator[str]:
+    stats.finish = "stop"
+    yield text
+
+
+def _fallback_reason(error: BaseException) -> str:
+    if isinstance(error, LargeUnavailable):
+        return "large_unavailable"
+    if isinstance(error, UpstreamTimeout):
+        return "large_timeout"
+    return "large_error"
 
 
 async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
-    """Retrieve, send ``sources``, then stream a grounded answer from the small model."""
+    """Retrieve, route, send ``sources``, then stream the answer from the chosen tier, falling back
+    to the small tier (and saying so) when the large one is unconfigured or fails."""
     runtime.require_ready()
     settings = runtime.settings
     if msg.collection is not None and msg.collection != settings.collection:
         raise BadRequest(f"unknown collection {msg.collection!r}; this service serves {settings.collection!r}")
-    assert runtime.answer_model is not None and runtime.tokenizer is not None
-    if msg.tier == "large":
-        await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": "large_unconfigured"})
+    assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
     t = time.perf_counter()
     vector = await runtime.embed_query(msg.question)
     req.timings["embed"] = _ms(time.perf_counter() - t)
@@ -120,12 +163,69 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
     hits = await runtime.search(vector, msg.top_k)
     req.timings["search"] = _ms(time.perf_counter() - t)
     context = assemble_context(hits, settings.context_tokens, runtime.tokenizer.count, settings.min_score)
-    await send({"type": "sources", "id": msg.id, "sources": [source_entry(h) for h in context.sources]})
-    stream = runtime.answer_model.stream(
-        answer_prompt(context.text, msg.question), max_tokens=settings.answer_max_tokens,
-        stop=ANSWER_STOPS, temperature=settings.answer_temperature, stats=req.stats,
+    route = choose_tier(
+        hits[0].score if hits else None, runtime.classifier.probability(vector), settings, msg.tier,
+        small_saturated=runtime.answer_model.saturated,
     )
-    return await _stream(req, send, stream)
+    req.route = route
+    await send({"type": "sources", "id": msg.id, "sources": [source_entry(h) for h in context.sources]})
+    try:
+        if route.tier == "large":
+            finish = await _answer_large(runtime, msg, send, req, context, route)
+        else:
+            finish = await _answer_small(runtime, msg, send, req, context, route)
+    finally:
+        await req.finish()
+    return finish
+
+
+async def _answer_large(runtime: Runtime, msg: Ask, send: Send, req: Request, context: Context, route: Route) -> str:
+    settings = runtime.settings
+    if runtime.large is None:
+        runtime.stats.fallbacks["large_unconfigured"] += 1
+        await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": "large_unconfigured"})
+        return await _answer_small(runtime, msg, send, req, context, route)
+    if not route.forced:
+        runtime.stats.escalations[route.reason or "forced"] += 1
+        await send({"type": "escalated", "id": msg.id, "reason": route.reason, "tier": "large"})
+    stats = req.segment("large")
+    prompt = large_prompt(context.text if settings.large_send_context else "", msg.question)
+    started = time.perf_counter()
+    try:
+        await req.pump(send, runtime.large.stream(prompt, max_tokens=settings.large_max_tokens, temperature=0.2, stats=stats))
+    except SmallfirstError as exc:
+        reason = _fallback_reason(exc)
+        log.warning("large tier failed for %s (%s): %s", msg.id, reason, exc.message)
+        runtime.stats.fallbacks[reason] += 1
+        await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": reason})
+        return await _answer_small(runtime, msg, send, req, context, route, continuing=req.text)
+    if runtime.distill is not None:
+        runtime.distill.record({
+            "ts": time.time(), "id": msg.id, "question": msg.question, "reason": route.reason,
+            "context_ids": [h.id for h in context.sources], "context": context.text if settings.large_send_context else "",
+            "answer": req.text, "latency_ms": _ms(time.perf_counter() - started),
+            "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens},
+            "cost_usd": req.cost_usd(), "model": settings.large_model,
+        })
+    return stats.finish
+
+
+async def _answer_small(
+    runtime: Runtime, msg: Ask, send: Send, req: Request, context: Context, route: Route, continuing: str = "",
+) -> str:
+    """The small tier's answer; for an escalation on ``no_context`` it says the documents do not cover it."""
+    assert runtime.answer_model is not None
+    stats = req.segment("small")
+    if route.reason == "no_context" and not route.forced:
+        stream = _fixed_text(NOT_COVERED if not continuing else "", stats)
+    else:
+        prompt = answer_prompt(context.text, msg.question) + continuing
+        stream = runtime.answer_model.stream(
+            prompt, max_tokens=runtime.settings.answer_max_tokens, stop=ANSWER_STOPS,
+            temperature=runtime.settings.answer_temperature, stats=stats,
+        )
+    await req.pump(send, stream)
+    return stats.finish
 
 
 async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request) -> str:
@@ -135,7 +235,11 @@ async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request) ->
     prompt = complete_prompt(msg.text)
     if not prompt.strip():
         return "stop"
-    stream = runtime.complete_model.stream(
-        prompt, max_tokens=msg.max_tokens, stop=COMPLETE_STOPS, temperature=0.0, stats=req.stats,
-    )
-    return await _stream(req, send, stream)
+    stats = req.segment("small")
+    try:
+        await req.pump(send, runtime.complete_model.stream(
+            prompt, max_tokens=msg.max_tokens, stop=COMPLETE_STOPS, temperature=0.0, stats=stats,
+        ))
+    finally:
+        await req.finish()
+    return stats.finish

@@ -9,12 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from retrieval.classifier import HardQueryClassifier
 from retrieval.embedder import Embedder
 from retrieval.errors import Busy, RetrievalUnavailable, SmallfirstError
 from retrieval.settings import Settings
 from retrieval.store import Hit, VectorStore
+from service.distill import DistillLog
+from service.llm.breaker import CircuitBreaker
 from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
+from service.llm.remote import RemoteBackend
 from service.scheduler import CpuScheduler, Priority
+from service.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,10 @@ class Runtime:
         self.tokenizer: Tokenizer | None = None
         self.answer_model: LocalBackend | None = None
         self.complete_model: LocalBackend | None = None
+        self.classifier: HardQueryClassifier | None = None
+        self.large: RemoteBackend | None = None
+        self.stats = Stats()
+        self.distill: DistillLog | None = None
         self._task: asyncio.Task[None] | None = None
         self.load_seconds = 0.0
 
@@ -75,6 +84,16 @@ class Runtime:
                 "small", model_path, s.answer_ctx, threads, self.scheduler, Priority.ANSWER,
                 prefill_step=s.prefill_step_tokens, queue_limit=s.answer_queue_limit,
             )
+            self.classifier = HardQueryClassifier.load()
+            if s.large_url:
+                self.large = RemoteBackend(
+                    s.large_url, s.large_model, s.large_api_key, connect_timeout_s=s.large_connect_timeout_s,
+                    first_token_timeout_s=s.large_first_token_timeout_s, token_timeout_s=s.large_token_timeout_s,
+                    total_timeout_s=s.large_total_timeout_s, retries=s.large_retries,
+                    breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_s), count_tokens=self.tokenizer.count,
+                )
+            if s.distill_log is not None:
+                self.distill = DistillLog(s.distill_log, s.distill_max_bytes, s.distill_backups)
             self.load_seconds = time.perf_counter() - started
             self.state = "ready"
             log.info("ready in %.1f s: model %s, collection %r", self.load_seconds, model_path, s.collection)
@@ -118,6 +137,10 @@ class Runtime:
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.large is not None:
+            await self.large.close()
+        if self.distill is not None:
+            await asyncio.to_thread(self.distill.close)
         if self.store is not None:
             store = self.store
             await self.in_store_thread(store.close)

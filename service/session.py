@@ -144,15 +144,15 @@ class Session:
         self.tasks[request_id] = asyncio.get_running_loop().create_task(self._serve(msg, received))
 
     async def _serve(self, msg: Ask | Complete, received: float) -> None:
-        req = pipeline.Request(msg.id, received)
+        req = pipeline.Request(msg.id, received, self.settings)
         try:
             if isinstance(msg, Ask):
                 finish = await pipeline.answer(self.runtime, msg, self.send, req)
             else:
                 finish = await pipeline.complete(self.runtime, msg, self.send, req)
-            await self.send(req.done_frame(finish))
+            await self._done(req, finish, is_answer=isinstance(msg, Ask))
         except asyncio.CancelledError:
-            await self.send(req.done_frame("cancelled"))
+            await self._done(req, "cancelled", is_answer=isinstance(msg, Ask))
         except SmallfirstError as exc:
             await self.send(error_frame(exc, msg.id))
         except Exception:
@@ -163,6 +163,12 @@ class Session:
                 del self.tasks[msg.id]
                 if self.complete_id == msg.id:
                     self.complete_id = None
+
+    async def _done(self, req: pipeline.Request, finish: str, is_answer: bool) -> None:
+        done = req.done_frame(finish)
+        if is_answer:
+            self.runtime.stats.record(done)
+        await self.send(done)
 
     async def _cancel_all(self) -> None:
         tasks = list(self.tasks.values())

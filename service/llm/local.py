@@ -73,6 +73,11 @@ class LocalBackend:
         self._waiting = 0
         self.n_ctx: int = llama.n_ctx()
 
+    @property
+    def saturated(self) -> bool:
+        """Whether a new request would be refused for a full queue."""
+        return self._waiting >= self._queue_limit
+
     @classmethod
     async def load(
         cls, name: str, model_path: Path, n_ctx: int, threads: int, scheduler: CpuScheduler,

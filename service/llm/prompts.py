@@ -47,3 +47,14 @@ def complete_prompt(text: str, window_chars: int = 1500, step_chars: int = 500) 
         return text
     start = ((len(text) - window_chars) // step_chars + 1) * step_chars
     return text[start:]
+
+
+NOT_COVERED = "The documents do not cover this question."
+
+
+def large_prompt(sources: str, question: str) -> str:
+    """The user message for the large tier: the fenced sources (when sent) and the question."""
+    question = " ".join(question.split())
+    if not sources.strip():
+        return f"Question: {question}"
+    return f"Sources:\n<<<\n{sources.strip()}\n>>>\n\nQuestion: {question}"
