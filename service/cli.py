@@ -8,6 +8,7 @@ import sys
 
 from ingest import cli as ingest_cli
 from service import calibrate
+from service import eval as evaluation
 from retrieval.errors import SmallfirstError
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
 from retrieval.store import open_local_client
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            description="Choose the grounding threshold from labelled questions.")
     calibrate.configure_parser(calibrate_parser)
     calibrate_parser.set_defaults(handler=calibrate.run)
+    eval_parser = commands.add_parser("eval", help="Evaluate tiers, routing and answers on a QA file.",
+                                      description="Evaluate tiers, routing and answers on a QA file, through the WebSocket.")
+    evaluation.configure_parser(eval_parser)
+    eval_parser.set_defaults(handler=evaluation.run)
     return parser
 
 

@@ -213,10 +213,11 @@ async def _answer_large(runtime: Runtime, msg: Ask, send: Send, req: Request, co
 async def _answer_small(
     runtime: Runtime, msg: Ask, send: Send, req: Request, context: Context, route: Route, continuing: str = "",
 ) -> str:
-    """The small tier's answer; for an escalation on ``no_context`` it says the documents do not cover it."""
+    """The small tier's answer. When the retrieval scores said the documents do not hold the answer
+    (``no_context`` or ``low_grounding``), it says so plainly instead of inventing one."""
     assert runtime.answer_model is not None
     stats = req.segment("small")
-    if route.reason == "no_context" and not route.forced:
+    if route.reason in ("no_context", "low_grounding") and not route.forced:
         stream = _fixed_text(NOT_COVERED if not continuing else "", stats)
     else:
         prompt = answer_prompt(context.text, msg.question) + continuing

@@ -117,11 +117,19 @@ class RemoteBackend:
         self.breaker.success()
 
     async def _deltas(self, body: dict[str, Any], deadline: float) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
-        """(text delta, usage) pairs; connects with retries until the first event arrives."""
+        """(text delta, usage) pairs; connects with retries until the first event arrives.
+
+        The first-token budget runs from the moment the request is sent, so a server that
+        accepts the connection but never answers (not even headers) times out like one that
+        answers and then stalls.
+        """
         attempt = 0
         while True:
+            first_deadline = min(deadline, time.perf_counter() + self._first_token_timeout_s)
             try:
-                async with self._client.stream("POST", self._url, json=body) as response:
+                request = self._client.build_request("POST", self._url, json=body)
+                response = await _within(self._client.send(request, stream=True), first_deadline, "a response")
+                try:
                     if response.status_code != 200:
                         detail = (await response.aread())[:300].decode("utf-8", "replace")
                         retryable = response.status_code in (408, 429) or response.status_code >= 500
@@ -129,19 +137,13 @@ class RemoteBackend:
                     lines = response.aiter_lines()
                     first = True
                     while True:
-                        budget = self._first_token_timeout_s if first else self._token_timeout_s
-                        budget = min(budget, deadline - time.perf_counter())
-                        if budget <= 0:
-                            raise UpstreamTimeout("the large tier ran past its total time limit")
+                        limit = first_deadline if first else min(deadline, time.perf_counter() + self._token_timeout_s)
                         try:
-                            line = await asyncio.wait_for(lines.__anext__(), budget)
+                            line = await _within(lines.__anext__(), limit, "its first token" if first else "the next token")
                         except StopAsyncIteration:
                             if first:
                                 raise _Refused("the large tier closed the stream before any token", True) from None
                             raise UpstreamError("the large tier ended the stream without [DONE]") from None
-                        except asyncio.TimeoutError:
-                            what = "its first token" if first else "the next token"
-                            raise UpstreamTimeout(f"the large tier did not send {what} within {budget:.1f} s") from None
                         if not line.startswith("data:"):
                             continue
                         payload = line[5:].strip()
@@ -149,16 +151,33 @@ class RemoteBackend:
                             return
                         first = False
                         yield _parse_event(payload)
+                finally:
+                    await response.aclose()
             except _Refused as exc:
                 if not exc.retryable or attempt >= self._retries:
                     raise LargeUnavailable(exc.message) from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt >= self._retries:
                     raise LargeUnavailable(f"cannot reach the large tier: {exc}") from None
-            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+            except httpx.TimeoutException as exc:
+                raise UpstreamTimeout(f"the large tier timed out: {exc}") from None
+            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
                 raise UpstreamError(f"the large tier broke the stream: {exc}") from None
             attempt += 1
             await asyncio.sleep(0.2 * attempt)
+
+
+async def _within(awaitable: Any, deadline: float, what: str) -> Any:
+    """Await until ``deadline`` (a perf_counter time), else raise :class:`UpstreamTimeout`."""
+    budget = deadline - time.perf_counter()
+    try:
+        if budget <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(awaitable, budget)
+    except asyncio.TimeoutError:
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        raise UpstreamTimeout(f"the large tier did not send {what} in time") from None
 
 
 class _Refused(Exception):

@@ -1,0 +1,298 @@
+"""Escalation end to end: a real service, a real OpenAI-compatible server (llama_cpp.server on the
+bundled GGUF under another model name) as the large tier, and a fault proxy between them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from service.router import choose_tier
+from retrieval.settings import Settings
+from service.llm.breaker import CircuitBreaker
+from tests.conftest import FIXTURE_DOCS, Server, free_port, smallfirst
+from tests.fault_proxy import FaultProxy
+from tests.test_service import connected, of, until_done
+
+ROOT = Path(__file__).resolve().parent.parent
+OFF_TOPIC = "Who painted the Mona Lisa?"
+GROUNDED = "When does the lighthouse museum close?"
+RESET_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def large_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    from service.llm.local import bundled_model_path
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("large") / "large.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--model_alias",
+             "stand-in-large", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--chat_format", "gemma"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def proxy(large_server: int) -> FaultProxy:
+    return FaultProxy(large_server).start()
+
+
+@pytest.fixture(scope="module")
+def escalating(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("escalating")
+    shutil.copytree(FIXTURE_DOCS, data_dir / "docs")
+    result = smallfirst("ingest", str(data_dir / "docs"), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    srv = Server(data_dir, {
+        "SMALLFIRST_LARGE_URL": proxy.url, "SMALLFIRST_LARGE_MODEL": "stand-in-large",
+        "SMALLFIRST_LARGE_FIRST_TOKEN_TIMEOUT_S": "3", "SMALLFIRST_LARGE_MAX_TOKENS": "24",
+        "SMALLFIRST_BREAKER_FAILURES": "2", "SMALLFIRST_BREAKER_RESET_S": str(RESET_S),
+        "SMALLFIRST_DISTILL_LOG": str(data_dir / "distill.jsonl"),
+    }).start()
+    yield srv
+    srv.stop()
+
+
+def ask(server: Server, question: str, **extra: Any) -> list[dict[str, Any]]:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "q", "question": question, **extra}))
+            return await until_done(ws, "q", timeout=120)
+    return asyncio.run(scenario())
+
+
+def kinds(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+def heal(server: Server, proxy: FaultProxy) -> None:
+    """Pass mode, and a successful large-tier call once the breaker lets one through."""
+    proxy.mode = "pass"
+    time.sleep(RESET_S + 0.2)
+    assert ask(server, OFF_TOPIC)[-1]["tier"] == "large"
+
+
+def stats(server: Server) -> dict[str, Any]:
+    return httpx.get(server.http + "/api/stats").json()
+
+
+def test_routing_rules() -> None:
+    s = Settings.load({})
+    assert choose_tier(None, 0.0, s).reason == "no_context"
+    assert choose_tier(0.1, 0.0, s).reason == "no_context"
+    assert choose_tier(s.grounding_threshold - 0.01, 0.0, s).reason == "low_grounding"
+    assert choose_tier(0.9, 0.9, s).reason == "hard_query"
+    assert choose_tier(0.9, 0.1, s).tier == "small"
+    assert choose_tier(0.9, 0.1, s, small_saturated=True).reason == "small_unavailable"
+    assert choose_tier(0.0, 0.9, s, forced="small").tier == "small"
+
+
+def test_breaker_opens_then_half_opens() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(2, 10.0, clock=lambda: now[0])
+    assert breaker.allow()
+    breaker.failure()
+    assert breaker.state == "closed"
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10.5
+    assert breaker.allow() and not breaker.allow()  # one trial at a time
+    breaker.failure()
+    assert breaker.state == "open"
+    now[0] = 21.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_classifier_flags_hard_queries(embedder) -> None:
+    from retrieval.classifier import HardQueryClassifier
+
+    clf = HardQueryClassifier.load()
+    hard = ["Write a JavaScript function that debounces another function.", "What is 128 times 47?"]
+    easy = ["When does the lighthouse museum close?", "Who won the chess title?"]
+    assert all(clf.probability(embedder.embed_query(q)) > 0.5 for q in hard)
+    assert all(clf.probability(embedder.embed_query(q)) < 0.5 for q in easy)
+
+
+@pytest.mark.slow
+def test_grounded_question_stays_small(escalating: Server) -> None:
+    frames = ask(escalating, GROUNDED)
+    assert "escalated" not in kinds(frames) and "fallback" not in kinds(frames)
+    assert frames[-1]["tier"] == "small" and frames[-1]["cost_usd"] == 0.0
+
+
+@pytest.mark.slow
+def test_off_topic_question_escalates_before_any_token(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode = "pass"
+    before = proxy.requests
+    frames = ask(escalating, OFF_TOPIC)
+    k = kinds(frames)
+    assert k[0] == "sources" and k[1] == "escalated" and "token" in k and k[-1] == "done", k
+    assert frames[1]["reason"] in ("no_context", "low_grounding") and frames[1]["tier"] == "large"
+    done = frames[-1]
+    assert done["tier"] == "large" and proxy.requests == before + 1
+    expected = (done["usage"]["prompt_tokens"] * 2.5 + done["usage"]["completion_tokens"] * 10.0) / 1e6
+    assert done["cost_usd"] == pytest.approx(expected, rel=1e-6) and done["cost_usd"] > 0
+
+
+@pytest.mark.slow
+def test_hard_question_escalates(escalating: Server) -> None:
+    frames = ask(escalating, "Write a Python function that merges two sorted lists about the lighthouse keepers.")
+    escalated = of(frames, "q", "escalated")
+    assert escalated and escalated[0]["reason"] in ("hard_query", "low_grounding", "no_context")
+    assert frames[-1]["tier"] == "large"
+
+
+@pytest.mark.slow
+def test_forced_tiers(escalating: Server) -> None:
+    small = ask(escalating, OFF_TOPIC, tier="small")
+    assert "escalated" not in kinds(small) and small[-1]["tier"] == "small"
+    large = ask(escalating, GROUNDED, tier="large")
+    assert "escalated" not in kinds(large) and large[-1]["tier"] == "large"
+
+
+@pytest.mark.slow
+def test_large_tier_not_configured_falls_back_and_says_so(server: Server) -> None:
+    frames = ask(server, OFF_TOPIC)
+    fallback = of(frames, "q", "fallback")
+    assert fallback == [{"type": "fallback", "id": "q", "from": "large", "to": "small", "reason": "large_unconfigured"}]
+    text = "".join(f["text"] for f in of(frames, "q", "token"))
+    assert text == "The documents do not cover this question."
+    assert frames[-1]["tier"] == "small"
+
+
+@pytest.mark.slow
+def test_connection_dropped_mid_stream_continues_on_small(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode, proxy.cut_after = "cut", 4
+    try:
+        async def scenario():
+            async with await connected(escalating) as ws:
+                await ws.send(json.dumps({"type": "ask", "id": "q", "question": GROUNDED, "tier": "large"}))
+                frames = await until_done(ws, "q", timeout=120)
+                await ws.send(json.dumps({"type": "ping", "ts": 3}))
+                return frames, json.loads(await ws.recv())
+        frames, pong = asyncio.run(scenario())
+        k = kinds(frames)
+        assert "fallback" in k and k[-1] == "done", k
+        fb = k.index("fallback")
+        assert "token" in k[:fb]  # the large tier had streamed before it was cut
+        assert frames[fb]["reason"] == "large_error"
+        seqs = [f["seq"] for f in of(frames, "q", "token")]
+        assert seqs == list(range(len(seqs)))  # nothing repeated, nothing lost
+        assert frames[-1]["tier"] == "small" and pong["type"] == "pong"
+    finally:
+        heal(escalating, proxy)
+
+
+@pytest.mark.slow
+def test_first_token_timeout_falls_back(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode = "stall"
+    try:
+        started = time.monotonic()
+        frames = ask(escalating, OFF_TOPIC)
+        elapsed = time.monotonic() - started
+        fallback = of(frames, "q", "fallback")
+        assert fallback and fallback[0]["reason"] == "large_timeout"
+        assert "token" not in kinds(frames)[: kinds(frames).index("fallback")]
+        assert frames[-1]["tier"] == "small" and 3 <= elapsed < 30
+    finally:
+        heal(escalating, proxy)
+
+
+@pytest.mark.slow
+def test_circuit_breaker_opens_and_closes(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode = "error"
+    try:
+        for _ in range(2):  # each refused request is retried once, then counts as one failure
+            assert of(ask(escalating, OFF_TOPIC), "q", "fallback")[0]["reason"] == "large_unavailable"
+        assert stats(escalating)["large_tier"]["breaker"] == "open"
+        calls = proxy.requests
+        frames = ask(escalating, OFF_TOPIC)
+        assert of(frames, "q", "fallback")[0]["reason"] == "large_unavailable"
+        assert proxy.requests == calls  # open: the endpoint was not called
+        proxy.mode = "pass"
+        time.sleep(RESET_S + 0.2)
+        assert ask(escalating, OFF_TOPIC)[-1]["tier"] == "large"
+        assert stats(escalating)["large_tier"]["breaker"] == "closed"
+    finally:
+        proxy.mode = "pass"
+
+
+@pytest.mark.slow
+def test_stats_and_costs_add_up(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode = "pass"
+    before = stats(escalating)
+    costs = [ask(escalating, q)[-1]["cost_usd"] for q in (OFF_TOPIC, GROUNDED, "Who wrote Moby-Dick?")]
+    after = stats(escalating)
+    assert after["total_cost_usd"] - before["total_cost_usd"] == pytest.approx(sum(costs), abs=1e-7)
+    requests = sum(t["requests"] for t in after["tiers"].values()) - sum(t["requests"] for t in before["tiers"].values())
+    assert requests == 3
+    assert after["tiers"]["large"]["requests"] - before["tiers"]["large"]["requests"] == 2
+
+
+@pytest.mark.slow
+def test_distillation_log_lines(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode = "pass"
+    frames = ask(escalating, "Who was the first person to walk on the moon?")
+    answer = "".join(f["text"] for f in of(frames, "q", "token"))
+    log = escalating.log.parent / "distill.jsonl"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        if any(line["question"] == "Who was the first person to walk on the moon?" for line in lines):
+            break
+        time.sleep(0.1)
+    entry = [line for line in lines if line["question"] == "Who was the first person to walk on the moon?"][-1]
+    assert {"question", "context_ids", "context", "answer", "latency_ms", "cost_usd", "reason"} <= set(entry)
+    assert entry["answer"] == answer and entry["cost_usd"] == frames[-1]["cost_usd"]
+
+
+@pytest.mark.slow
+def test_eval_on_the_example_file(escalating: Server, tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join([
+        json.dumps({"id": "g", "question": GROUNDED, "kind": "grounded", "pages": ["lighthouse.md"], "answer_any": ["17"]}),
+        json.dumps({"id": "u", "question": OFF_TOPIC, "kind": "ungrounded", "pages": [], "answer_any": ["leonardo"]}),
+    ]) + "\n")
+    result = smallfirst("eval", str(qa), "--url", escalating.ws, "--json", env={})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    assert summary["questions"] == 2 and summary["errors"] == 0
+    assert summary["small_share"] == 0.5 and summary["routing_accuracy"] == 1.0 and summary["source_hit_rate"] == 1.0
+    assert summary["cost_usd"] > 0 and summary["all_large_cost_usd"] >= summary["cost_usd"]
+    table = smallfirst("eval", str(ROOT / "bench" / "qa" / "docs.jsonl"), "--url", escalating.ws, env={})
+    assert table.returncode == 0 and "routing_accuracy" in table.stdout
+
+
+def test_eval_refuses_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x", "kind": "weird"}\n')
+    result = smallfirst("eval", str(bad), env={})
+    assert result.returncode == 2 and "bad.jsonl:1" in result.stderr
