@@ -68,7 +68,7 @@ class Settings:
     answer_temperature: float = _opt(0.2, "Sampling temperature for answers.")
     complete_max_tokens: int = _opt(16, "Default and upper bound of max_tokens for autocomplete.")
     # Routing and the large tier
-    grounding_threshold: float = _opt(0.24, "Top retrieval score below which an answer escalates (low_grounding); calibrated by `smallfirst calibrate`.")
+    grounding_threshold: float = _opt(0.28, "Top retrieval score below which an answer escalates (low_grounding); calibrated by `smallfirst calibrate`.")
     hard_query_threshold: float = _opt(0.5, "Classifier probability above which a question is hard and escalates (hard_query).")
     large_url: str | None = _opt(None, "Base URL of an OpenAI-compatible API for the large tier, e.g. http://host:8080/v1; unset disables it.")
     large_model: str = _opt("large", "Model name sent to the large tier.")
