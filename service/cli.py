@@ -9,6 +9,7 @@ import sys
 from ingest import cli as ingest_cli
 from service import calibrate
 from service import eval as evaluation
+from service.loadtest import cli as loadtest_cli
 from retrieval.errors import SmallfirstError
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
 from retrieval.store import open_local_client
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Evaluate tiers, routing and answers on a QA file, through the WebSocket.")
     evaluation.configure_parser(eval_parser)
     eval_parser.set_defaults(handler=evaluation.run)
+    load_parser = commands.add_parser("loadtest", help="Measure latency under load as users feel it.",
+                                      description="Drive the WebSocket protocol with many clients and report latency "
+                                      "(time to sources, first token, between tokens, end to end) as users feel it.")
+    loadtest_cli.configure_parser(load_parser)
+    load_parser.set_defaults(handler=loadtest_cli.run)
     return parser
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
 
@@ -17,7 +17,6 @@ class GenerationStats:
     finish: str = "stop"
     queue_ms: float = 0.0
     prefill_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Backend(Protocol):

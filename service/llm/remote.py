@@ -81,13 +81,13 @@ class RemoteBackend:
         deadline = started + self._total_timeout_s
         sent_any = False
         completion: list[str] = []
+        reported_completion: int | None = None
         stopper = StopMatcher(stop)
         try:
             async for delta, usage in self._deltas(body, deadline):
-                if usage:
+                if usage:  # servers that honour stream_options report exact counts at the end
                     stats.prompt_tokens = int(usage.get("prompt_tokens") or stats.prompt_tokens)
-                    if usage.get("completion_tokens"):
-                        stats.extra["reported_completion_tokens"] = float(usage["completion_tokens"])
+                    reported_completion = int(usage.get("completion_tokens") or 0) or None
                 if not delta:
                     continue
                 if not sent_any:
@@ -112,8 +112,7 @@ class RemoteBackend:
             self.breaker.abandon()
             raise
         finally:
-            reported = stats.extra.pop("reported_completion_tokens", None)
-            stats.completion_tokens = int(reported) if reported else self._count("".join(completion))
+            stats.completion_tokens = reported_completion or self._count("".join(completion))
         self.breaker.success()
 
     async def _deltas(self, body: dict[str, Any], deadline: float) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:

@@ -1,0 +1,1 @@
+"""``smallfirst loadtest``: drive the WebSocket protocol with many clients and report latency as users feel it."""
