@@ -16,13 +16,13 @@ from retrieval.store import VectorStore
 
 INGEST_SETTINGS = (
     "data_dir", "qdrant_url", "qdrant_api_key", "collection", "embed_model", "embed_batch_size",
-    "chunk_tokens", "chunk_overlap_tokens", "log_level",
+    "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "log_level",
 )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of the ingest command."""
-    parser.add_argument("folder", type=Path, help="Folder of .md .markdown .txt .rst .html .htm files to ingest.")
+    parser.add_argument("folder", type=Path, help="Folder to ingest: Markdown, text, reStructuredText, HTML, PDF and source code files.")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout.")
     parser.add_argument("--no-progress", action="store_true", help="Do not draw the progress bar.")
     add_arguments(parser, INGEST_SETTINGS)
@@ -54,7 +54,7 @@ def ingest(settings: Settings, folder: Path, progress: bool = True) -> SyncSumma
             folder, store,
             embed=lambda texts: embedder.embed_documents(texts, settings.embed_batch_size),
             count_tokens=embedder.count_tokens,
-            options=ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap_tokens),
+            options=ChunkingOptions.from_settings(settings),
             batch_size=settings.embed_batch_size, on_file=on_file, on_start=on_start,
         )
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Callable
 
 from bs4 import BeautifulSoup, UnicodeDammit
 
-SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm")
+from ingest.code import LANGUAGES
+
 _RST_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+<>:.])\1{2,}\s*$")
 _MD_TITLE = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)
@@ -21,10 +23,13 @@ class LoadError(Exception):
 
 @dataclass(frozen=True)
 class LoadedDocument:
-    """A document's title and its text, headings marked with ``#``."""
+    """A document's title and its text (headings marked with ``#``); source code says its
+    language, a PDF keeps the text of each page so chunks can cite their page."""
 
     title: str
     text: str
+    language: str | None = None
+    pages: tuple[str, ...] | None = None
 
 
 def _fallback_title(path: Path) -> str:
@@ -117,10 +122,36 @@ def load_html(data: bytes, path: Path) -> LoadedDocument:
     return LoadedDocument(title or _fallback_title(path), "\n\n".join(paragraphs))
 
 
+def load_pdf(data: bytes, path: Path) -> LoadedDocument:
+    """The text layer of each page; encrypted, broken or image-only PDFs are refused."""
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise LoadError("encrypted PDF")
+        pages = tuple(" ".join((page.extract_text() or "").split()) for page in reader.pages)
+        title = str((reader.metadata or {}).get("/Title") or "").strip()
+    except LoadError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise LoadError(f"broken PDF: {exc}") from None
+    if not any(pages):
+        raise LoadError("PDF without a text layer")
+    return LoadedDocument(title or _fallback_title(path), "\n\n".join(pages), pages=pages)
+
+
+def load_code(data: bytes, path: Path) -> LoadedDocument:
+    return LoadedDocument(path.name, decode_text(data, path), language=LANGUAGES[path.suffix.lower()])
+
+
 LOADERS: dict[str, Callable[[bytes, Path], LoadedDocument]] = {
     ".md": load_markdown, ".markdown": load_markdown, ".txt": load_plain,
-    ".rst": load_rst, ".html": load_html, ".htm": load_html,
+    ".rst": load_rst, ".html": load_html, ".htm": load_html, ".pdf": load_pdf,
+    **{suffix: load_code for suffix in LANGUAGES},
 }
+SUPPORTED_SUFFIXES = tuple(LOADERS)
 
 
 def load_document(path: Path, data: bytes) -> LoadedDocument:

@@ -7,18 +7,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ingest.chunker import chunk_document
+from ingest.code import chunk_code
 from ingest.discover import discover
-from ingest.loaders import LoadError, load_document
+from ingest.loaders import LoadedDocument, LoadError, load_document
+from retrieval.settings import Settings
 from retrieval.store import ChunkPoint, DocState, VectorStore
 
 log = logging.getLogger(__name__)
 
-CHUNKER_REVISION = "1"
+CHUNKER_REVISION = "2"
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 CountTokens = Callable[[str], int]
@@ -58,10 +60,31 @@ class SyncSummary:
 class ChunkingOptions:
     target_tokens: int = 220
     overlap_tokens: int = 32
+    max_file_bytes: int = 50_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChunkingOptions":
+        return cls(settings.chunk_tokens, settings.chunk_overlap_tokens, int(settings.max_file_mb * 1_000_000))
 
     def fingerprint(self) -> bytes:
         """Part of each document version, so that new chunking settings re-chunk every file."""
         return f"|chunker={CHUNKER_REVISION}|{self.target_tokens}|{self.overlap_tokens}".encode()
+
+
+def chunk_loaded(document: LoadedDocument, count: CountTokens, options: ChunkingOptions) -> list[tuple[str, tuple[tuple[str, Any], ...]]]:
+    """(chunk text, payload extras) for a loaded document: PDF chunks never span pages and carry
+    their page; code chunks follow definitions and carry their language."""
+    if document.pages is not None:
+        return [
+            (text, (("page", number),))
+            for number, page in enumerate(document.pages, 1) if page.strip()
+            for text in chunk_document(page, f"{document.title} › page {number}", count,
+                                       options.target_tokens, options.overlap_tokens)
+        ]
+    if document.language is not None:
+        extra = (("language", document.language),)
+        return [(text, extra) for text in chunk_code(document.text, document.language, document.title, count, options.target_tokens)]
+    return [(text, ()) for text in chunk_document(document.text, document.title, count, options.target_tokens, options.overlap_tokens)]
 
 
 def document_id(path: Path) -> str:
@@ -121,6 +144,10 @@ def _sync_file(
 ) -> str:
     """Bring one file up to date; returns its outcome (added, changed, unchanged, failed)."""
     try:
+        size = path.stat().st_size
+        if size > options.max_file_bytes:
+            summary.failed.append((str(path), f"{size} bytes is over the {options.max_file_bytes}-byte limit"))
+            return "failed"
         data = path.read_bytes()
     except OSError as exc:
         summary.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
@@ -138,17 +165,17 @@ def _sync_file(
     except LoadError as exc:
         summary.failed.append((str(path), str(exc)))
         return "failed"
-    texts = chunk_document(document.text, document.title, count_tokens, options.target_tokens, options.overlap_tokens)
-    if not texts:
+    chunks = chunk_loaded(document, count_tokens, options)
+    if not chunks:
         summary.failed.append((str(path), "no text"))
         return "failed"
     uri = path.resolve().as_uri()
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        vectors = embed(batch)
+    for start in range(0, len(chunks), batch_size):
+        batch = chunks[start:start + batch_size]
+        vectors = embed([text for text, _ in batch])
         summary.chunks_written += store.upsert(
-            ChunkPoint(doc_id, version, start + i, len(texts), document.title, uri, text, vectors[i])
-            for i, text in enumerate(batch)
+            ChunkPoint(doc_id, version, start + i, len(chunks), document.title, uri, text, vectors[i], extra)
+            for i, (text, extra) in enumerate(batch)
         )
     previous = sum(s.points for s in versions.values())
     if previous:

@@ -53,6 +53,7 @@ class Settings:
     # Chunking
     chunk_tokens: int = _opt(220, "Target size of a chunk in embedding-model tokens.")
     chunk_overlap_tokens: int = _opt(32, "Tokens of the previous chunk repeated at the start of the next.")
+    max_file_mb: float = _opt(50.0, "Files larger than this many megabytes are reported and skipped by ingest.")
     # Small model
     model_path: str | None = _opt(None, "GGUF file of the small model; unset uses the bundled Gemma 3 270M.")
     model_threads: int = _opt(0, "Threads for llama.cpp; 0 uses every core.")
@@ -127,8 +128,8 @@ class Settings:
             raise SettingsError(f"port must be at most 65535, got {self.port}")
         if self.model_threads < 0:
             raise SettingsError("model_threads must be 0 (all cores) or positive")
-        if self.rate_limit_per_s <= 0 or self.idle_timeout_s <= 0:
-            raise SettingsError("rate_limit_per_s and idle_timeout_s must be positive")
+        if self.rate_limit_per_s <= 0 or self.idle_timeout_s <= 0 or self.max_file_mb <= 0:
+            raise SettingsError("rate_limit_per_s, idle_timeout_s and max_file_mb must be positive")
         prices = (self.small_price_in_per_m, self.small_price_out_per_m, self.large_price_in_per_m, self.large_price_out_per_m)
         if min(prices) < 0 or self.large_retries < 0 or self.distill_backups < 0:
             raise SettingsError("prices, large_retries and distill_backups must not be negative")

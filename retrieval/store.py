@@ -36,6 +36,7 @@ class ChunkPoint:
     uri: str
     text: str
     vector: Sequence[float]
+    extra: tuple[tuple[str, Any], ...] = ()  # e.g. (("page", 3),) or (("language", "python"),)
 
     @property
     def id(self) -> str:
@@ -45,7 +46,7 @@ class ChunkPoint:
         return {
             "text": self.text, "doc_id": self.doc_id, "doc_version": self.doc_version,
             "chunk_index": self.chunk_index, "chunk_count": self.chunk_count,
-            "title": self.title, "uri": self.uri,
+            "title": self.title, "uri": self.uri, **dict(self.extra),
         }
 
 
@@ -61,6 +62,8 @@ class Hit:
     title: str
     uri: str
     text: str
+    page: int | None = None
+    language: str | None = None
 
     @classmethod
     def from_point(cls, point: models.ScoredPoint) -> "Hit":
@@ -69,6 +72,7 @@ class Hit:
             id=str(point.id), score=float(point.score), doc_id=str(p.get("doc_id", "")),
             doc_version=str(p.get("doc_version", "")), chunk_index=int(p.get("chunk_index", 0)),
             title=str(p.get("title", "")), uri=str(p.get("uri", "")), text=str(p.get("text", "")),
+            page=p.get("page"), language=p.get("language"),
         )
 
 

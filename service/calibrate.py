@@ -42,7 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("folder", type=Path, help="Document folder the questions are about.")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help='JSONL of {"question": ..., "grounded": true|false}.')
-    add_arguments(parser, ("embed_model", "chunk_tokens", "chunk_overlap_tokens", "top_k"))
+    add_arguments(parser, ("embed_model", "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "top_k"))
     return parser
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         store = VectorStore.open("calibration", embedder.dimension, path=Path(tmp))
         try:
             sync_folder(args.folder, store, embedder.embed_documents, embedder.count_tokens,
-                        ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap_tokens))
+                        ChunkingOptions.from_settings(settings))
             scores = []
             for row in rows:
                 hits = store.search(embedder.embed_query(row["question"]), settings.top_k)

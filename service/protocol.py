@@ -159,7 +159,12 @@ def error_frame(error: SmallfirstError, request_id: str | None) -> dict[str, Any
 def source_entry(hit: Hit) -> dict[str, Any]:
     text = " ".join(hit.text.split())
     snippet = text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
-    return {
+    entry: dict[str, Any] = {
         "doc_id": hit.doc_id, "title": hit.title, "uri": hit.uri, "chunk_index": hit.chunk_index,
         "score": round(hit.score, 4), "snippet": snippet,
     }
+    if hit.page is not None:
+        entry["page"] = hit.page
+    if hit.language is not None:
+        entry["language"] = hit.language
+    return entry
