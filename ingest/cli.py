@@ -6,17 +6,20 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 from ingest.sync import ChunkingOptions, SyncSummary, sync_folder
 from retrieval.embedder import Embedder
-from retrieval.errors import SmallfirstError
+from retrieval.errors import SmallfirstError, StoreLocked
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
-from retrieval.store import VectorStore
+from retrieval.store import VectorStore, open_local_client
 
 INGEST_SETTINGS = (
     "data_dir", "qdrant_url", "qdrant_api_key", "collection", "embed_model", "embed_batch_size",
-    "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "log_level",
+    "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "api_token", "log_level",
 )
 
 
@@ -25,6 +28,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("folder", type=Path, help="Folder to ingest: Markdown, text, reStructuredText, HTML, PDF and source code files.")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout.")
     parser.add_argument("--no-progress", action="store_true", help="Do not draw the progress bar.")
+    parser.add_argument("--server", metavar="URL",
+                        help="Submit the job to the service at URL (e.g. http://127.0.0.1:8000) instead of writing the "
+                        "store directly; used automatically when a running service holds the embedded store.")
     add_arguments(parser, INGEST_SETTINGS)
     return parser
 
@@ -63,6 +69,42 @@ def ingest(settings: Settings, folder: Path, progress: bool = True) -> SyncSumma
         store.close()
 
 
+def running_service(settings: Settings) -> str | None:
+    """The URL of the live service that holds the embedded store, from the file it writes on start."""
+    try:
+        url = str(json.loads(settings.service_file.read_text())["url"])
+        httpx.get(url + "/healthz", timeout=2).raise_for_status()
+        return url
+    except (OSError, ValueError, KeyError, httpx.HTTPError):
+        return None
+
+
+def ingest_remote(url: str, folder: Path, token: str | None, progress: bool = True) -> SyncSummary:
+    """Submit the folder to a running service's ingest worker and follow the job to its end."""
+    from tqdm import tqdm
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=10) as client:
+        answer = client.post("/api/ingest", json={"path": str(folder.resolve())})
+        if answer.status_code != 202:
+            raise SmallfirstError(f"the service refused the job: HTTP {answer.status_code} {answer.text[:300]}")
+        job = answer.json()
+        with tqdm(total=None, unit="file", desc="ingest", disable=not progress, file=sys.stderr) as bar:
+            while job["state"] in ("queued", "running"):
+                time.sleep(0.3)
+                response = client.get(f"/api/ingest/{job['id']}")
+                response.raise_for_status()
+                job = response.json()
+                if job["files_total"]:
+                    bar.total = job["files_total"]
+                bar.n = job["files_done"]
+                bar.set_postfix_str(f"{job['chunks_written']} chunks")
+                bar.refresh()
+    if job["state"] != "done":
+        raise SmallfirstError(f"the ingest job failed on the service: {job.get('error')}")
+    return SyncSummary.from_dict(job["summary"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ingest command; returns the exit status."""
     try:
@@ -74,10 +116,27 @@ def run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         print(f"smallfirst ingest: not a folder: {args.folder}", file=sys.stderr)
         return 2
+    progress = not args.no_progress
+    server = args.server
     try:
-        summary = ingest(settings, args.folder, progress=not args.no_progress)
+        if server is None and not settings.qdrant_url:
+            try:
+                open_local_client(settings.qdrant_path).close()
+            except StoreLocked as exc:
+                server = running_service(settings)
+                if server is None:
+                    raise exc
+                print(f"smallfirst ingest: the store is held by the service at {server}; the job runs there",
+                      file=sys.stderr)
+        if server is not None:
+            summary = ingest_remote(server, args.folder, settings.api_token, progress)
+        else:
+            summary = ingest(settings, args.folder, progress)
     except SmallfirstError as exc:
         print(f"smallfirst ingest: {exc.message}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"smallfirst ingest: cannot reach the service at {server}: {exc}", file=sys.stderr)
         return 1
     for file, reason in summary.failed:
         print(f"skipped {file}: {reason}", file=sys.stderr)

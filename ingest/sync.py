@@ -47,7 +47,15 @@ class SyncSummary:
             f"{self.chunks_deleted} deleted; {self.seconds:.1f} s"
         )
 
-    def as_dict(self) -> dict[str, object]:
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SyncSummary":
+        return cls(
+            added=data["added"], changed=data["changed"], unchanged=data["unchanged"], removed=data["removed"],
+            failed=[(f["file"], f["reason"]) for f in data["failed"]], chunks_written=data["chunks_written"],
+            chunks_deleted=data["chunks_deleted"], seconds=data["seconds"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
         return {
             "added": self.added, "changed": self.changed, "unchanged": self.unchanged,
             "removed": self.removed, "failed": [{"file": f, "reason": r} for f, r in self.failed],

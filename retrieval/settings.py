@@ -48,7 +48,8 @@ class Settings:
     collection: str = _opt("docs", "Qdrant collection holding the document chunks.")
     # Embedding
     embed_model: str | None = _opt(None, "Sentence-transformers model folder; unset uses the bundled all-MiniLM-L6-v2.")
-    embed_batch_size: int = _opt(32, "Chunks embedded per batch.")
+    embed_batch_size: int = _opt(32, "Chunks embedded per batch by the ingest CLI.")
+    ingest_batch_size: int = _opt(4, "Chunks embedded per scheduler step by the service's ingest worker (bounds how long a keystroke waits).")
     query_cache_size: int = _opt(2048, "Query vectors kept in the LRU cache.")
     # Chunking
     chunk_tokens: int = _opt(220, "Target size of a chunk in embedding-model tokens.")
@@ -105,6 +106,11 @@ class Settings:
     log_level: str = _opt("info", "Log level: debug, info, warning, error.")
 
     @property
+    def service_file(self) -> Path:
+        """Where a running service that holds the embedded store announces its URL to the ingest CLI."""
+        return self.data_dir / "service.json"
+
+    @property
     def qdrant_path(self) -> Path:
         """Folder of the embedded Qdrant store."""
         return self.data_dir / "qdrant"
@@ -112,7 +118,7 @@ class Settings:
     def validate(self) -> "Settings":
         """Reject values that would fail later and less clearly."""
         positive = (
-            "port", "embed_batch_size", "query_cache_size", "chunk_tokens", "answer_ctx", "complete_ctx",
+            "port", "embed_batch_size", "ingest_batch_size", "query_cache_size", "chunk_tokens", "answer_ctx", "complete_ctx",
             "prefill_step_tokens", "top_k", "max_top_k", "context_tokens", "answer_max_tokens",
             "complete_max_tokens", "max_frame_bytes", "max_question_chars", "max_text_chars",
             "rate_burst", "max_inflight", "answer_queue_limit", "large_max_tokens", "large_connect_timeout_s",

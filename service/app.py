@@ -7,17 +7,18 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from litestar import Litestar, MediaType, Request, Response, WebSocket, get, websocket
+from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
-from retrieval.errors import SmallfirstError
+from retrieval.errors import BadRequest, SmallfirstError
 from retrieval.settings import Settings
 from service.runtime import Runtime
 from service.session import POLICY_VIOLATION, Session
+from service.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,43 @@ async def stats(request: Request, state: State) -> dict[str, object]:
     return body
 
 
+def _worker(request: Request, state: State) -> IngestWorker:
+    runtime = _runtime(state)
+    if not token_ok(request, runtime.settings):
+        raise NotAuthorizedException("missing or wrong bearer token")
+    runtime.require_ready()
+    assert runtime.worker is not None
+    return runtime.worker
+
+
+@post("/api/ingest", status_code=202)
+async def submit_ingest(request: Request, state: State) -> dict[str, object]:
+    """Queue an ingest job for a folder on this machine: ``{"path": "/abs/folder"}``; answers at once."""
+    worker = _worker(request, state)
+    try:
+        body = await request.json()
+    except Exception:
+        raise BadRequest("the body must be JSON like {\"path\": \"/absolute/folder\"}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+        raise BadRequest("the body must be JSON like {\"path\": \"/absolute/folder\"}")
+    return worker.submit(body["path"]).as_dict()
+
+
+@get("/api/ingest")
+async def list_ingest(request: Request, state: State) -> list[dict[str, object]]:
+    """Recent ingest jobs, newest first."""
+    return [job.as_dict() for job in reversed(_worker(request, state).jobs.values())]
+
+
+@get("/api/ingest/{job_id:str}")
+async def get_ingest(request: Request, state: State, job_id: str) -> dict[str, object]:
+    """One job's state and progress."""
+    job = _worker(request, state).jobs.get(job_id)
+    if job is None:
+        raise NotFoundException("no such ingest job")
+    return job.as_dict()
+
+
 @get("/api/source")
 async def source(request: Request, state: State, doc_id: str) -> File:
     """The original file of an ingested document (only files the store holds are served)."""
@@ -129,7 +167,7 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            index, healthz, readyz, stats, source, ws_endpoint,
+            index, healthz, readyz, stats, source, submit_ingest, list_ingest, get_ingest, ws_endpoint,
             create_static_files_router(path="/static", directories=[WEB_DIR]),
         ],
         on_startup=[start],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,10 +22,25 @@ from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
 from service.llm.remote import RemoteBackend
 from service.scheduler import CpuScheduler, Priority
 from service.stats import Stats
+from service.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def write_service_file(settings: Settings) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    settings.service_file.write_text(json.dumps({"url": f"http://{host}:{settings.port}", "pid": os.getpid()}))
+
+
+def remove_service_file(settings: Settings) -> None:
+    path = settings.service_file
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 class Runtime:
@@ -46,6 +63,7 @@ class Runtime:
         self.large: RemoteBackend | None = None
         self.stats = Stats()
         self.distill: DistillLog | None = None
+        self.worker: IngestWorker | None = None
         self._task: asyncio.Task[None] | None = None
         self.load_seconds = 0.0
 
@@ -94,6 +112,9 @@ class Runtime:
                 )
             if s.distill_log is not None:
                 self.distill = DistillLog(s.distill_log, s.distill_max_bytes, s.distill_backups)
+            self.worker = IngestWorker(s, self.scheduler, self.embedder, self.store, self._store_thread)
+            if not s.qdrant_url:
+                write_service_file(s)
             self.load_seconds = time.perf_counter() - started
             self.state = "ready"
             log.info("ready in %.1f s: model %s, collection %r", self.load_seconds, model_path, s.collection)
@@ -137,6 +158,10 @@ class Runtime:
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.worker is not None:
+            await self.worker.close()
+        if self.ready and not self.settings.qdrant_url:
+            remove_service_file(self.settings)
         if self.large is not None:
             await self.large.close()
         if self.distill is not None:

@@ -1,0 +1,152 @@
+"""The ingestion worker inside the service: a job queue, run at the lowest CPU priority.
+
+Each job runs the same ``sync_folder`` routine as the CLI, on its own thread. Store calls are
+handed to the thread that owns the embedded store; embedding batches go through the CPU
+scheduler at ingest priority, so keystrokes and answers slip in between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+
+from ingest.sync import ChunkingOptions, sync_folder
+from retrieval.embedder import Embedder
+from retrieval.errors import BadRequest, Busy
+from retrieval.settings import Settings
+from retrieval.store import ChunkPoint, DocState, VectorStore
+from service.scheduler import CpuScheduler, Priority
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KEEP_JOBS = 100
+QUEUE_LIMIT = 32
+
+
+class ThreadBoundStore:
+    """The calls ``sync_folder`` makes, each run on the thread that owns the store."""
+
+    def __init__(self, store: VectorStore, executor: ThreadPoolExecutor, on_write: Callable[[int], None]) -> None:
+        self._store = store
+        self._executor = executor
+        self._on_write = on_write
+
+    def _on_owner(self, fn: Callable[[], T]) -> T:
+        return self._executor.submit(fn).result()
+
+    def inventory(self) -> dict[str, dict[str, DocState]]:
+        return self._on_owner(self._store.inventory)
+
+    def upsert(self, points: Iterable[ChunkPoint]) -> int:
+        batch = list(points)
+        written = self._on_owner(lambda: self._store.upsert(batch))
+        self._on_write(written)
+        return written
+
+    def delete_doc(self, doc_id: str, keep_version: str | None = None) -> None:
+        self._on_owner(lambda: self._store.delete_doc(doc_id, keep_version))
+
+
+@dataclass
+class IngestJob:
+    id: str
+    folder: str
+    state: str = "queued"  # queued, running, done, failed
+    files_total: int = 0
+    files_done: int = 0
+    chunks_written: int = 0
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "folder": self.folder, "state": self.state, "files_total": self.files_total,
+            "files_done": self.files_done, "chunks_written": self.chunks_written,
+            "progress": round(self.files_done / self.files_total, 4) if self.files_total else (1.0 if self.state == "done" else 0.0),
+            "summary": self.summary, "error": self.error, "created": self.created, "finished": self.finished,
+        }
+
+
+class IngestWorker:
+    """Runs ingest jobs one at a time (the one writer), in submission order."""
+
+    def __init__(self, settings: Settings, scheduler: CpuScheduler, embedder: Embedder, store: VectorStore,
+                 store_thread: ThreadPoolExecutor) -> None:
+        self._settings = settings
+        self._scheduler = scheduler
+        self._embedder = embedder
+        self._store = store
+        self._store_thread = store_thread
+        self._queue: asyncio.Queue[IngestJob] = asyncio.Queue()
+        self.jobs: OrderedDict[str, IngestJob] = OrderedDict()
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run())
+
+    def submit(self, folder: str) -> IngestJob:
+        path = Path(folder).expanduser()
+        if not path.is_absolute():
+            raise BadRequest("'path' must be an absolute path on the server's machine")
+        if not path.is_dir():
+            raise BadRequest(f"not a folder on the server: {path}")
+        if self._queue.qsize() >= QUEUE_LIMIT:
+            raise Busy(f"{QUEUE_LIMIT} ingest jobs are already waiting")
+        job = IngestJob(id=uuid.uuid4().hex[:12], folder=str(path.resolve()))
+        self.jobs[job.id] = job
+        while len(self.jobs) > KEEP_JOBS:
+            oldest = next(iter(self.jobs))
+            if self.jobs[oldest].state in ("queued", "running"):
+                break
+            del self.jobs[oldest]
+        self._queue.put_nowait(job)
+        return job
+
+    async def _run(self) -> None:
+        while True:
+            job = await self._queue.get()
+            job.state = "running"
+            try:
+                job.summary = (await asyncio.to_thread(self._sync, job)).as_dict()
+                job.state = "done"
+            except Exception as exc:  # a job's failure is reported on the job, never kills the worker
+                log.exception("ingest job %s failed", job.id)
+                job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                job.finished = time.time()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        future = asyncio.run_coroutine_threadsafe(
+            self._scheduler.run(Priority.INGEST, self._embedder.embed_documents, texts, len(texts)), self._loop)
+        return future.result()
+
+    def _sync(self, job: IngestJob) -> Any:
+        def on_start(total: int) -> None:
+            job.files_total = total
+
+        def on_file(path: Path, outcome: str) -> None:
+            job.files_done += 1
+
+        def on_write(count: int) -> None:
+            job.chunks_written += count
+
+        store = ThreadBoundStore(self._store, self._store_thread, on_write)
+        summary = sync_folder(
+            Path(job.folder), store, self._embed, self._embedder.count_tokens,  # type: ignore[arg-type]
+            ChunkingOptions.from_settings(self._settings), batch_size=self._settings.ingest_batch_size,
+            on_file=on_file, on_start=on_start,
+        )
+        return summary
+
+    async def close(self) -> None:
+        self._task.cancel()

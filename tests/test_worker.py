@@ -1,0 +1,129 @@
+"""The ingestion worker inside a running service, the CLI that finds it, and crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import BIN, FIXTURE_DOCS, Server, smallfirst
+from tests.test_service import connected, of, until_done
+
+pytestmark = pytest.mark.slow
+
+
+def corpus(folder: Path, files: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        paragraphs = "\n\n".join(
+            f"Station {i}-{p} records wind speed, rainfall and the temperature of the harbour water every hour. "
+            f"Its sensor number {i * 100 + p} was calibrated in spring and reports to the regional office in block {p}."
+            for p in range(12)
+        )
+        (folder / f"station-{i:03d}.md").write_text(f"# Weather station {i}\n\n{paragraphs}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("live")
+    shutil.copytree(FIXTURE_DOCS, data_dir / "docs")
+    assert smallfirst("ingest", str(data_dir / "docs"), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)}).returncode == 0
+    srv = Server(data_dir).start()
+    yield srv
+    srv.stop()
+
+
+def test_cli_ingests_through_the_running_service(live: Server, tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "comet.md").write_text("# Comet Valdra\n\nThe comet Valdra returns every 71 years; it was last seen in 1987.\n")
+    result = smallfirst("ingest", str(extra), "--json", "--no-progress", env=live.env)
+    assert result.returncode == 0, result.stderr
+    assert "held by the service" in result.stderr and "already accessed" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["added"] == 1 and summary["chunks_written"] >= 1
+    jobs = httpx.get(live.http + "/api/ingest").json()
+    job = jobs[0]
+    assert job["state"] == "done" and job["progress"] == 1.0 and job["summary"] == summary
+    assert job["files_done"] == job["files_total"] == 1 and job["chunks_written"] == summary["chunks_written"]
+
+    async def ask():
+        async with await connected(live) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "c", "question": "When was the comet Valdra last seen?"}))
+            return await until_done(ws, "c")
+    sources = of(asyncio.run(ask()), "c", "sources")[0]["sources"]
+    assert Path(sources[0]["doc_id"]).name == "comet.md"
+    again = smallfirst("ingest", str(extra), "--json", "--no-progress", env=live.env)
+    assert json.loads(again.stdout)["unchanged"] == 1
+
+
+def test_api_refuses_bad_jobs(live: Server, tmp_path: Path) -> None:
+    for body in ({"path": "relative/folder"}, {"path": str(tmp_path / "missing")}, {"folder": "/x"}, [1]):
+        answer = httpx.post(live.http + "/api/ingest", json=body)
+        assert answer.status_code == 400 and answer.json()["code"] == "bad_request", answer.text
+    assert httpx.post(live.http + "/api/ingest", content=b"{not json").status_code == 400
+    assert httpx.get(live.http + "/api/ingest/nope").status_code == 404
+
+
+def test_keystrokes_are_served_while_a_job_runs(live: Server, tmp_path: Path) -> None:
+    folder = corpus(tmp_path / "stations", 12)
+    job = httpx.post(live.http + "/api/ingest", json={"path": str(folder)}).json()
+
+    async def type_during_job():
+        async with await connected(live) as ws:
+            served = []
+            for i in range(6):
+                await ws.send(json.dumps({"type": "complete", "id": f"k{i}", "text": "The weather station records"[: 12 + i]}))
+                frames = await until_done(ws, f"k{i}", timeout=30)
+                served.append(of(frames, f"k{i}", "done")[0])
+            return served
+    served = asyncio.run(type_during_job())
+    state = httpx.get(f"{live.http}/api/ingest/{job['id']}").json()
+    assert all(d["finish"] in ("stop", "length") for d in served)
+    while state["state"] in ("queued", "running"):
+        state = httpx.get(f"{live.http}/api/ingest/{job['id']}").json()
+    assert state["state"] == "done" and state["summary"]["added"] == 12
+
+
+def point_ids(data_dir: Path) -> set[str]:
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=str(data_dir / "qdrant"))
+    try:
+        points, _ = client.scroll("docs", limit=100_000, with_payload=False)
+        return {str(p.id) for p in points}
+    finally:
+        client.close()
+
+
+def test_sigkill_mid_ingest_then_rerun_is_exact(tmp_path: Path) -> None:
+    folder = corpus(tmp_path / "stations", 30)
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    assert smallfirst("ingest", str(folder), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(clean)}).returncode == 0
+    proc = subprocess.Popen([str(BIN / "smallfirst"), "ingest", str(folder)], stderr=subprocess.PIPE,
+                            env={**os.environ, "SMALLFIRST_DATA_DIR": str(crashed)})
+    seen = b""
+    assert proc.stderr is not None
+    while not re.search(rb"\| *([3-9]|\d\d)/30 ", seen):  # a few files in, well before the end
+        chunk = proc.stderr.read1(4096)
+        assert chunk, f"ingest ended before it could be killed: {seen[-500:]!r}"
+        seen += chunk
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    rerun = smallfirst("ingest", str(folder), "--json", "--no-progress", env={"SMALLFIRST_DATA_DIR": str(crashed)})
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["added"] + summary["changed"] >= 1 and summary["failed"] == []
+    assert point_ids(crashed) == point_ids(clean)
