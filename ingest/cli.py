@@ -8,9 +8,11 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
+from ingest.loaders import SUPPORTED_SUFFIXES
 from ingest.sync import ChunkingOptions, SyncSummary, sync_folder
 from retrieval.embedder import Embedder
 from retrieval.errors import SmallfirstError, StoreLocked
@@ -28,6 +30,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("folder", type=Path, help="Folder to ingest: Markdown, text, reStructuredText, HTML, PDF and source code files.")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout.")
     parser.add_argument("--no-progress", action="store_true", help="Do not draw the progress bar.")
+    parser.add_argument("--watch", action="store_true",
+                        help="After the first sync, keep watching the folder and sync again within seconds of a change.")
     parser.add_argument("--server", metavar="URL",
                         help="Submit the job to the service at URL (e.g. http://127.0.0.1:8000) instead of writing the "
                         "store directly; used automatically when a running service holds the embedded store.")
@@ -35,38 +39,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def ingest(settings: Settings, folder: Path, progress: bool = True) -> SyncSummary:
-    """Embed ``folder`` into the configured store and return the summary."""
-    from tqdm import tqdm
+class DirectIngest:
+    """Writes the store from this process: the embedder and the store stay open across syncs."""
 
-    embedder = Embedder(settings.embed_model, cache_size=16)
-    store = VectorStore.open(
-        settings.collection, embedder.dimension, path=settings.qdrant_path,
-        url=settings.qdrant_url, api_key=settings.qdrant_api_key,
-    )
-    bar: tqdm | None = None
-
-    def on_start(total: int) -> None:
-        nonlocal bar
-        bar = tqdm(total=total, unit="file", desc="ingest", disable=not progress, file=sys.stderr)
-
-    def on_file(path: Path, outcome: str) -> None:
-        if bar is not None:
-            bar.set_postfix_str(f"{outcome}: {path.name}"[:60])
-            bar.update(1)
-
-    try:
-        return sync_folder(
-            folder, store,
-            embed=lambda texts: embedder.embed_documents(texts, settings.embed_batch_size),
-            count_tokens=embedder.count_tokens,
-            options=ChunkingOptions.from_settings(settings),
-            batch_size=settings.embed_batch_size, on_file=on_file, on_start=on_start,
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedder = Embedder(settings.embed_model, cache_size=16)
+        self.store = VectorStore.open(
+            settings.collection, self.embedder.dimension, path=settings.qdrant_path,
+            url=settings.qdrant_url, api_key=settings.qdrant_api_key,
         )
-    finally:
-        if bar is not None:
-            bar.close()
-        store.close()
+
+    def sync(self, folder: Path, progress: bool = True) -> SyncSummary:
+        from tqdm import tqdm
+
+        bar: tqdm | None = None
+
+        def on_start(total: int) -> None:
+            nonlocal bar
+            bar = tqdm(total=total, unit="file", desc="ingest", disable=not progress, file=sys.stderr)
+
+        def on_file(path: Path, outcome: str) -> None:
+            if bar is not None:
+                bar.set_postfix_str(f"{outcome}: {path.name}"[:60])
+                bar.update(1)
+
+        try:
+            return sync_folder(
+                folder, self.store,
+                embed=lambda texts: self.embedder.embed_documents(texts, self.settings.embed_batch_size),
+                count_tokens=self.embedder.count_tokens, options=ChunkingOptions.from_settings(self.settings),
+                batch_size=self.settings.embed_batch_size, on_file=on_file, on_start=on_start,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def running_service(settings: Settings) -> str | None:
@@ -118,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = not args.no_progress
     server = args.server
+    direct: DirectIngest | None = None
     try:
         if server is None and not settings.qdrant_url:
             try:
@@ -128,25 +139,52 @@ def run(args: argparse.Namespace) -> int:
                     raise exc
                 print(f"smallfirst ingest: the store is held by the service at {server}; the job runs there",
                       file=sys.stderr)
-        if server is not None:
-            summary = ingest_remote(server, args.folder, settings.api_token, progress)
-        else:
-            summary = ingest(settings, args.folder, progress)
+        if server is None:
+            direct = DirectIngest(settings)
+
+        def once(show_progress: bool) -> SyncSummary:
+            if direct is not None:
+                return direct.sync(args.folder, show_progress)
+            return ingest_remote(str(server), args.folder, settings.api_token, show_progress)
+
+        report(once(progress), args.json)
+        if args.watch:
+            def again() -> None:
+                summary = once(False)
+                if summary.added or summary.changed or summary.removed or summary.failed:
+                    report(summary, args.json)
+            watch_folder(args.folder, again)
     except SmallfirstError as exc:
         print(f"smallfirst ingest: {exc.message}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
         print(f"smallfirst ingest: cannot reach the service at {server}: {exc}", file=sys.stderr)
         return 1
-    for file, reason in summary.failed:
-        print(f"skipped {file}: {reason}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary.as_dict()))
-    else:
-        print(summary.line())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if direct is not None:
+            direct.close()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="python -m ingest", description="Ingest a folder of documents."))
-    return run(parser.parse_args(argv))
+def report(summary: SyncSummary, as_json: bool) -> None:
+    """Print a summary (skipped files on stderr)."""
+    for file, reason in summary.failed:
+        print(f"skipped {file}: {reason}", file=sys.stderr)
+    print(json.dumps(summary.as_dict()) if as_json else summary.line(), flush=True)
+
+
+def watch_folder(folder: Path, on_change: Callable[[], None], debounce_ms: int = 1000) -> None:
+    """Call ``on_change`` once the watcher runs (catching changes made since the first sync), then
+    after each burst of added, changed or deleted documents under ``folder``."""
+    from watchfiles import watch
+
+    started = False
+    for changes in watch(folder, debounce=debounce_ms, recursive=True, rust_timeout=500, yield_on_timeout=True):
+        if not started:
+            started = True
+            print(f"smallfirst ingest: watching {folder} (Ctrl-C stops)", file=sys.stderr, flush=True)
+            on_change()
+        elif any(Path(p).suffix.lower() in SUPPORTED_SUFFIXES for _, p in changes):
+            on_change()

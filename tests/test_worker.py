@@ -127,3 +127,38 @@ def test_sigkill_mid_ingest_then_rerun_is_exact(tmp_path: Path) -> None:
     summary = json.loads(rerun.stdout)
     assert summary["added"] + summary["changed"] >= 1 and summary["failed"] == []
     assert point_ids(crashed) == point_ids(clean)
+
+
+def test_watch_mode_sees_add_change_delete(tmp_path: Path) -> None:
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nThe first note is about apples.\n")
+    proc = subprocess.Popen(
+        [str(BIN / "smallfirst"), "ingest", str(folder), "--watch", "--json", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "SMALLFIRST_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def next_summary() -> dict:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        return json.loads(line)
+
+    try:
+        assert next_summary()["added"] == 1
+        while "watching" not in proc.stderr.readline():
+            pass
+        (folder / "b.md").write_text("# B\n\nThe second note is about bananas.\n")
+        assert next_summary()["added"] == 1
+        (folder / "a.md").write_text("# A\n\nThe first note is now about apricots.\n")
+        assert next_summary()["changed"] == 1
+        (folder / "b.md").unlink()
+        summary = next_summary()
+        assert summary["removed"] == 1 and summary["chunks_deleted"] >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
