@@ -54,6 +54,7 @@ class Settings:
     # Chunking
     chunk_tokens: int = _opt(220, "Target size of a chunk in embedding-model tokens.")
     chunk_overlap_tokens: int = _opt(32, "Tokens of the previous chunk repeated at the start of the next.")
+    watch_folders: tuple[str, ...] = _opt((), "Folders the service ingests at start and again whenever their files change (comma separated).")
     max_file_mb: float = _opt(50.0, "Files larger than this many megabytes are reported and skipped by ingest.")
     # Small model
     model_path: str | None = _opt(None, "GGUF file of the small model; unset uses the bundled Gemma 3 270M.")

@@ -92,7 +92,24 @@ class IngestWorker:
         self._queue: asyncio.Queue[IngestJob] = asyncio.Queue()
         self.jobs: OrderedDict[str, IngestJob] = OrderedDict()
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run())
+        self._tasks = [self._loop.create_task(self._run())]
+        for folder in settings.watch_folders:
+            self._tasks.append(self._loop.create_task(self._watch(folder)))
+
+    async def _watch(self, folder: str) -> None:
+        """Ingest a watched folder now, then after each burst of changes to its documents."""
+        from watchfiles import awatch
+
+        from ingest.loaders import SUPPORTED_SUFFIXES
+
+        try:
+            self.submit(folder)
+            async for changes in awatch(folder, debounce=1000, recursive=True):
+                if any(Path(p).suffix.lower() in SUPPORTED_SUFFIXES for _, p in changes):
+                    if not any(j.folder == str(Path(folder).resolve()) and j.state == "queued" for j in self.jobs.values()):
+                        self.submit(folder)
+        except (BadRequest, Busy, OSError) as exc:
+            log.error("cannot watch %s: %s", folder, getattr(exc, "message", exc))
 
     def submit(self, folder: str) -> IngestJob:
         path = Path(folder).expanduser()
@@ -149,4 +166,5 @@ class IngestWorker:
         return summary
 
     async def close(self) -> None:
-        self._task.cancel()
+        for task in self._tasks:
+            task.cancel()

@@ -162,3 +162,30 @@ def test_watch_mode_sees_add_change_delete(tmp_path: Path) -> None:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_service_watches_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Kiln\n\nThe kiln fires pottery at 1200 degrees.\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    srv = Server(data, {"SMALLFIRST_WATCH_FOLDERS": str(folder)}).start()
+    try:
+        def jobs() -> list[dict]:
+            return httpx.get(srv.http + "/api/ingest").json()
+
+        def settled(count: int) -> list[dict]:
+            import time
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                current = jobs()
+                if len(current) >= count and all(j["state"] == "done" for j in current):
+                    return current
+                time.sleep(0.3)
+            raise AssertionError(jobs())
+        assert settled(1)[0]["summary"]["added"] == 1
+        (folder / "b.md").write_text("# Glaze\n\nThe glaze is made of feldspar and silica.\n")
+        assert settled(2)[0]["summary"]["added"] == 1
+    finally:
+        srv.stop()
