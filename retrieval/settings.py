@@ -49,7 +49,7 @@ class Settings:
     # Embedding
     embed_model: str | None = _opt(None, "Sentence-transformers model folder; unset uses the bundled all-MiniLM-L6-v2.")
     embed_batch_size: int = _opt(32, "Chunks embedded per batch by the ingest CLI.")
-    ingest_batch_size: int = _opt(4, "Chunks embedded per scheduler step by the service's ingest worker (bounds how long a keystroke waits).")
+    ingest_batch_size: int = _opt(1, "Chunks embedded per scheduler step by the service's ingest worker (bounds how long a keystroke waits).")
     query_cache_size: int = _opt(2048, "Query vectors kept in the LRU cache.")
     # Chunking
     chunk_tokens: int = _opt(220, "Target size of a chunk in embedding-model tokens.")

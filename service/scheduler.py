@@ -9,9 +9,9 @@ of every llama.cpp context: no other thread touches one.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
-import queue
 import threading
 import time
 from enum import IntEnum
@@ -36,13 +36,21 @@ class SchedulerClosed(RuntimeError):
 
 
 class CpuScheduler:
-    """A priority queue drained by one worker thread."""
+    """A priority queue drained by one worker thread.
 
-    def __init__(self, name: str = "smallfirst-cpu") -> None:
-        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+    A request runs as a chain of steps, and the next step of a chain is submitted only once
+    the event loop has seen the previous one finish. So that a waiting lower-priority step
+    (an embedding batch of an ingest job, say) does not slip into that gap every time, the
+    worker lingers for ``linger_s`` after a step when only less urgent work is queued.
+    """
+
+    def __init__(self, name: str = "smallfirst-cpu", linger_s: float = 0.004) -> None:
+        self._heap: list[tuple[int, int, Any]] = []
+        self._ready = threading.Condition()
         self._order = itertools.count()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._closed = False
+        self._linger_s = linger_s
         self.steps = 0
         self.busy_s = 0.0
 
@@ -53,30 +61,51 @@ class CpuScheduler:
     def thread_id(self) -> int | None:
         return self._thread.ident
 
+    def _put(self, priority: int, item: Any) -> None:
+        with self._ready:
+            heapq.heappush(self._heap, (priority, next(self._order), item))
+            self._ready.notify()
+
     async def run(self, priority: Priority, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread; cancelling the caller drops a job not yet started."""
         if self._closed:
             raise SchedulerClosed("the scheduler is stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((int(priority), next(self._order), (fn, args, future, loop)))
+        self._put(int(priority), (fn, args, future, loop))
         return await future
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the running step; queued jobs are dropped."""
         self._closed = True
-        self._queue.put((-1, -1, None))
+        self._put(-1, None)
         if self._thread.is_alive() and threading.get_ident() != self._thread.ident:
             self._thread.join(timeout)
 
+    def _next(self, last_priority: int | None) -> Any:
+        """The most urgent job; after a step, wait briefly for its successor before less urgent work."""
+        with self._ready:
+            if last_priority is not None:
+                deadline = time.perf_counter() + self._linger_s
+                while not self._heap or self._heap[0][0] > last_priority:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._ready.wait(remaining)
+            while not self._heap:
+                self._ready.wait()
+            return heapq.heappop(self._heap)
+
     def _work(self) -> None:
+        last: int | None = None
         while True:
-            _, _, item = self._queue.get()
+            priority, _, item = self._next(last)
             if item is None:
                 return
             fn, args, future, loop = item
             if future is not None and future.cancelled():
                 continue
+            last = priority
             started = time.perf_counter()
             try:
                 value = fn(*args)
