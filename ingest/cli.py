@@ -89,13 +89,13 @@ def running_service(settings: Settings) -> str | None:
         return None
 
 
-def ingest_remote(url: str, folder: Path, token: str | None, progress: bool = True) -> SyncSummary:
+def ingest_remote(url: str, folder: Path, collection: str, token: str | None, progress: bool = True) -> SyncSummary:
     """Submit the folder to a running service's ingest worker and follow the job to its end."""
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=10) as client:
-        answer = client.post("/api/ingest", json={"path": str(folder.resolve())})
+        answer = client.post("/api/ingest", json={"path": str(folder.resolve()), "collection": collection})
         if answer.status_code != 202:
             raise SmallfirstError(f"the service refused the job: HTTP {answer.status_code} {answer.text[:300]}")
         job = answer.json()
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         def once(show_progress: bool) -> SyncSummary:
             if direct is not None:
                 return direct.sync(args.folder, show_progress)
-            return ingest_remote(str(server), args.folder, settings.api_token, show_progress)
+            return ingest_remote(str(server), args.folder, settings.collection, settings.api_token, show_progress)
 
         report(once(progress), args.json)
         if args.watch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from retrieval.errors import RetrievalUnavailable, StoreLocked
 
 log = logging.getLogger(__name__)
 
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 POINT_NAMESPACE = uuid.UUID("6f2a4f0e-1c1e-5b8e-9a57-5d9a1c3f7e21")
 PAYLOAD_KEYS = ("doc_id", "doc_version")
 
@@ -129,6 +131,13 @@ class VectorStore:
                 raise
             raise RetrievalUnavailable(f"cannot reach the vector store: {exc}") from exc
         return store
+
+    def with_collection(self, name: str) -> "VectorStore":
+        """The same store (and client) over another collection."""
+        return VectorStore(self.client, name, self.dimension)
+
+    def exists(self) -> bool:
+        return bool(self.client.collection_exists(self.collection))
 
     def ensure_collection(self) -> None:
         """Create the collection and its payload indexes if missing; check the vector size."""

@@ -16,6 +16,7 @@ from litestar.static_files import create_static_files_router
 
 from retrieval.errors import BadRequest, SmallfirstError
 from retrieval.settings import Settings
+from retrieval.store import COLLECTION_NAME
 from service.runtime import Runtime
 from service.session import POLICY_VIOLATION, Session
 from service.worker import IngestWorker
@@ -106,7 +107,10 @@ async def submit_ingest(request: Request, state: State) -> dict[str, object]:
         raise BadRequest("the body must be JSON like {\"path\": \"/absolute/folder\"}") from None
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
         raise BadRequest("the body must be JSON like {\"path\": \"/absolute/folder\"}")
-    return worker.submit(body["path"]).as_dict()
+    collection = body.get("collection")
+    if collection is not None and not isinstance(collection, str):
+        raise BadRequest("'collection' must be a string")
+    return worker.submit(body["path"], collection).as_dict()
 
 
 @get("/api/ingest")
@@ -125,14 +129,15 @@ async def get_ingest(request: Request, state: State, job_id: str) -> dict[str, o
 
 
 @get("/api/source")
-async def source(request: Request, state: State, doc_id: str) -> File:
+async def source(request: Request, state: State, doc_id: str, collection: str | None = None) -> File:
     """The original file of an ingested document (only files the store holds are served)."""
     runtime = _runtime(state)
     if not token_ok(request, runtime.settings):
         raise NotAuthorizedException("missing or wrong bearer token")
     runtime.require_ready()
-    store = runtime.store
-    assert store is not None
+    if collection is not None and not COLLECTION_NAME.match(collection):
+        raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
+    store = await runtime.collection(collection)
     known = await runtime.in_store_thread(lambda: store.has_doc(doc_id))
     path = Path(doc_id)
     if not known or not path.is_file():

@@ -8,7 +8,7 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from retrieval.context import Context, assemble_context
-from retrieval.errors import BadRequest, SmallfirstError, UpstreamTimeout
+from retrieval.errors import SmallfirstError, UpstreamTimeout
 from retrieval.settings import Settings
 from service.llm.base import GenerationStats
 from service.llm.prompts import (
@@ -153,14 +153,12 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
     to the small tier (and saying so) when the large one is unconfigured or fails."""
     runtime.require_ready()
     settings = runtime.settings
-    if msg.collection is not None and msg.collection != settings.collection:
-        raise BadRequest(f"unknown collection {msg.collection!r}; this service serves {settings.collection!r}")
     assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
     t = time.perf_counter()
     vector = await runtime.embed_query(msg.question)
     req.timings["embed"] = _ms(time.perf_counter() - t)
     t = time.perf_counter()
-    hits = await runtime.search(vector, msg.top_k)
+    hits = await runtime.search(vector, msg.top_k, msg.collection)
     req.timings["search"] = _ms(time.perf_counter() - t)
     context = assemble_context(hits, settings.context_tokens, runtime.tokenizer.count, settings.min_score)
     route = choose_tier(
@@ -233,6 +231,8 @@ async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request) ->
     """Stream a continuation of the typed text from the autocomplete context."""
     runtime.require_ready()
     assert runtime.complete_model is not None
+    if msg.collection is not None:
+        await runtime.collection(msg.collection)  # an unknown set is refused here too
     prompt = complete_prompt(msg.text)
     if not prompt.strip():
         return "stop"

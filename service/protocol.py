@@ -9,7 +9,7 @@ import orjson
 
 from retrieval.errors import BadRequest, SmallfirstError, TooLarge
 from retrieval.settings import Settings
-from retrieval.store import Hit
+from retrieval.store import COLLECTION_NAME, Hit
 
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 128
@@ -21,6 +21,7 @@ class Complete:
     id: str
     text: str
     max_tokens: int
+    collection: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ def _int(frame: dict[str, Any], key: str, default: int, low: int, high: int) -> 
     return value
 
 
+def _collection(frame: dict[str, Any]) -> str | None:
+    value = frame.get("collection")
+    if value is not None and (not isinstance(value, str) or not COLLECTION_NAME.match(value)):
+        raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
+    return value
+
+
 def _text(frame: dict[str, Any], key: str, limit: int, allow_empty: bool) -> str:
     if key not in frame:
         raise BadRequest(f"missing '{key}'")
@@ -113,14 +121,13 @@ def _message(frame: dict[str, Any], settings: Settings) -> Message:
             id=_id(frame),
             text=_text(frame, "text", settings.max_text_chars, allow_empty=True),
             max_tokens=_int(frame, "max_tokens", settings.complete_max_tokens, 1, settings.complete_max_tokens),
+            collection=_collection(frame),
         )
     if kind == "ask":
         tier = frame.get("tier")
         if tier is not None and tier not in ("small", "large"):
             raise BadRequest("'tier' must be \"small\" or \"large\"")
-        collection = frame.get("collection")
-        if collection is not None and not isinstance(collection, str):
-            raise BadRequest("'collection' must be a string")
+        collection = _collection(frame)
         return Ask(
             id=_id(frame),
             question=_text(frame, "question", settings.max_question_chars, allow_empty=False),

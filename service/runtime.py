@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 
 from retrieval.classifier import HardQueryClassifier
 from retrieval.embedder import Embedder
-from retrieval.errors import Busy, RetrievalUnavailable, SmallfirstError
+from retrieval.errors import BadRequest, Busy, RetrievalUnavailable, SmallfirstError
 from retrieval.settings import Settings
 from retrieval.store import Hit, VectorStore
 from service.distill import DistillLog
@@ -145,9 +145,18 @@ class Runtime:
             return self.embedder.embed_query(text)
         return await self.scheduler.run(Priority.ANSWER, self.embedder.embed_query, text)
 
-    async def search(self, vector: Any, top_k: int) -> list[Hit]:
+    async def collection(self, name: str | None) -> VectorStore:
+        """The store over ``name`` (the default collection when None); unknown names are refused."""
         assert self.store is not None
-        store = self.store
+        if name is None or name == self.store.collection:
+            return self.store
+        store = self.store.with_collection(name)
+        if not await self.in_store_thread(store.exists):
+            raise BadRequest(f"unknown collection {name!r}; ingest into it first (smallfirst ingest DIR --collection {name})")
+        return store
+
+    async def search(self, vector: Any, top_k: int, collection: str | None = None) -> list[Hit]:
+        store = await self.collection(collection)
         try:
             return await self.in_store_thread(lambda: store.search(vector, top_k))
         except RetrievalUnavailable:

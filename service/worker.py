@@ -23,7 +23,7 @@ from ingest.sync import ChunkingOptions, sync_folder
 from retrieval.embedder import Embedder
 from retrieval.errors import BadRequest, Busy
 from retrieval.settings import Settings
-from retrieval.store import ChunkPoint, DocState, VectorStore
+from retrieval.store import COLLECTION_NAME, ChunkPoint, DocState, VectorStore
 from service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ThreadBoundStore:
 class IngestJob:
     id: str
     folder: str
+    collection: str
     state: str = "queued"  # queued, running, done, failed
     files_total: int = 0
     files_done: int = 0
@@ -72,7 +73,7 @@ class IngestJob:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "folder": self.folder, "state": self.state, "files_total": self.files_total,
+            "id": self.id, "folder": self.folder, "collection": self.collection, "state": self.state, "files_total": self.files_total,
             "files_done": self.files_done, "chunks_written": self.chunks_written,
             "progress": round(self.files_done / self.files_total, 4) if self.files_total else (1.0 if self.state == "done" else 0.0),
             "summary": self.summary, "error": self.error, "created": self.created, "finished": self.finished,
@@ -111,7 +112,10 @@ class IngestWorker:
         except (BadRequest, Busy, OSError) as exc:
             log.error("cannot watch %s: %s", folder, getattr(exc, "message", exc))
 
-    def submit(self, folder: str) -> IngestJob:
+    def submit(self, folder: str, collection: str | None = None) -> IngestJob:
+        collection = collection or self._store.collection
+        if not COLLECTION_NAME.match(collection):
+            raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
         path = Path(folder).expanduser()
         if not path.is_absolute():
             raise BadRequest("'path' must be an absolute path on the server's machine")
@@ -119,7 +123,7 @@ class IngestWorker:
             raise BadRequest(f"not a folder on the server: {path}")
         if self._queue.qsize() >= QUEUE_LIMIT:
             raise Busy(f"{QUEUE_LIMIT} ingest jobs are already waiting")
-        job = IngestJob(id=uuid.uuid4().hex[:12], folder=str(path.resolve()))
+        job = IngestJob(id=uuid.uuid4().hex[:12], folder=str(path.resolve()), collection=collection)
         self.jobs[job.id] = job
         while len(self.jobs) > KEEP_JOBS:
             oldest = next(iter(self.jobs))
@@ -157,7 +161,9 @@ class IngestWorker:
         def on_write(count: int) -> None:
             job.chunks_written += count
 
-        store = ThreadBoundStore(self._store, self._store_thread, on_write)
+        target = self._store.with_collection(job.collection)
+        self._store_thread.submit(target.ensure_collection).result()
+        store = ThreadBoundStore(target, self._store_thread, on_write)
         summary = sync_folder(
             Path(job.folder), store, self._embed, self._embedder.count_tokens,  # type: ignore[arg-type]
             ChunkingOptions.from_settings(self._settings), batch_size=self._settings.ingest_batch_size,

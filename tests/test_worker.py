@@ -189,3 +189,27 @@ def test_service_watches_folders(tmp_path: Path) -> None:
         assert settled(2)[0]["summary"]["added"] == 1
     finally:
         srv.stop()
+
+
+def test_collections_keep_document_sets_apart(live: Server, tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "soup.md").write_text("# Nettle soup\n\nPick young nettle tops in April and simmer them with potatoes for twenty minutes.\n")
+    result = smallfirst("ingest", str(recipes), "--collection", "recipes", "--json", "--no-progress", env=live.env)
+    assert result.returncode == 0 and json.loads(result.stdout)["added"] == 1, result.stderr
+
+    async def ask(collection: str | None) -> list[dict]:
+        frame = {"type": "ask", "id": "r", "question": "How long do I simmer the nettle soup?"}
+        if collection:
+            frame["collection"] = collection
+        async with await connected(live) as ws:
+            await ws.send(json.dumps(frame))
+            return await until_done(ws, "r")
+    in_recipes = of(asyncio.run(ask("recipes")), "r", "sources")[0]["sources"]
+    assert [Path(s["doc_id"]).name for s in in_recipes] == ["soup.md"]
+    in_default = of(asyncio.run(ask(None)), "r", "sources")[0]["sources"]
+    assert "soup.md" not in [Path(s["doc_id"]).name for s in in_default]
+    unknown = asyncio.run(ask("nonexistent"))
+    assert unknown[-1]["type"] == "error" and "unknown collection" in unknown[-1]["message"]
+    bad = asyncio.run(ask("../etc"))
+    assert bad[-1]["code"] == "bad_request"
