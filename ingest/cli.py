@@ -13,6 +13,7 @@ from typing import Callable
 import httpx
 
 from ingest.loaders import SUPPORTED_SUFFIXES
+from ingest.lock import WriterLock
 from ingest.sync import ChunkingOptions, SyncSummary, sync_folder
 from retrieval.embedder import Embedder
 from retrieval.errors import SmallfirstError, StoreLocked
@@ -65,12 +66,13 @@ class DirectIngest:
                 bar.update(1)
 
         try:
-            return sync_folder(
-                folder, self.store,
-                embed=lambda texts: self.embedder.embed_documents(texts, self.settings.embed_batch_size),
-                count_tokens=self.embedder.count_tokens, options=ChunkingOptions.from_settings(self.settings),
-                batch_size=self.settings.embed_batch_size, on_file=on_file, on_start=on_start,
-            )
+            with WriterLock(self.settings.data_dir):
+                return sync_folder(
+                    folder, self.store,
+                    embed=lambda texts: self.embedder.embed_documents(texts, self.settings.embed_batch_size),
+                    count_tokens=self.embedder.count_tokens, options=ChunkingOptions.from_settings(self.settings),
+                    batch_size=self.settings.embed_batch_size, on_file=on_file, on_start=on_start,
+                )
         finally:
             if bar is not None:
                 bar.close()
@@ -188,3 +190,8 @@ def watch_folder(folder: Path, on_change: Callable[[], None], debounce_ms: int =
             on_change()
         elif any(Path(p).suffix.lower() in SUPPORTED_SUFFIXES for _, p in changes):
             on_change()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m ingest", description="Ingest a folder of documents."))
+    return run(parser.parse_args(argv))

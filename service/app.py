@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar.datastructures import State, UploadFile
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.response import File
 from litestar.static_files import create_static_files_router
@@ -99,18 +99,43 @@ def _worker(request: Request, state: State) -> IngestWorker:
 
 @post("/api/ingest", status_code=202)
 async def submit_ingest(request: Request, state: State) -> dict[str, object]:
-    """Queue an ingest job for a folder on this machine: ``{"path": "/abs/folder"}``; answers at once."""
+    """Queue an ingest job; answers at once. JSON ``{"path": "/abs/folder", "collection": "docs"}`` ingests a
+    folder on this machine; a multipart upload of files (field ``files``, optional ``collection``) stores them
+    under ``DATA_DIR/uploads/COLLECTION`` and ingests that folder."""
     worker = _worker(request, state)
+    if (request.headers.get("content-type") or "").startswith("multipart/form-data"):
+        return await _submit_upload(request, worker, _runtime(state).settings)
     try:
         body = await request.json()
     except Exception:
-        raise BadRequest("the body must be JSON like {\"path\": \"/absolute/folder\"}") from None
+        raise BadRequest(_INGEST_BODY) from None
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
-        raise BadRequest("the body must be JSON like {\"path\": \"/absolute/folder\"}")
+        raise BadRequest(_INGEST_BODY)
     collection = body.get("collection")
     if collection is not None and not isinstance(collection, str):
         raise BadRequest("'collection' must be a string")
     return worker.submit(body["path"], collection).as_dict()
+
+
+_INGEST_BODY = 'the body must be JSON like {"path": "/absolute/folder"} or a multipart upload of files'
+
+
+async def _submit_upload(request: Request, worker: IngestWorker, settings: Settings) -> dict[str, object]:
+    form = await request.form()
+    collection = form.get("collection") or settings.collection
+    if not isinstance(collection, str) or not COLLECTION_NAME.match(collection):
+        raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
+    uploads = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
+    if not uploads:
+        raise BadRequest("a multipart upload needs one or more files in the field 'files'")
+    folder = settings.data_dir / "uploads" / collection
+    folder.mkdir(parents=True, exist_ok=True)
+    for upload in uploads:
+        name = Path(upload.filename or "").name
+        if not name or name.startswith("."):
+            raise BadRequest(f"unusable file name {upload.filename!r}")
+        (folder / name).write_bytes(await upload.read())
+    return worker.submit(str(folder), collection).as_dict()
 
 
 @get("/api/ingest")
@@ -179,5 +204,6 @@ def create_app(settings: Settings) -> Litestar:
         on_shutdown=[stop],
         state=State({"runtime": runtime}),
         exception_handlers={SmallfirstError: smallfirst_error},
+        request_max_body_size=int(settings.max_file_mb * 4_000_000),
         debug=False,
     )

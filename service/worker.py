@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 
+from ingest.lock import WriterLock
 from ingest.sync import ChunkingOptions, sync_folder
 from retrieval.embedder import Embedder
 from retrieval.errors import BadRequest, Busy
@@ -164,12 +165,12 @@ class IngestWorker:
         target = self._store.with_collection(job.collection)
         self._store_thread.submit(target.ensure_collection).result()
         store = ThreadBoundStore(target, self._store_thread, on_write)
-        summary = sync_folder(
-            Path(job.folder), store, self._embed, self._embedder.count_tokens,  # type: ignore[arg-type]
-            ChunkingOptions.from_settings(self._settings), batch_size=self._settings.ingest_batch_size,
-            on_file=on_file, on_start=on_start,
-        )
-        return summary
+        with WriterLock(self._settings.data_dir):
+            return sync_folder(
+                Path(job.folder), store, self._embed, self._embedder.count_tokens,  # type: ignore[arg-type]
+                ChunkingOptions.from_settings(self._settings), batch_size=self._settings.ingest_batch_size,
+                on_file=on_file, on_start=on_start,
+            )
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -213,3 +213,29 @@ def test_collections_keep_document_sets_apart(live: Server, tmp_path: Path) -> N
     assert unknown[-1]["type"] == "error" and "unknown collection" in unknown[-1]["message"]
     bad = asyncio.run(ask("../etc"))
     assert bad[-1]["code"] == "bad_request"
+
+
+def test_uploaded_files_are_ingested(live: Server) -> None:
+    files = [("files", ("kite.md", b"# Kites\n\nA delta kite flies best in winds of ten to twenty knots.\n", "text/markdown")),
+             ("files", ("kite-notes.txt", b"Keep the kite line dry; wet lines stretch.\n", "text/plain"))]
+    answer = httpx.post(live.http + "/api/ingest", files=files, data={"collection": "uploads"})
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    while job["state"] in ("queued", "running"):
+        job = httpx.get(f"{live.http}/api/ingest/{job['id']}").json()
+    assert job["state"] == "done" and job["summary"]["added"] == 2 and job["collection"] == "uploads"
+    empty = httpx.post(live.http + "/api/ingest", files=[("other", ("x.md", b"x", "text/plain"))])
+    assert empty.status_code == 400 and "files" in empty.json()["message"]
+    sneaky = httpx.post(live.http + "/api/ingest", files=[("files", (".hidden", b"x", "text/plain"))])
+    assert sneaky.status_code == 400
+
+
+def test_one_writer_at_a_time(tmp_path: Path) -> None:
+    from ingest.lock import WriterLock
+    from retrieval.errors import StoreLocked
+
+    with WriterLock(tmp_path):
+        with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
+            WriterLock(tmp_path).acquire()
+    with WriterLock(tmp_path):  # released: free again
+        pass
