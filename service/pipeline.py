@@ -79,7 +79,6 @@ class Request:
         self.segments: list[tuple[str, GenerationStats]] = []
         self.timings: dict[str, float] = {}
         self.writer: TokenWriter | None = None
-        self.route: Route | None = None
 
     def segment(self, tier: str) -> GenerationStats:
         """Usage of the next stretch of output, produced by ``tier``."""
@@ -165,7 +164,6 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
         hits[0].score if hits else None, runtime.classifier.probability(vector), settings, msg.tier,
         small_saturated=runtime.answer_model.saturated,
     )
-    req.route = route
     await send({"type": "sources", "id": msg.id, "sources": [source_entry(h) for h in context.sources]})
     try:
         if route.tier == "large":
