@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-import httpx
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from harness import ROOT, bench_env, ingest, service
+
 TYPED = "The scheduler runs every heavy computation on one worker thread, so keystrokes come first."
 COLD = [
     "Quarterly revenue grew", "My favourite mountain", "Please remember to", "Dear committee members,",
@@ -75,31 +70,10 @@ async def measure(url: str) -> dict[str, list[float]]:
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SMALLFIRST_DATA_DIR": tmp, "HF_HUB_OFFLINE": "1"}
-        subprocess.run([str(BIN / "smallfirst"), "ingest", str(ROOT / "docs"), "--no-progress"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env["SMALLFIRST_PORT"] = str(port)
-        server = subprocess.Popen([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    print("server did not become ready", file=sys.stderr)
-                    return 1
-                time.sleep(0.3)
+        env = bench_env(tmp)
+        ingest(ROOT / "docs", env)
+        with service(env) as port:
             figures = asyncio.run(measure(f"ws://127.0.0.1:{port}/ws"))
-        finally:
-            server.terminate()
-            server.wait(20)
     for name, values in figures.items():
         print(f"{name:>5}: n={len(values)} p50={statistics.median(values):.1f} ms p95={pct(values, 0.95):.1f} ms max={max(values):.1f} ms")
     warm, cold, ask = (statistics.median(figures[k]) for k in ("warm", "cold", "ask"))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,10 +21,10 @@ from pathlib import Path
 import httpx
 import websockets
 
+from harness import BIN, ROOT, bench_env, ingest, service
+
 from first_token import TYPED, first_token, pct
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PYDOC = Path("/usr/share/doc/python3.11/html")
 
 
@@ -57,30 +55,13 @@ def main() -> int:
         tmp = Path(tmp_name)
         corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else default_corpus(tmp)
         files = sum(1 for p in corpus.rglob("*") if p.is_file())
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SMALLFIRST_DATA_DIR": str(tmp / "cli")}
+        env = bench_env(tmp / "cli")
         cli = json.loads(subprocess.run([str(BIN / "smallfirst"), "ingest", str(corpus), "--json", "--no-progress"],
                                         env=env, check=True, capture_output=True, text=True).stdout)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env.update(SMALLFIRST_DATA_DIR=str(tmp / "svc"), SMALLFIRST_PORT=str(port))
-        subprocess.run([str(BIN / "smallfirst"), "ingest", str(ROOT / "docs"), "--no-progress"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        server = subprocess.Popen([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the service did not become ready")
-                time.sleep(0.3)
-            url = f"ws://127.0.0.1:{port}/ws"
+        env = bench_env(tmp / "svc")
+        ingest(ROOT / "docs", env)
+        with service(env) as port:
+            base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
             idle = asyncio.run(keystrokes(url))
             job = httpx.post(base + "/api/ingest", json={"path": str(corpus.resolve())}).json()
             time.sleep(1.0)  # the job is under way: files listed, first batches embedding
@@ -88,13 +69,7 @@ def main() -> int:
             during = httpx.get(f"{base}/api/ingest/{job['id']}").json()
             while during["state"] in ("queued", "running"):
                 time.sleep(0.5)
-                during_final = httpx.get(f"{base}/api/ingest/{job['id']}").json()
-                if during_final["state"] not in ("queued", "running"):
-                    during = during_final
-                    break
-        finally:
-            server.terminate()
-            server.wait(30)
+                during = httpx.get(f"{base}/api/ingest/{job['id']}").json()
     summary = during["summary"]
     cli_rate = cli["chunks_written"] / cli["seconds"]
     worker_rate = summary["chunks_written"] / summary["seconds"]

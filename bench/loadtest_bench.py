@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,32 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from harness import BIN, ROOT, bench_env, ingest, service
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BIN = Path(sys.executable).parent
+
 RUNS = (  # (name, workload, rate per s, duration s): light keeps the model mostly idle, saturating overloads it
     ("ask-light", "ask", 0.15, 40), ("ask-saturating", "ask", 2.0, 15),
     ("type-light", "type", 0.05, 40), ("type-saturating", "type", 0.6, 15),
 )
 ANSWER_MAX_TOKENS = 64
 TYPED = "The scheduler runs every heavy computation on one worker thread."
-
-
-def serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{env['SMALLFIRST_PORT']}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the service did not become ready")
 
 
 def loadtest(url: str, workload: str, rate: float, duration: float, out: Path) -> dict:
@@ -104,21 +87,12 @@ def direct(data_dir: str) -> dict[str, float]:
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "SMALLFIRST_DATA_DIR": tmp, "SMALLFIRST_PORT": str(port), "HF_HUB_OFFLINE": "1",
-               "SMALLFIRST_ANSWER_MAX_TOKENS": str(ANSWER_MAX_TOKENS)}
-        subprocess.run([str(BIN / "smallfirst"), "ingest", str(ROOT / "docs"), "--no-progress"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        server = serve(env)
+        env = bench_env(tmp, SMALLFIRST_ANSWER_MAX_TOKENS=str(ANSWER_MAX_TOKENS))
+        ingest(ROOT / "docs", env)
         results = {}
-        try:
+        with service(env) as port:
             for name, workload, rate, duration in RUNS:
                 results[name] = loadtest(f"ws://127.0.0.1:{port}/ws", workload, rate, duration, Path(tmp) / f"{name}.json")
-        finally:
-            server.terminate()
-            server.wait(30)
         baseline = direct(tmp)
     for name, s in results.items():
         extra = f" delivered {s.get('delivered')} stale {s.get('stale_dropped')}" if "delivered" in s else ""

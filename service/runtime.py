@@ -64,6 +64,7 @@ class Runtime:
         self.stats = Stats()
         self.distill: DistillLog | None = None
         self.worker: IngestWorker | None = None
+        self._known_collections: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.load_seconds = 0.0
 
@@ -151,8 +152,10 @@ class Runtime:
         if name is None or name == self.store.collection:
             return self.store
         store = self.store.with_collection(name)
-        if not await self.in_store_thread(store.exists):
-            raise BadRequest(f"unknown collection {name!r}; ingest into it first (smallfirst ingest DIR --collection {name})")
+        if name not in self._known_collections:  # asked once: keystrokes name their collection every time
+            if not await self.in_store_thread(store.exists):
+                raise BadRequest(f"unknown collection {name!r}; ingest into it first (smallfirst ingest DIR --collection {name})")
+            self._known_collections.add(name)
         return store
 
     async def search(self, vector: Any, top_k: int, collection: str | None = None) -> list[Hit]:

@@ -1,0 +1,56 @@
+"""What every bench script needs: a temporary store with docs/ ingested and a running service."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_env(data_dir: str | Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "SMALLFIRST_DATA_DIR": str(data_dir), **extra}
+
+
+def ingest(folder: Path, env: dict[str, str]) -> None:
+    subprocess.run([str(BIN / "smallfirst"), "ingest", str(folder), "--no-progress"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def service(env: dict[str, str], timeout_s: float = 180) -> Iterator[int]:
+    """Run `smallfirst serve` on a free port until the block ends; yields the port once it is ready."""
+    port = free_port()
+    env = {**env, "SMALLFIRST_PORT": str(port)}
+    proc = subprocess.Popen([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("the service did not become ready")
+            time.sleep(0.3)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
