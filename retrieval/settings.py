@@ -60,7 +60,11 @@ class Settings:
     model_path: str | None = _opt(None, "GGUF file of the small model; unset uses the bundled Gemma 3 270M.")
     model_threads: int = _opt(0, "Threads for llama.cpp; 0 uses every core.")
     answer_ctx: int = _opt(2048, "Context window of the answer context in tokens.")
-    complete_ctx: int = _opt(1024, "Context window of the autocomplete context in tokens.")
+    complete_ctx: int = _opt(1024, "Tokens each autocomplete slot (one per typist) holds: grounding plus typed text plus suggestion.")
+    complete_slots: int = _opt(8, "Autocomplete slots in the shared context: one per recent typist, plus one while new grounding is prefilled.")
+    complete_grounding: bool = _opt(True, "Put a retrieved passage in front of the typed text (looked up off the keystroke path, at word boundaries).")
+    complete_context_tokens: int = _opt(120, "Model tokens of the retrieved passage in front of the typed text.")
+    complete_prefix_reuse: bool = _opt(True, "Reuse the KV prefix and cached retrieval between keystrokes (off: every keystroke retrieves and prefills from scratch, a baseline for benchmarks).")
     prefill_step_tokens: int = _opt(32, "Prompt tokens evaluated per scheduler step (bounds how long a keystroke waits).")
     # Retrieval and answers
     top_k: int = _opt(4, "Chunks retrieved for an answer when the request gives no top_k.")
@@ -119,7 +123,7 @@ class Settings:
     def validate(self) -> "Settings":
         """Reject values that would fail later and less clearly."""
         positive = (
-            "port", "embed_batch_size", "ingest_batch_size", "query_cache_size", "chunk_tokens", "answer_ctx", "complete_ctx",
+            "port", "embed_batch_size", "ingest_batch_size", "query_cache_size", "chunk_tokens", "answer_ctx", "complete_ctx", "complete_slots", "complete_context_tokens",
             "prefill_step_tokens", "top_k", "max_top_k", "context_tokens", "answer_max_tokens",
             "complete_max_tokens", "max_frame_bytes", "max_question_chars", "max_text_chars",
             "rate_burst", "max_inflight", "answer_queue_limit", "large_max_tokens", "large_connect_timeout_s",

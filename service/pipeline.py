@@ -10,10 +10,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from retrieval.context import Context, assemble_context
 from retrieval.errors import SmallfirstError, UpstreamTimeout
 from retrieval.settings import Settings
+from service.autocomplete import Typist
 from service.llm.base import GenerationStats
-from service.llm.prompts import (
-    ANSWER_STOPS, COMPLETE_STOPS, NOT_COVERED, answer_prompt, complete_prompt, large_prompt,
-)
+from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, answer_prompt, large_prompt
 from service.llm.remote import LargeUnavailable
 from service.protocol import Ask, Complete, source_entry
 from service.router import Route, choose_tier
@@ -62,6 +61,12 @@ class TokenWriter:
             if self._closing and not self._pending:
                 return
 
+    def discard(self) -> None:
+        """Drop what is not sent yet and stop: the request was superseded."""
+        self._pending.clear()
+        self._closing = True
+        self._wake.set()
+
     async def close(self) -> None:
         """Send what is pending, then stop."""
         self._closing = True
@@ -78,6 +83,7 @@ class Request:
         self.settings = settings
         self.segments: list[tuple[str, GenerationStats]] = []
         self.timings: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}
         self.writer: TokenWriter | None = None
 
     def segment(self, tier: str) -> GenerationStats:
@@ -119,7 +125,7 @@ class Request:
         }
         return {
             "type": "done", "id": self.id, "finish": finish, "tier": self.tier, "usage": usage,
-            "cost_usd": self.cost_usd(), "timings_ms": timings,
+            "cost_usd": self.cost_usd(), "timings_ms": timings, **self.extra,
         }
 
     async def pump(self, send: Send, stream: AsyncIterator[str]) -> None:
@@ -225,20 +231,23 @@ async def _answer_small(
     return stats.finish
 
 
-async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request) -> str:
-    """Stream a continuation of the typed text from the autocomplete context."""
+async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request, typist: Typist) -> str:
+    """Stream a suggestion for the typed text. A superseded suggestion sends nothing more: text
+    still queued for the socket is dropped, not delivered late."""
     runtime.require_ready()
-    assert runtime.complete_model is not None
+    assert runtime.autocomplete is not None
     if msg.collection is not None:
         await runtime.collection(msg.collection)  # an unknown set is refused here too
-    prompt = complete_prompt(msg.text)
-    if not prompt.strip():
+    if not msg.text.strip():
         return "stop"
     stats = req.segment("small")
     try:
-        await req.pump(send, runtime.complete_model.stream(
-            prompt, max_tokens=msg.max_tokens, stop=COMPLETE_STOPS, temperature=0.0, stats=stats,
-        ))
-    finally:
-        await req.finish()
+        await req.pump(send, runtime.autocomplete.suggest(typist, msg.text, msg.max_tokens, stats, msg.collection))
+    except asyncio.CancelledError:
+        if req.writer is not None:
+            req.writer.discard()
+        raise
+    await req.finish()
+    if typist.used is not None:
+        req.extra["grounding"] = typist.used.describe()
     return stats.finish

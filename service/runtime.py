@@ -16,6 +16,7 @@ from retrieval.embedder import Embedder
 from retrieval.errors import BadRequest, Busy, RetrievalUnavailable, SmallfirstError
 from retrieval.settings import Settings
 from retrieval.store import Hit, VectorStore
+from service.autocomplete import Autocompleter
 from service.distill import DistillLog
 from service.llm.breaker import CircuitBreaker
 from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
@@ -27,6 +28,8 @@ from service.worker import IngestWorker
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+GROUNDING_TOP_K = 3
 
 
 def write_service_file(settings: Settings) -> None:
@@ -58,7 +61,7 @@ class Runtime:
         self.embedder: Embedder | None = None
         self.tokenizer: Tokenizer | None = None
         self.answer_model: LocalBackend | None = None
-        self.complete_model: LocalBackend | None = None
+        self.autocomplete: Autocompleter | None = None
         self.classifier: HardQueryClassifier | None = None
         self.large: RemoteBackend | None = None
         self.stats = Stats()
@@ -95,14 +98,16 @@ class Runtime:
                 lambda: VectorStore.open(s.collection, dimension, path=s.qdrant_path, url=s.qdrant_url, api_key=s.qdrant_api_key)
             )
             self.tokenizer = await asyncio.to_thread(Tokenizer, model_path)
-            self.complete_model = await LocalBackend.load(
-                "small", model_path, s.complete_ctx, threads, self.scheduler, Priority.KEYSTROKE,
-                prefill_step=max(s.prefill_step_tokens, 64), queue_limit=s.answer_queue_limit,
+            self.autocomplete = await Autocompleter.load(
+                self.scheduler, model_path, s.complete_slots, s.complete_ctx, threads,
+                self._grounding_hits if s.complete_grounding else None,
+                context_tokens=s.complete_context_tokens, min_score=s.min_score, prefix_reuse=s.complete_prefix_reuse,
             )
             self.answer_model = await LocalBackend.load(
                 "small", model_path, s.answer_ctx, threads, self.scheduler, Priority.ANSWER,
                 prefill_step=s.prefill_step_tokens, queue_limit=s.answer_queue_limit,
             )
+            self.answer_model.yield_to = lambda: self.autocomplete is not None and self.autocomplete.active
             self.classifier = HardQueryClassifier.load()
             if s.large_url:
                 self.large = RemoteBackend(
@@ -158,6 +163,10 @@ class Runtime:
             self._known_collections.add(name)
         return store
 
+    async def _grounding_hits(self, query: str, collection: str | None) -> list[Hit]:
+        """Passages for autocomplete grounding (embedding at answer priority: never ahead of a keystroke)."""
+        return await self.search(await self.embed_query(query), GROUNDING_TOP_K, collection)
+
     async def search(self, vector: Any, top_k: int, collection: str | None = None) -> list[Hit]:
         store = await self.collection(collection)
         try:
@@ -170,6 +179,8 @@ class Runtime:
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.autocomplete is not None:
+            await self.autocomplete.close()
         if self.worker is not None:
             await self.worker.close()
         if self.ready and not self.settings.qdrant_url:

@@ -13,6 +13,7 @@ from litestar.exceptions import WebSocketDisconnect
 from retrieval.errors import BadRequest, Busy, RateLimited, SmallfirstError
 from retrieval.settings import Settings
 from service import pipeline
+from service.autocomplete import Typist
 from service.protocol import (
     Ask, Cancel, Complete, FrameError, Ping, encode, error_frame, parse_frame, ready_frame,
 )
@@ -55,6 +56,16 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_burst)
         self._rejections = 0
+        self._typist: Typist | None = None
+
+    @property
+    def typist(self) -> Typist:
+        """This connection's autocomplete state, created on its first keystroke."""
+        if self._typist is None:
+            self.runtime.require_ready()
+            assert self.runtime.autocomplete is not None
+            self._typist = self.runtime.autocomplete.typist()
+        return self._typist
 
     async def send(self, frame: dict[str, Any]) -> None:
         """Write one frame; a socket that went away just stops receiving."""
@@ -89,6 +100,8 @@ class Session:
         finally:
             self.closed = True
             await self._cancel_all()
+            if self._typist is not None and self.runtime.autocomplete is not None:
+                self.runtime.autocomplete.release(self._typist)
 
     async def _close(self, code: int, reason: str) -> None:
         self.closed = True
@@ -149,7 +162,7 @@ class Session:
             if isinstance(msg, Ask):
                 finish = await pipeline.answer(self.runtime, msg, self.send, req)
             else:
-                finish = await pipeline.complete(self.runtime, msg, self.send, req)
+                finish = await pipeline.complete(self.runtime, msg, self.send, req, self.typist)
             await self._done(req, finish, is_answer=isinstance(msg, Ask))
         except asyncio.CancelledError:
             await self._done(req, "cancelled", is_answer=isinstance(msg, Ask))

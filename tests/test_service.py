@@ -103,6 +103,79 @@ def test_complete_streams_and_a_new_keystroke_cancels_the_previous(server: Serve
     assert of(frames, "c3", "token") and of(frames, "c3", "done")[0]["finish"] in ("stop", "length")
 
 
+def test_a_superseded_suggestion_is_never_delivered(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "complete", "id": "warm", "text": "The lighthouse museum opens"}))
+            await until_done(ws, "warm")
+            frames = []
+            for round_ in range(5):  # keystrokes closer together than one model step
+                old, new = f"old{round_}", f"new{round_}"
+                await ws.send(json.dumps({"type": "complete", "id": old, "text": "The lighthouse museum opens at"}))
+                await ws.send(json.dumps({"type": "complete", "id": new, "text": "The lighthouse museum opens at n"}))
+                frames += await until_done(ws, new)
+                while not of(frames, old, "done"):
+                    frames.append(await recv(ws))
+            return frames
+    frames = asyncio.run(scenario())
+    for round_ in range(5):
+        assert not of(frames, f"old{round_}", "token")  # not one token for text the user has changed
+        assert of(frames, f"old{round_}", "done")[0]["finish"] == "cancelled"
+        assert of(frames, f"new{round_}", "done")[0]["finish"] in ("stop", "length")
+
+
+def test_a_keystroke_during_a_long_answer_goes_first(server: Server) -> None:
+    async def scenario():
+        async with await connected(server) as ws:
+            await ws.send(json.dumps({"type": "ask", "id": "long", "question": "Tell me everything about the Harbor Lighthouse.", "tier": "small"}))
+            frames = []
+            while len(of(frames, "long", "token")) < 3:  # the answer is decoding, one token per step
+                frames.append(await recv(ws))
+            results = []
+            for i in range(3):
+                await ws.send(json.dumps({"type": "complete", "id": f"k{i}", "text": "The lighthouse museum opens at" + " nine" * i}))
+                between = 0
+                while True:
+                    frame = await recv(ws)
+                    frames.append(frame)
+                    if frame.get("id") == f"k{i}" and frame["type"] in ("token", "done", "error"):
+                        break
+                    between += frame.get("id") == "long" and frame["type"] == "token"
+                results.append((frame, between))
+                await until_done(ws, f"k{i}") if frame["type"] == "token" else None
+            if not of(frames, "long", "done"):
+                frames += await until_done(ws, "long")
+            return results, frames
+    results, frames = asyncio.run(scenario())
+    for frame, between in results:
+        assert frame["type"] == "token"
+        # The answer step already running (and a frame already on the wire) at most.
+        assert between <= 2, results
+    assert of(frames, "long", "done")[0]["finish"] in ("stop", "length")  # the answer completes
+
+
+def test_suggestions_are_grounded_in_the_documents(server: Server) -> None:
+    text = "The lighthouse museum keeps the old lamp and the keeper's logbook; visitors climb the tower "
+
+    async def scenario():
+        async with await connected(server) as ws:
+            done = None
+            for i in range(40):  # retrieval and the new prefill run in the background meanwhile
+                await ws.send(json.dumps({"type": "complete", "id": f"g{i}", "text": text + "and"[: i % 3]}))
+                done = of(await until_done(ws, f"g{i}"), f"g{i}", "done")[0]
+                if done.get("grounding"):
+                    break
+                await asyncio.sleep(0.1)
+            await ws.send(json.dumps({"type": "complete", "id": "next", "text": text + "and s"}))
+            after = of(await until_done(ws, "next"), "next", "done")[0]
+            return done, after
+    done, after = asyncio.run(scenario())
+    assert done is not None and done.get("grounding"), done
+    assert done["grounding"]["title"] == "Harbor Lighthouse"
+    usage = after["usage"]  # the keystroke after the switch reuses the prefilled passage
+    assert usage["prompt_tokens"] > 60 and usage["prompt_tokens"] - usage["cached_tokens"] <= 4
+
+
 def test_cancel_stops_an_answer(server: Server) -> None:
     async def scenario():
         async with await connected(server) as ws:

@@ -57,12 +57,21 @@ function defaultUrl() {
  * Ghost-text autocomplete on a textarea laid over a mirror element.
  * `mirror` holds two spans: the typed text (invisible) and the suggestion (grey).
  */
-export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150, maxTokens = 16 } = {}) {
+export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150, minDebounceMs = 50, maxTokens = 16, onTiming } = {}) {
   const typed = mirror.querySelector(".typed");
   const ghost = mirror.querySelector(".ghost");
   let timer = null;
   let current = null; // { id, text } of the request whose suggestion may be painted
   let suggestion = "";
+  // Adaptive debounce: start at debounceMs; while the server's first tokens come back fast,
+  // wait less after each keystroke (about twice the recent time to first token).
+  let firstTokenMs = null;
+  let delay = debounceMs;
+  function learn(ms) {
+    firstTokenMs = firstTokenMs === null ? ms : 0.8 * firstTokenMs + 0.2 * ms;
+    delay = Math.round(Math.min(debounceMs, Math.max(minDebounceMs, 2 * firstTokenMs)));
+    onTiming?.({ firstTokenMs: Math.round(firstTokenMs), debounceMs: delay });
+  }
 
   function paint() {
     typed.textContent = textarea.value;
@@ -82,7 +91,10 @@ export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150,
     const id = client.nextId("c");
     current = { id, text };
     suggestion = "";
+    const sentAt = performance.now();
+    let first = true;
     client.request({ type: "complete", id, text, max_tokens: maxTokens }, (frame) => {
+      if (frame.type === "token" && first) { first = false; learn(performance.now() - sentAt); }
       // Paint only a suggestion for exactly the text now in the box: a stale one is dropped.
       if (!current || current.id !== frame.id || textarea.value !== current.text) return;
       if (frame.type === "token") { suggestion += frame.text; paint(); }
@@ -102,7 +114,7 @@ export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150,
       paint();
     }
     clearTimeout(timer);
-    timer = setTimeout(request, debounceMs);
+    timer = setTimeout(request, delay);
   });
   textarea.addEventListener("keydown", (event) => {
     if (event.key === "Tab" && suggestion) {
@@ -113,7 +125,7 @@ export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150,
       suggestion = "";
       paint();
       clearTimeout(timer);
-      timer = setTimeout(request, debounceMs);
+      timer = setTimeout(request, delay);
     } else if (event.key === "Escape") {
       clearTimeout(timer);
       clear();

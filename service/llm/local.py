@@ -8,13 +8,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from retrieval.errors import Busy, ConfigError, UpstreamError
 from service.llm.base import GenerationStats, StopMatcher
 from service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
+
+YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
 
 
 def bundled_model_path() -> Path:
@@ -72,6 +74,7 @@ class LocalBackend:
         self._lock = asyncio.Lock()
         self._waiting = 0
         self.n_ctx: int = llama.n_ctx()
+        self.yield_to: Callable[[], bool] = lambda: False  # True: prefill in short steps (someone is typing)
 
     @property
     def saturated(self) -> bool:
@@ -145,11 +148,15 @@ class LocalBackend:
             started = time.perf_counter()
             tokens, cached = await run(self._priority, self._prepare, prompt, max_tokens)
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
-            for start in range(cached, len(tokens) - 1, self._prefill_step):
+            start = cached
+            while start < len(tokens) - 1:
                 if cancel is not None and cancel.is_set():
                     stats.finish = "cancelled"
                     return
-                await run(self._priority, self._eval, tokens[start:min(start + self._prefill_step, len(tokens) - 1)])
+                step = YIELDING_PREFILL_STEP if self.yield_to() else self._prefill_step
+                end = min(start + step, len(tokens) - 1)
+                await run(self._priority, self._eval, tokens[start:end])
+                start = end
             generator = self._llama.generate(tokens, temp=temperature, repeat_penalty=1.1 if temperature > 0 else 1.0)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stopper = StopMatcher(stop)

@@ -1,0 +1,88 @@
+"""Grounding for autocomplete: which document passage goes in front of the typed text.
+
+Looked up only when a word is completed (the query is the text up to its last word boundary),
+and cached per query, so most keystrokes cost no embedding or search at all. A passage that
+still ranks near the top is kept, so the prompt prefix (and its KV cache) does not flip-flop
+between near-equal passages.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+from retrieval.store import Hit
+
+QUERY_CHARS = 300
+MIN_QUERY_WORDS = 3
+KEEP_MARGIN = 0.05  # the current passage stays while it scores within this of the best hit
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """A passage prefilled in front of a typist's text."""
+
+    id: str
+    doc_id: str
+    title: str
+    chunk_index: int
+    block: str  # exactly what precedes the typed text in the prompt
+    tokens: tuple[int, ...] = field(default=(), compare=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "title": self.title, "chunk_index": self.chunk_index}
+
+
+def grounding_query(text: str) -> str | None:
+    """The recent text up to its last complete word, or None when too little has been typed."""
+    if text and text[-1].isalnum():
+        cut = max(text.rfind(c) for c in " \t\n")
+        text = text[: cut + 1] if cut >= 0 else ""
+    words = text[-QUERY_CHARS:].split()
+    if len(text) > QUERY_CHARS:
+        words = words[1:]  # the first may be cut
+    if len(words) < MIN_QUERY_WORDS:
+        return None
+    return " ".join(words)
+
+
+Search = Callable[[str, str | None], Awaitable[Sequence[Hit]]]
+Build = Callable[[Hit], Grounding]
+
+
+class Grounder:
+    """Query → hits, cached (LRU); picks the passage for a typist."""
+
+    def __init__(self, search: Search, build: Build, min_score: float, cache_size: int = 1024) -> None:
+        self._search = search
+        self._build = build
+        self._min_score = min_score
+        self._cache: OrderedDict[tuple[str | None, str], Sequence[Hit]] = OrderedDict()
+        self._cache_size = cache_size
+        self.lookups = 0
+        self.searches = 0
+
+    async def hits(self, query: str, collection: str | None, cached: bool = True) -> Sequence[Hit]:
+        self.lookups += 1
+        key = (collection, query)
+        if cached and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        self.searches += 1
+        hits = await self._search(query, collection)
+        self._cache[key] = hits
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return hits
+
+    async def choose(self, query: str, collection: str | None, current: Grounding | None, cached: bool = True) -> Grounding | None:
+        """The passage to use for ``query``: the current one while it still ranks near the top."""
+        hits = [h for h in await self.hits(query, collection, cached) if h.score >= self._min_score]
+        if not hits:
+            return current
+        if current is not None:
+            for hit in hits:
+                if hit.id == current.id and hit.score >= hits[0].score - KEEP_MARGIN:
+                    return current
+        return self._build(hits[0])

@@ -1,0 +1,175 @@
+"""One llama.cpp context that holds several independent token sequences ("slots").
+
+Autocomplete keeps one slot per typist (and a standby slot while new grounding is being
+prefilled), so typists never evict each other's KV prefix, and one ``decode`` call advances
+several of them at once: on the 2-core reference machine a step over four sequences costs
+about 47 ms instead of four 20 ms steps. Only the scheduler's thread calls into this object
+(tokenizing, which reads the vocabulary only, is safe from any thread).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from retrieval.errors import ConfigError, UpstreamError
+
+
+@dataclass
+class Row:
+    """Tokens to append to one slot in a step; ``sample`` asks for the next token after them."""
+
+    slot: int
+    tokens: list[int]
+    sample: bool
+
+
+class SlotContext:
+    """A unified KV cache shared by ``n_slots`` sequences of up to ``slot_ctx`` tokens each."""
+
+    def __init__(self, model_path: Path, n_slots: int, slot_ctx: int, threads: int, batch_tokens: int = 64) -> None:
+        from llama_cpp import _internals, _logger
+        from llama_cpp import llama_cpp as lib
+
+        if not model_path.is_file():
+            raise ConfigError(f"model file not found: {model_path}")
+        _logger.set_verbose(False)
+        self._lib = lib
+        try:
+            self._model = _internals.LlamaModel(
+                path_model=str(model_path), params=lib.llama_model_default_params(), verbose=False,
+            )
+            params = lib.llama_context_default_params()
+            params.n_ctx = n_slots * slot_ctx
+            params.n_batch = params.n_ubatch = batch_tokens
+            params.n_seq_max = n_slots
+            params.kv_unified = True  # slots share cells, so a prefix can be copied between them
+            params.swa_full = True  # Gemma 3's sliding-window cache must allow rolling a sequence back
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
+            self._context = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"cannot load the model {model_path}: {exc}") from exc
+        self._memory = lib.llama_get_memory(self._context.ctx)
+        self._batch = lib.llama_batch_init(batch_tokens, 0, 1)
+        self._vocab = self._model.vocab
+        self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        self.n_slots = n_slots
+        self.slot_ctx = slot_ctx
+        self.batch_tokens = batch_tokens
+        self.tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        self.evaluated = 0  # tokens run through the model, all slots together
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        self._context.close()
+        self._model.close()
+
+    # Vocabulary (any thread) -----------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        if not text:
+            return [self._lib.llama_vocab_bos(self._vocab)] if add_bos else []
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+
+    def piece(self, token: int) -> bytes:
+        return self._model.token_to_piece(token).rstrip(b"\0")
+
+    def text(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="ignore")
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    # KV bookkeeping (scheduler thread) -------------------------------------------------
+
+    def truncate(self, slot: int, keep: int) -> None:
+        """Drop everything in ``slot`` from position ``keep`` on."""
+        if keep < len(self.tokens[slot]):
+            if not self._lib.llama_memory_seq_rm(self._memory, slot, keep, -1):
+                self.clear(slot)  # the cache cannot roll back partway (a sliding window): start over
+                return
+            del self.tokens[slot][keep:]
+
+    def adopt(self, slot: int, target: Sequence[int], candidates: Sequence[int] = ()) -> int:
+        """Make ``slot`` hold the longest prefix of ``target`` it (or, copied over, one of
+        ``candidates``) already has, always leaving the last target token to evaluate.
+        Returns how many target tokens are now in the slot's KV cache."""
+        limit = len(target) - 1
+        own = min(common_prefix(self.tokens[slot], target), limit)
+        best, source = own, slot
+        for other in candidates:
+            if other != slot:
+                shared = min(common_prefix(self.tokens[other], target), limit)
+                if shared > best + 8:  # a copy pays only when it saves a real prefill
+                    best, source = shared, other
+        if source == slot:
+            self.truncate(slot, own)
+            return len(self.tokens[slot])
+        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._lib.llama_memory_seq_cp(self._memory, source, slot, 0, best)
+        self.tokens[slot] = list(self.tokens[source][:best])
+        return best
+
+    def clear(self, slot: int) -> None:
+        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self.tokens[slot] = []
+
+    # The step ------------------------------------------------------------------------------
+
+    def decode(self, rows: Sequence[Row]) -> list[int | None]:
+        """Append each row's tokens to its slot in one llama.cpp call; the greedy next token for
+        rows that asked for one (None for the others)."""
+        lib, batch = self._lib, self._batch
+        n = 0
+        outputs: list[int | None] = []
+        for row in rows:
+            start = len(self.tokens[row.slot])
+            if start + len(row.tokens) > self.slot_ctx:
+                raise UpstreamError("an autocomplete slot is full")
+            for j, token in enumerate(row.tokens):
+                batch.token[n] = token
+                batch.pos[n] = start + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = row.slot
+                batch.logits[n] = row.sample and j == len(row.tokens) - 1
+                n += 1
+            outputs.append(n - 1 if row.sample else None)
+        if n == 0:
+            return [None] * len(rows)
+        if n > self.batch_tokens:
+            raise UpstreamError(f"an autocomplete step of {n} tokens exceeds the batch of {self.batch_tokens}")
+        batch.n_tokens = n
+        code = lib.llama_decode(self._context.ctx, batch)
+        if code != 0:
+            for row in rows:  # the cache state of these slots is unknown now: start them over
+                self.clear(row.slot)
+            raise UpstreamError(f"the autocomplete model failed a step (llama_decode returned {code})")
+        self.evaluated += n
+        for row in rows:
+            self.tokens[row.slot].extend(row.tokens)
+        sampled: list[int | None] = []
+        for index in outputs:
+            if index is None:
+                sampled.append(None)
+                continue
+            logits = lib.llama_get_logits_ith(self._context.ctx, index)
+            values = np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+            sampled.append(int(values.argmax()))
+        return sampled
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+

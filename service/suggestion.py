@@ -1,0 +1,72 @@
+"""What of the model's output becomes a suggestion: short, useful, never an echo of the text.
+
+Pieces arrive one token at a time and go out at once (the first token is what the user waits
+for); the cutter decides where the suggestion ends:
+- at a line break, a sentence end, or an end-of-text token;
+- after ``max_tokens``, but not inside a word: up to ``WORD_GRACE`` more tokens finish it;
+- when the model starts copying the typed text (its last ``ECHO_WINDOW`` characters,
+  including at least ``ECHO_MIN_NEW`` suggested ones, already occur in the typed text);
+- leading whitespace is held back, so a suggestion of only whitespace is never sent.
+"""
+
+from __future__ import annotations
+
+ECHO_WINDOW = 24
+ECHO_MIN_NEW = 8
+WORD_GRACE = 4
+_SENTENCE_END = ".!?"
+
+
+class SuggestionCutter:
+    """Feed decoded pieces in order; each call says what to send and whether to stop."""
+
+    def __init__(self, typed: str, max_tokens: int) -> None:
+        self._typed = typed[-600:]
+        self._max_tokens = max_tokens
+        self.sent = ""
+        self._held = ""
+        self.tokens = 0
+        self.finish = "length"
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """Returns (text to send now, whether the suggestion is complete)."""
+        self.tokens += 1
+        if self.tokens > self._max_tokens:  # only finishing a word now
+            if not piece or not piece[0].isalnum():
+                return self._end("length")
+        cut = piece.find("\n")
+        if cut >= 0:
+            piece = piece[:cut]
+        candidate = self._held + piece
+        if not self.sent and not candidate.strip():
+            self._held = candidate
+            return ("", True) if cut >= 0 else ("", False)
+        if self._echoes(candidate):
+            return self._end("stop")
+        self._held = ""
+        self.sent += candidate
+        if cut >= 0:
+            return self._send(candidate, "stop")
+        tail = self.sent.rstrip()
+        if len(tail) >= 2 and tail[-1] in _SENTENCE_END and tail[-2].isalpha():
+            return self._send(candidate, "stop")
+        if self.tokens >= self._max_tokens:
+            mid_word = bool(self.sent) and self.sent[-1].isalnum()
+            if not mid_word or self.tokens >= self._max_tokens + WORD_GRACE:
+                return self._send(candidate, "length")
+        return candidate, False
+
+    def _send(self, text: str, finish: str) -> tuple[str, bool]:
+        self.finish = finish
+        return text, True
+
+    def _end(self, finish: str) -> tuple[str, bool]:
+        self.finish = finish
+        return "", True
+
+    def _echoes(self, candidate: str) -> bool:
+        suggested = self.sent + candidate
+        if len(suggested.strip()) < ECHO_MIN_NEW:
+            return False
+        window = (self._typed + suggested)[-ECHO_WINDOW:]
+        return window in self._typed

@@ -1,0 +1,188 @@
+"""The autocomplete engine on the real small model: per-typist slots, prefix reuse counted in
+evaluated tokens, supersession and cancellation within one step, batching, the baseline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.autocomplete import Autocompleter, Typist
+from service.llm.base import GenerationStats
+from service.llm.local import bundled_model_path
+from service.llm.slots import Row, SlotContext
+from service.scheduler import CpuScheduler, Priority
+
+pytestmark = pytest.mark.slow
+
+TYPED = "The weather station on the hill records temperature and wind every ten minutes"
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    s = CpuScheduler()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def slots(scheduler):
+    context = asyncio.run(scheduler.run(Priority.CONTROL, SlotContext, bundled_model_path(), 4, 1024, 0))
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def engine(slots, scheduler):
+    def make(prefix_reuse: bool = True) -> Autocompleter:
+        for slot in range(slots.n_slots):
+            slots.clear(slot)
+        return Autocompleter(slots, scheduler, None, context_tokens=120, min_score=0.2, prefix_reuse=prefix_reuse)
+    return make
+
+
+async def suggest(engine: Autocompleter, typist: Typist, text: str, max_tokens: int = 4) -> tuple[str, GenerationStats, int]:
+    """The suggestion, its stats, and the tokens the model evaluated for it."""
+    before = engine.ctx.evaluated
+    stats = GenerationStats()
+    out = [p async for p in engine.suggest(typist, text, max_tokens, stats)]
+    return "".join(out), stats, engine.ctx.evaluated - before
+
+
+def test_each_keystroke_evaluates_only_the_new_tokens(engine) -> None:
+    async def scenario():
+        ac = engine()
+        typist = ac.typist()
+        results = [await suggest(ac, typist, TYPED[:i]) for i in range(40, len(TYPED) + 1, 3)]
+        await ac.close()
+        return results
+    results = asyncio.run(scenario())
+    _, cold, _ = results[0]
+    assert cold.cached_tokens == 0
+    for text, stats, evaluated in results[1:]:
+        new = stats.prompt_tokens - stats.cached_tokens
+        # Three more characters are one or two tokens, plus one when the old last token changed
+        # (the tokenizer boundary): never the whole prompt again.
+        assert 1 <= new <= 3, (stats.prompt_tokens, stats.cached_tokens)
+        # Counted in the model: the new prompt tokens, then one per suggested token fed back.
+        assert new <= evaluated <= new + stats.completion_tokens + 1
+
+
+def test_a_prefix_longer_than_the_sliding_window_rolls_back_partway(slots, scheduler) -> None:
+    """Gemma 3 attends over a 512-token window in most layers; the slot cache is full size, so a
+    rollback keeps the prefix, and the next token is the same as after a cold evaluation."""
+    text = " ".join(f"Reading {i}: the wind at the station was {i % 7} metres per second." for i in range(45))
+    tokens = slots.tokenize(text, add_bos=True)
+    assert len(tokens) > 700
+
+    def scenario() -> tuple[int, int | None, int | None]:
+        for slot in range(slots.n_slots):
+            slots.clear(slot)
+        for start in range(0, len(tokens), 48):
+            slots.decode([Row(0, tokens[start:start + 48], False)])
+        edited = tokens[:-3] + slots.tokenize(" 4 metres", add_bos=False)
+        kept = slots.adopt(0, edited)
+        warm = slots.decode([Row(0, edited[kept:], True)])[0]
+        for start in range(0, len(edited), 48):  # the same text, cold, in another slot
+            chunk = edited[start:start + 48]
+            cold = slots.decode([Row(1, chunk, start + 48 >= len(edited))])[0]
+        return kept, warm, cold
+    kept, warm, cold = asyncio.run(scheduler.run(Priority.CONTROL, scenario))
+    assert kept >= len(tokens) - 4
+    assert warm is not None and warm == cold
+
+
+def test_typists_keep_their_own_slots(engine) -> None:
+    other = "Our bakery sells rye bread, sourdough loaves and cinnamon rolls every morning"
+
+    async def scenario():
+        ac = engine()
+        a, b = ac.typist(), ac.typist()
+        out = []
+        for i in range(50, 60, 2):  # interleaved keystrokes of two typists
+            out.append(await suggest(ac, a, TYPED[:i]))
+            out.append(await suggest(ac, b, other[:i]))
+        await ac.close()
+        return a.slot, b.slot, out
+    slot_a, slot_b, results = asyncio.run(scenario())
+    assert slot_a != slot_b
+    for _, stats, _ in results[2:]:
+        assert stats.prompt_tokens - stats.cached_tokens <= 3  # neither evicts the other's prefix
+
+
+def test_a_new_keystroke_stops_the_previous_suggestion_within_one_step(engine) -> None:
+    async def scenario():
+        ac = engine()
+        typist = ac.typist()
+        await suggest(ac, typist, TYPED[:30])
+        stats = GenerationStats()
+        first = ac.suggest(typist, TYPED[:40], 16, stats)
+        pieces = [await first.__anext__()]  # the first suggestion is streaming
+        steps = ac.steps
+        second = await suggest(ac, typist, TYPED[:41])  # supersedes it
+        async for piece in first:
+            pieces.append(piece)
+        await ac.close()
+        return pieces, stats, second, ac.steps - steps
+    pieces, stats, second, _ = asyncio.run(scenario())
+    assert pieces and len(pieces) == 1  # nothing of the old suggestion after the new keystroke
+    assert stats.finish == "cancelled" and stats.completion_tokens <= 2
+    assert second[0] and second[1].finish in ("stop", "length")
+
+
+def test_cancelling_a_cold_prefill_stops_it_between_steps(engine) -> None:
+    long_text = " ".join(f"Entry {i} of the harbour log notes the tide and the boats that left." for i in range(40))
+
+    async def scenario():
+        ac = engine()
+        typist = ac.typist()
+        stats = GenerationStats()
+        before = ac.ctx.evaluated
+        task = asyncio.ensure_future(_drain(ac.suggest(typist, long_text, 8, stats)))
+        while ac.steps == 0:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.3)  # a step already running may finish; nothing after it
+        evaluated = ac.ctx.evaluated - before
+        await ac.close()
+        return stats, evaluated
+    stats, evaluated = asyncio.run(scenario())
+    assert stats.prompt_tokens > 250  # five or more steps of 48 when alone
+    assert evaluated <= 2 * 48  # at most the step that ran and the one in flight, not the whole prompt
+    assert stats.completion_tokens == 0
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
+def test_concurrent_typists_share_steps(engine) -> None:
+    texts = [TYPED, "Our bakery sells rye bread and sourdough", "The chess club meets on Tuesday evenings", "Lava flows from the crater"]
+
+    async def scenario():
+        ac = engine()
+        typists = [ac.typist() for _ in texts]
+        for t, text in zip(typists, texts):  # warm each slot
+            await suggest(ac, t, text[:20])
+        steps = ac.steps
+        results = await asyncio.gather(*(suggest(ac, t, text[:24], max_tokens=6) for t, text in zip(typists, texts)))
+        await ac.close()
+        return results, ac.steps - steps
+    results, steps = asyncio.run(scenario())
+    tokens = sum(stats.completion_tokens for _, stats, _ in results)
+    assert all(stats.finish in ("stop", "length") for _, stats, _ in results)
+    assert steps < tokens  # several suggestions advanced in one model call
+
+
+def test_the_baseline_setting_turns_reuse_off(engine) -> None:
+    async def scenario():
+        ac = engine(prefix_reuse=False)
+        typist = ac.typist()
+        results = [await suggest(ac, typist, TYPED[:i]) for i in (40, 41, 42)]
+        await ac.close()
+        return results
+    for _, stats, evaluated in asyncio.run(scenario()):
+        assert stats.cached_tokens == 0 and evaluated >= stats.prompt_tokens
