@@ -341,11 +341,11 @@ def main() -> int:
     p50, p95 = percentile(ours.ttft, 50), percentile(ours.ttft, 95)
     peer_p50 = percentile(peer_one.ttft, 50)
     print(
-        f"autocomplete p50_ms={_f(p50)} p95_ms={_f(p95)} peer_p50_ms={_f(peer_p50)} "
-        f"peer_p95_ms={_f(percentile(peer_one.ttft, 95))} vs_peer_p50={p50 / peer_p50:.2f} "
+        f"autocomplete p50_ms={_f(p50)} p95_ms={_f(p95)} vs_peer_p50={p50 / peer_p50:.2f} "
         f"speedup_p50={naive_p50 / same_set_p50:.1f} four_typists_p95_ms={_f(percentile(ours_four.ttft, 95))} "
-        f"four_typists_served={ours_four.share:.2f} peer_four_typists_p95_ms={_f(percentile(peer_four.ttft, 95))} "
-        f"peer_four_typists_served={peer_four.share:.2f} with_answers_p95_ms={_f(percentile(ours_ans.ttft, 95))} "
+        f"with_answers_p95_ms={_f(percentile(ours_ans.ttft, 95))} peer_p50_ms={_f(peer_p50)} "
+        f"peer_p95_ms={_f(percentile(peer_one.ttft, 95))} four_typists_served={ours_four.share:.2f} "
+        f"peer_four_typists_p95_ms={_f(percentile(peer_four.ttft, 95))} peer_four_typists_served={peer_four.share:.2f} "
         f"answers_completed={ans_done}/{ans_done + ans_failed}"
     )
     return 0

@@ -74,7 +74,7 @@ class Typist:
         self.slot: int | None = None
         self.grounding: Grounding | None = None
         self.standby: Job | None = None
-        self.query: str | None = None
+        self.query: tuple[str | None, str] | None = None  # (collection, words) last looked up
         self.wanted: tuple[str, str | None] | None = None
         self.refreshing: asyncio.Task[None] | None = None
         self.job: Job | None = None
@@ -214,7 +214,7 @@ class Autocompleter:
 
     def _refresh_later(self, typist: Typist, text: str, collection: str | None) -> None:
         query = grounding_query(text)
-        if query is None or query == typist.query:
+        if query is None or (collection, query) == typist.query:
             return
         typist.wanted = (text, collection)
         if typist.refreshing is None or typist.refreshing.done():
@@ -229,9 +229,9 @@ class Autocompleter:
                 text, collection = typist.wanted
                 typist.wanted = None
                 query = grounding_query(text)
-                if query is None or query == typist.query:
+                if query is None or (collection, query) == typist.query:
                     continue
-                typist.query = query
+                typist.query = (collection, query)
                 chosen = await self.grounder.choose(query, collection, typist.grounding)
                 if chosen is None or chosen == typist.grounding:
                     continue
@@ -245,7 +245,7 @@ class Autocompleter:
                 while not standby.finished:
                     await standby.queue.get()
                 typist.standby = None
-                if standby.cancelled or self._owner[slot] is not typist:
+                if standby.cancelled or standby.error is not None or self._owner[slot] is not typist:
                     continue
                 old = typist.slot
                 typist.slot, typist.grounding = slot, chosen

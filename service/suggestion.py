@@ -2,7 +2,7 @@
 
 Pieces arrive one token at a time and go out at once (the first token is what the user waits
 for); the cutter decides where the suggestion ends:
-- at a line break, a sentence end, or an end-of-text token;
+- at a line break, a sentence end (not an abbreviation like "a.m."), or an end-of-text token;
 - after ``max_tokens``, but not inside a word: up to ``WORD_GRACE`` more tokens finish it;
 - when the model starts copying the typed text (its last ``ECHO_WINDOW`` characters,
   including at least ``ECHO_MIN_NEW`` suggested ones, already occur in the typed text);
@@ -47,8 +47,7 @@ class SuggestionCutter:
         self.sent += candidate
         if cut >= 0:
             return self._send(candidate, "stop")
-        tail = self.sent.rstrip()
-        if len(tail) >= 2 and tail[-1] in _SENTENCE_END and tail[-2].isalpha():
+        if _ends_sentence(self._typed + self.sent):
             return self._send(candidate, "stop")
         if self.tokens >= self._max_tokens:
             mid_word = bool(self.sent) and self.sent[-1].isalnum()
@@ -70,3 +69,14 @@ class SuggestionCutter:
             return False
         window = (self._typed + suggested)[-ECHO_WINDOW:]
         return window in self._typed
+
+
+def _ends_sentence(text: str) -> bool:
+    """Whether ``text`` ends a sentence: punctuation after a word of two or more letters
+    (so "a.m.", "e.g." and "3.5" do not)."""
+    text = text.rstrip()
+    if not text or text[-1] not in _SENTENCE_END:
+        return False
+    word = text[:-1].rsplit(None, 1)[-1] if text[:-1].strip() else ""
+    word = word.rsplit(".", 1)[-1]
+    return len(word) >= 2 and word.isalpha()

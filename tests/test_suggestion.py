@@ -33,6 +33,11 @@ def test_a_decimal_point_does_not_end_the_suggestion() -> None:
     assert run(SuggestionCutter("Version", 16), [" 3", ".", "5", " is", " out", "."])[0] == " 3.5 is out."
 
 
+def test_abbreviations_do_not_end_the_suggestion() -> None:
+    assert run(SuggestionCutter("It opens at", 16), [" 10", " a", ".", "m", ".", " daily", ".", " It"]) == (" 10 a.m. daily.", 7)
+    assert run(SuggestionCutter("Use a flag,", 16), [" e", ".", "g", ".", " the", " flag", ".", " It"]) == (" e.g. the flag.", 7)
+
+
 def test_whitespace_alone_is_never_sent() -> None:
     cutter = SuggestionCutter("The museum opens", 8)
     assert run(cutter, [" ", "  ", "\n"]) == ("", 3)
