@@ -144,8 +144,9 @@ async def ours_answers(url: str, stop: asyncio.Event) -> tuple[int, int]:
     return completed, failed
 
 
-async def replay(url: str, prefixes: list[str]) -> list[float]:
-    """The keystrokes one at a time: first token of each, the next sent once the previous is done."""
+async def replay(url: str, prefixes: list[str], timings: list[dict[str, float]] | None = None) -> list[float]:
+    """The keystrokes one at a time: first token of each, the next sent once the previous is done.
+    The server's own timings of each request go to ``timings`` when given."""
     out: list[float] = []
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
@@ -161,8 +162,21 @@ async def replay(url: str, prefixes: list[str]) -> list[float]:
                     first = (time.perf_counter() - sent) * 1000
                 if frame["type"] in ("done", "error"):
                     break
-            out.append(first if first is not None else (time.perf_counter() - sent) * 1000)
+            if first is not None:
+                out.append(first)
+                if timings is not None and frame["type"] == "done":
+                    timings.append({**frame["timings_ms"], "client": first})
     return out
+
+
+def breakdown(timings: list[dict[str, float]]) -> str:
+    """Medians of where a keystroke's time to first token goes."""
+    med = {k: percentile([t[k] for t in timings if t.get(k) is not None], 50) or 0.0
+           for k in ("client", "first_token", "prefill", "queue", "step")}
+    return (f"keystroke breakdown (medians, n={len(timings)}): client sees {med['client']:.1f} ms = "
+            f"model step {med['step']:.1f} + waiting for the step {med['queue']:.1f} + engine and event loop "
+            f"{med['prefill'] - med['step'] - med['queue']:.1f} + session and frame writing {med['first_token'] - med['prefill']:.1f} "
+            f"+ network and client {med['client'] - med['first_token']:.1f}")
 
 
 async def typist_with_answers(url: str, text: str) -> tuple[list[Sample], int, int]:
@@ -307,7 +321,8 @@ def main() -> int:
             url = f"ws://127.0.0.1:{port}/ws"
             asyncio.run(replay(url, prefixes_of(TEXTS[3], 6)))  # warm the caches and the grounding
             report["ours_one"] = figures(asyncio.run(ours_typists(url, one)))
-            report["ours_replay"] = asyncio.run(replay(url, replayed))
+            report["timings"] = []
+            report["ours_replay"] = asyncio.run(replay(url, replayed, report["timings"]))
             report["ours_replay_naive_set"] = asyncio.run(replay(url, naive_replayed))
             report["ours_four"] = figures(asyncio.run(ours_typists(url, four, seed=1)))
             samples, completed, failed = asyncio.run(typist_with_answers(url, TEXTS[2]))
@@ -338,6 +353,7 @@ def main() -> int:
     print(f"replay one keystroke at a time: smallfirst p50={_f(replay_p50)} p95={_f(percentile(report['ours_replay'], 95))} ms "
           f"(n={len(report['ours_replay'])}); on every 4th prefix smallfirst p50={_f(same_set_p50)} ms, "
           f"naive p50={_f(naive_p50)} p95={_f(percentile(report['naive_replay'], 95))} ms (n={len(report['naive_replay'])})")
+    print(breakdown(report["timings"]))
     p50, p95 = percentile(ours.ttft, 50), percentile(ours.ttft, 95)
     peer_p50 = percentile(peer_one.ttft, 50)
     print(

@@ -28,7 +28,7 @@ from retrieval.errors import SmallfirstError, UpstreamError
 from retrieval.store import Hit
 from service.grounding import Grounder, Grounding, grounding_query
 from service.llm.base import GenerationStats
-from service.llm.prompts import complete_prompt
+from service.llm.prompts import complete_prompt, complete_window_start
 from service.llm.slots import Row, SlotContext
 from service.scheduler import CpuScheduler, Priority
 from service.suggestion import SuggestionCutter
@@ -40,6 +40,7 @@ STEP_TOKENS = 16  # prompt tokens per step while other typists may be waiting
 ALONE_STEP_TOKENS = 48  # a cold prompt with nobody else waiting
 STANDBY_STEP_TOKENS = 8  # a standby prefill chunk: the longest a new keystroke waits behind it
 ACTIVE_S = 2.0  # a typist counts as typing this long after a request
+PREWARM_CHARS = 80  # the next text window is prefilled this many characters before the text reaches it
 
 
 @dataclass(eq=False)
@@ -49,6 +50,7 @@ class Job:
     slot: int
     prompt: list[int]
     standby: bool = False
+    release: bool = False  # a prewarm: the slot is free for anyone once it is filled
     cutter: SuggestionCutter | None = None
     stats: GenerationStats = field(default_factory=GenerationStats)
     prepared: bool = False
@@ -58,6 +60,7 @@ class Job:
     finished: bool = False
     error: SmallfirstError | None = None
     started: float = field(default_factory=time.perf_counter)
+    first_step_at: float | None = None
     queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
@@ -79,6 +82,7 @@ class Typist:
         self.refreshing: asyncio.Task[None] | None = None
         self.job: Job | None = None
         self.used: Grounding | None = None  # the passage in front of the latest request's text
+        self.prewarmed: tuple[int, str | None] | None = None  # (window start, passage id) prefilled ahead
 
 
 class Autocompleter:
@@ -158,7 +162,9 @@ class Autocompleter:
                          tuple(self.ctx.tokenize(block, add_bos=True)))
 
     def prompt_tokens(self, grounding: Grounding | None, text: str, max_tokens: int) -> list[int]:
-        tail = complete_prompt(text)
+        return self._tokens(grounding, complete_prompt(text), max_tokens)
+
+    def _tokens(self, grounding: Grounding | None, tail: str, max_tokens: int) -> list[int]:
         head = list(grounding.tokens) if grounding is not None else []
         body = self.ctx.tokenize(tail, add_bos=not head)
         room = self.ctx.slot_ctx - max_tokens - 8 - len(head)
@@ -193,6 +199,8 @@ class Autocompleter:
         typist.job = job
         self._used[job.slot] = time.perf_counter()
         self._submit(job)
+        if self._reuse:
+            self._prewarm(typist, text)
         try:
             while True:
                 piece = await job.queue.get()
@@ -209,6 +217,18 @@ class Autocompleter:
     def _submit(self, job: Job) -> None:
         self._jobs.append(job)
         self._kick()
+
+    def _prewarm(self, typist: Typist, text: str) -> None:
+        """When the text is about to outgrow its window (whose start then jumps ahead), prefill
+        the next window into a spare slot; the keystroke that crosses copies it over."""
+        soon = complete_window_start(len(text) + PREWARM_CHARS)
+        passage = typist.grounding.id if typist.grounding is not None else None
+        if soon == complete_window_start(len(text)) or typist.prewarmed == (soon, passage):
+            return
+        typist.prewarmed = (soon, passage)
+        slot = self._claim(typist)
+        if slot is not None:
+            self._submit(Job(slot, self._tokens(typist.grounding, text[soon:], 16), standby=True, release=True))
 
     # Grounding in the background -------------------------------------------------------
 
@@ -308,6 +328,8 @@ class Autocompleter:
         job.finished = True
         job.error = error
         job.queue.put_nowait(None)
+        if job.release:
+            self._owner[job.slot] = None
 
     def _deliver(self, job: Job, piece: bytes | None, end: bool) -> None:
         """Turn one step's outcome for ``job`` into suggestion text (on the event loop)."""
@@ -348,6 +370,7 @@ class Autocompleter:
         job.prepared = True
 
     def _step(self) -> list[tuple[Job, bytes | None, bool]]:
+        began = time.perf_counter()
         jobs = [job for job in list(self._jobs) if not job.cancelled and not job.finished]
         rows: list[Row] = []
         planned: list[Job] = []
@@ -388,8 +411,14 @@ class Autocompleter:
             return []
         self.steps += 1
         sampled = self.ctx.decode(rows)
+        took_ms = (time.perf_counter() - began) * 1000
         results: list[tuple[Job, bytes | None, bool]] = []
         for job, row, token in zip(planned, rows, sampled):
+            if job.first_step_at is None:
+                job.first_step_at = began
+                job.stats.queue_ms = (began - job.started) * 1000
+            if not job.decoding and token is not None:
+                job.stats.step_ms = took_ms
             if not job.decoding:
                 job.position += len(row.tokens)
             if job.standby:

@@ -248,6 +248,7 @@ async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request, ty
             req.writer.discard()
         raise
     await req.finish()
+    req.timings["step"] = round(stats.step_ms, 1)
     if typist.used is not None:
         req.extra["grounding"] = typist.used.describe()
     return stats.finish

@@ -186,3 +186,26 @@ def test_the_baseline_setting_turns_reuse_off(engine) -> None:
         return results
     for _, stats, evaluated in asyncio.run(scenario()):
         assert stats.cached_tokens == 0 and evaluated >= stats.prompt_tokens
+
+
+def test_the_next_text_window_is_prefilled_before_the_text_reaches_it(engine) -> None:
+    """Long text is continued from a window whose start jumps ahead every 500 characters; the
+    jump would re-evaluate the whole window on a keystroke, so it is prefilled in advance."""
+    long_text = " ".join(f"Log line {i}: the tide at the harbour rose by {i % 9} centimetres." for i in range(30))
+    assert len(long_text) > 1560
+
+    async def scenario():
+        ac = engine()
+        typist = ac.typist()
+        results = []
+        for length in range(1380, 1521, 10):  # a typist's pauses give the prefill its turn
+            results.append((length, *(await suggest(ac, typist, long_text[:length]))))
+            await asyncio.sleep(0.2)
+        await ac.close()
+        return results
+    results = asyncio.run(scenario())
+    crossing = [(length, stats) for length, _, stats, _ in results if length > 1500]
+    assert crossing
+    length, stats = crossing[0]  # the first keystroke in the new window
+    assert stats.prompt_tokens > 200
+    assert stats.prompt_tokens - stats.cached_tokens <= 30, (length, stats)

@@ -37,16 +37,21 @@ def answer_prompt(sources: str, question: str) -> str:
     return _ANSWER_FRAME.format(sources=sources.strip() or _NO_SOURCES, question=" ".join(question.split()))
 
 
-def complete_prompt(text: str, window_chars: int = 1500, step_chars: int = 500) -> str:
-    """The text to continue: its tail, cut at a position that moves in steps of ``step_chars``.
+def complete_window_start(length: int, window_chars: int = 1500, step_chars: int = 500) -> int:
+    """Where the continued text starts: its last ``window_chars`` or fewer, cut at a position
+    that moves in steps of ``step_chars``.
 
     Cutting at a stepped position (rather than always the last ``window_chars``) keeps the
     start of the prompt identical from one keystroke to the next, so the KV prefix is reused.
     """
-    if len(text) <= window_chars:
-        return text
-    start = ((len(text) - window_chars) // step_chars + 1) * step_chars
-    return text[start:]
+    if length <= window_chars:
+        return 0
+    return ((length - window_chars) // step_chars + 1) * step_chars
+
+
+def complete_prompt(text: str) -> str:
+    """The text to continue: its tail from :func:`complete_window_start`."""
+    return text[complete_window_start(len(text)):]
 
 
 NOT_COVERED = "The documents do not cover this question."
