@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-from retrieval.errors import SmallfirstError, UpstreamError
+from retrieval.errors import Busy, SmallfirstError, UpstreamError
 from retrieval.store import Hit
 from service.grounding import Grounder, Grounding, grounding_query
 from service.llm.base import GenerationStats
@@ -192,7 +192,7 @@ class Autocompleter:
         if typist.slot is None or self._owner[typist.slot] is not typist:
             typist.slot = self._claim(typist)
             if typist.slot is None:
-                raise UpstreamError("every autocomplete slot is busy; try again shortly")
+                raise Busy("every autocomplete slot is busy; try again shortly")
         typist.used = typist.grounding
         job = Job(typist.slot, self.prompt_tokens(typist.grounding, text, max_tokens), stats=stats,
                   cutter=SuggestionCutter(text, max_tokens))
@@ -266,6 +266,8 @@ class Autocompleter:
                     await standby.queue.get()
                 typist.standby = None
                 if standby.cancelled or standby.error is not None or self._owner[slot] is not typist:
+                    if self._owner[slot] is typist and slot != typist.slot:
+                        self._owner[slot] = None
                     continue
                 old = typist.slot
                 typist.slot, typist.grounding = slot, chosen

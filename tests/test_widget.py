@@ -1,0 +1,171 @@
+"""The widget in headless Chromium against the real server: ghost text, typing into a suggestion,
+Tab, Escape, the adaptive debounce, and that an out-of-date suggestion is never painted.
+
+Driven over the Chrome DevTools protocol; skipped where no Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import Server, free_port
+
+pytestmark = pytest.mark.slow
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+# Records every complete frame the page sends, and every paint of the ghost text with the text
+# then in the box and the text of the latest complete sent.
+PROBE = """
+window.__sent = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  try { const f = JSON.parse(data); if (f.type === "complete") window.__sent.push(f.text); } catch {}
+  return send.call(this, data);
+};
+window.__paints = [];
+document.addEventListener("DOMContentLoaded", () => {
+  new MutationObserver(() => {
+    const ghost = document.querySelector(".ghost").textContent;
+    if (ghost) window.__paints.push({ value: document.getElementById("editor").value, ghost,
+                                      last: window.__sent[window.__sent.length - 1] ?? null });
+  }).observe(document.querySelector(".ghost"), { childList: true, characterData: true, subtree: true });
+});
+"""
+
+
+class Page:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.n = 0
+
+    async def call(self, method: str, **params: Any) -> Any:
+        self.n += 1
+        me = self.n
+        await self.ws.send(json.dumps({"id": me, "method": method, "params": params}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+            if msg.get("id") == me:
+                if "error" in msg:
+                    raise RuntimeError(msg["error"])
+                return msg.get("result")
+
+    async def js(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        return result["result"].get("value")
+
+    async def type(self, text: str, pause_s: float) -> None:
+        for ch in text:
+            await self.call("Input.insertText", text=ch)
+            await asyncio.sleep(pause_s)
+
+    async def key(self, key: str, code: int) -> None:
+        await self.call("Input.dispatchKeyEvent", type="keyDown", key=key, code=key, windowsVirtualKeyCode=code)
+        await self.call("Input.dispatchKeyEvent", type="keyUp", key=key, code=key, windowsVirtualKeyCode=code)
+
+    async def ghost(self) -> str:
+        return await self.js("document.querySelector('.ghost').textContent")
+
+    async def value(self) -> str:
+        return await self.js("document.getElementById('editor').value")
+
+    async def wait_ghost(self, timeout_s: float = 10) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ghost = await self.ghost()
+            if ghost.strip():
+                await asyncio.sleep(0.4)  # let the rest of the suggestion stream in
+                return await self.ghost()
+            await asyncio.sleep(0.05)
+        return ""
+
+
+@pytest.fixture
+def browser_page(server: Server):
+    if BROWSER is None:
+        pytest.skip("no Chromium installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={port}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json()
+                page = next(t for t in targets if t["type"] == "page")
+                break
+            except (httpx.HTTPError, StopIteration, ValueError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield page["webSocketDebuggerUrl"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_widget_suggests_accepts_dismisses_and_never_paints_stale_text(server: Server, browser_page: str) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with websockets.connect(browser_page, max_size=None) as ws:
+            page = Page(ws)
+            await page.call("Page.enable")
+            await page.call("Page.addScriptToEvaluateOnNewDocument", source=PROBE)
+            await page.call("Page.navigate", url=server.http + "/")
+            deadline = time.monotonic() + 20
+            while "connected" not in (await page.js("document.getElementById('status').textContent") or ""):
+                assert time.monotonic() < deadline, "the widget did not connect"
+                await asyncio.sleep(0.1)
+            await page.js("document.getElementById('editor').focus()")
+            out: dict[str, Any] = {}
+            await page.type("The lighthouse museum opens at", 0.12)
+            out["ghost"] = await page.wait_ghost()
+            out["debounce"] = await page.js("document.getElementById('timing').textContent")
+            if out["ghost"][:1].strip():  # type the suggestion's first character: the rest stays, no request
+                sent = await page.js("window.__sent.length")
+                await page.call("Input.insertText", text=out["ghost"][0])
+                await asyncio.sleep(0.5)
+                out["kept"] = (await page.ghost(), out["ghost"][1:], await page.js("window.__sent.length") - sent)
+            ghost = await page.ghost()
+            before = await page.value()
+            await page.key("Tab", 9)
+            out["accepted"] = (before, ghost, await page.value())
+            out["next_ghost"] = await page.wait_ghost()
+            await page.key("Escape", 27)
+            await asyncio.sleep(0.3)
+            out["after_escape"] = await page.ghost()
+            # Cut the text back while a suggestion for it is still streaming in.
+            await page.js("window.__paints = []")
+            for _ in range(4):
+                await page.type(" and the", 0.12)
+                deadline = time.monotonic() + 5
+                while not (await page.ghost()).strip() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                await page.js("const e = document.getElementById('editor'); e.value = e.value.slice(0, -6); "
+                              "e.dispatchEvent(new Event('input'))")
+                await asyncio.sleep(0.6)
+            out["paints"] = await page.js("window.__paints")
+            return out
+
+    out = asyncio.run(scenario())
+    assert out["ghost"].strip(), out
+    assert "debounce" in out["debounce"]
+    if "kept" in out:
+        ghost_after, expected, new_requests = out["kept"]
+        assert ghost_after == expected and new_requests == 0, out["kept"]
+    before, ghost, after = out["accepted"]
+    assert ghost and after == before + ghost  # Tab accepted the suggestion
+    assert out["after_escape"] == ""
+    assert out["paints"]  # suggestions were painted while the text was being cut back
+    for paint in out["paints"]:  # every painted suggestion belongs to the text in the box
+        assert paint["last"] is not None and paint["value"].startswith(paint["last"]), paint
