@@ -142,7 +142,8 @@ def test_a_keystroke_during_a_long_answer_goes_first(server: Server) -> None:
                         break
                     between += frame.get("id") == "long" and frame["type"] == "token"
                 results.append((frame, between))
-                await until_done(ws, f"k{i}") if frame["type"] == "token" else None
+                if frame["type"] == "token":
+                    frames += await until_done(ws, f"k{i}")
             if not of(frames, "long", "done"):
                 frames += await until_done(ws, "long")
             return results, frames
