@@ -247,6 +247,9 @@ async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request, ty
         if req.writer is not None:
             req.writer.discard()
         raise
+    except Exception:
+        await req.finish()  # what was streamed before the error still goes out
+        raise
     await req.finish()
     req.timings["step"] = round(stats.step_ms, 1)
     if typist.used is not None:

@@ -8,7 +8,6 @@ sources, then the question. Retrieved text is fenced between ``<<<`` and ``>>>``
 from __future__ import annotations
 
 ANSWER_STOPS = ("\n\n", "\nQuestion:", "\nSources:", "<<<", ">>>")
-COMPLETE_STOPS = ("\n",)
 
 _ANSWER_FRAME = """Below are questions answered from numbered sources. Each answer uses only facts stated in the sources, cites them like [1], and says "The documents do not say." when the sources do not contain the answer.
 
