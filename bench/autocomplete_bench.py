@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any, Iterator
 import httpx
 import websockets
 
-from harness import ROOT, bench_env, free_port, ingest, service
+from harness import ROOT, bench_env, free_port, ingest, running, service
 
 sys.path.insert(0, str(ROOT))
 
@@ -193,29 +192,14 @@ async def typist_with_answers(url: str, text: str) -> tuple[list[Sample], int, i
 
 @contextlib.contextmanager
 def peer() -> Iterator[str]:
+    """`python -m llama_cpp.server` on the bundled model, all cores; yields its base URL."""
     port = free_port()
     cores = str(os.cpu_count() or 1)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--port", str(port),
-         "--n_ctx", "2048", "--n_threads", cores, "--n_threads_batch", cores, "--flash_attn", "true"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the peer server did not start")
-            time.sleep(0.3)
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--port", str(port),
+               "--n_ctx", "2048", "--n_threads", cores, "--n_threads_batch", cores, "--flash_attn", "true"]
+    with running(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, f"{base}/v1/models", "the peer server", 120):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 async def peer_request(client: httpx.AsyncClient, base: str, prompt: str, sample: Sample, clock: Any,

@@ -33,24 +33,30 @@ def ingest(folder: Path, env: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def service(env: dict[str, str], timeout_s: float = 180) -> Iterator[int]:
-    """Run `smallfirst serve` on a free port until the block ends; yields the port once it is ready."""
-    port = free_port()
-    env = {**env, "SMALLFIRST_PORT": str(port)}
-    proc = subprocess.Popen([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def running(command: list[str], env: dict[str, str], ready_url: str, what: str, timeout_s: float) -> Iterator[None]:
+    """Run ``command`` until the block ends; enter the block once ``ready_url`` answers 200."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the service did not become ready")
+                raise SystemExit(f"{what} did not become ready")
             time.sleep(0.3)
-        yield port
+        yield
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@contextlib.contextmanager
+def service(env: dict[str, str], timeout_s: float = 180) -> Iterator[int]:
+    """Run `smallfirst serve` on a free port until the block ends; yields the port once it is ready."""
+    port = free_port()
+    with running([str(BIN / "smallfirst"), "serve", "--log-level", "warning"], {**env, "SMALLFIRST_PORT": str(port)},
+                 f"http://127.0.0.1:{port}/readyz", "the service", timeout_s):
+        yield port

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "SMALLFIRST_"
+MIN_TYPED_TOKENS = 64  # room an autocomplete slot keeps for the typed text
 
 
 class SettingsError(ValueError):
@@ -133,6 +134,11 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.complete_ctx < self.complete_context_tokens + self.complete_max_tokens + MIN_TYPED_TOKENS:
+            raise SettingsError(
+                f"complete_ctx ({self.complete_ctx}) must hold complete_context_tokens ({self.complete_context_tokens}), "
+                f"complete_max_tokens ({self.complete_max_tokens}) and at least {MIN_TYPED_TOKENS} tokens of typed text"
+            )
         if not 0 <= self.chunk_overlap_tokens < self.chunk_tokens:
             raise SettingsError("chunk_overlap_tokens must be at least 0 and below chunk_tokens")
         if self.port > 65535:

@@ -22,11 +22,12 @@ import codecs
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, AsyncIterator
 
 from retrieval.errors import Busy, SmallfirstError, UpstreamError
 from retrieval.store import Hit
-from service.grounding import Grounder, Grounding, grounding_query
+from service.grounding import Grounder, Grounding, Search, grounding_query
 from service.llm.base import GenerationStats
 from service.llm.prompts import complete_prompt, complete_window_start
 from service.llm.slots import Row, SlotContext
@@ -72,8 +73,7 @@ class Job:
 class Typist:
     """One connection's autocomplete state: its slot, its grounding, and a standby in progress."""
 
-    def __init__(self, key: int) -> None:
-        self.key = key
+    def __init__(self) -> None:
         self.slot: int | None = None
         self.grounding: Grounding | None = None
         self.standby: Job | None = None
@@ -89,7 +89,7 @@ class Autocompleter:
     """Serves ``complete`` requests for every connection from one :class:`SlotContext`."""
 
     def __init__(
-        self, slots: SlotContext, scheduler: CpuScheduler, search: Callable[[str, str | None], Any] | None,
+        self, slots: SlotContext, scheduler: CpuScheduler, search: Search | None,
         *, context_tokens: int, min_score: float, prefix_reuse: bool = True,
     ) -> None:
         self.ctx = slots
@@ -103,20 +103,18 @@ class Autocompleter:
         self._in_flight: dict[Priority, int] = {Priority.KEYSTROKE: 0, Priority.ANSWER: 0}
         self._step_tasks: set[asyncio.Task[None]] = set()
         self._last_request = 0.0
-        self._keys = 0
         self.steps = 0
 
     @classmethod
-    async def load(cls, scheduler: CpuScheduler, model_path: Any, n_slots: int, slot_ctx: int, threads: int,
-                   search: Any, **options: Any) -> "Autocompleter":
+    async def load(cls, scheduler: CpuScheduler, model_path: Path, n_slots: int, slot_ctx: int, threads: int,
+                   search: Search | None, **options: Any) -> "Autocompleter":
         slots = await scheduler.run(Priority.CONTROL, SlotContext, model_path, n_slots, slot_ctx, threads)
         return cls(slots, scheduler, search, **options)
 
     # Typists ---------------------------------------------------------------------------
 
     def typist(self) -> Typist:
-        self._keys += 1
-        return Typist(self._keys)
+        return Typist()
 
     def release(self, typist: Typist) -> None:
         """A connection closed: its slots become free (their KV stays, for prefix copies)."""
@@ -337,12 +335,7 @@ class Autocompleter:
         """Turn one step's outcome for ``job`` into suggestion text (on the event loop)."""
         if job.finished or job.cancelled:
             return
-        if job.standby:
-            if end:
-                job.stats.finish = "stop"
-                self._finish(job)
-            return
-        if piece is None:
+        if job.standby or piece is None:  # a standby filled, or the model's end-of-text
             if end:
                 job.stats.finish = "stop"
                 self._finish(job)
@@ -376,7 +369,7 @@ class Autocompleter:
         jobs = [job for job in list(self._jobs) if not job.cancelled and not job.finished]
         rows: list[Row] = []
         planned: list[Job] = []
-        fresh = [j for j in jobs if not j.standby and not j.decoding and not j.cancelled]
+        fresh = [j for j in jobs if not j.standby and not j.decoding]
         budget = ALONE_STEP_TOKENS if len(jobs) == 1 else STEP_TOKENS
         sampled_rows = 0
         for job in fresh:
@@ -392,14 +385,14 @@ class Autocompleter:
             budget -= len(take)
             sampled_rows += sample
         for job in jobs:
-            if job.decoding and not job.cancelled and sampled_rows < MAX_ROWS:
+            if job.decoding and sampled_rows < MAX_ROWS:
                 assert job.pending is not None
                 rows.append(Row(job.slot, [job.pending], True))
                 planned.append(job)
                 sampled_rows += 1
         if not rows:
             for job in jobs:
-                if job.standby and not job.cancelled:
+                if job.standby:
                     if not job.prepared:
                         self._prepare(job)
                     take = job.prompt[job.position: min(job.position + STANDBY_STEP_TOKENS, len(job.prompt) - 1)]

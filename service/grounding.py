@@ -60,16 +60,12 @@ class Grounder:
         self._min_score = min_score
         self._cache: OrderedDict[tuple[str | None, str], Sequence[Hit]] = OrderedDict()
         self._cache_size = cache_size
-        self.lookups = 0
-        self.searches = 0
 
     async def hits(self, query: str, collection: str | None, cached: bool = True) -> Sequence[Hit]:
-        self.lookups += 1
         key = (collection, query)
         if cached and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        self.searches += 1
         hits = await self._search(query, collection)
         self._cache[key] = hits
         while len(self._cache) > self._cache_size:

@@ -14,11 +14,22 @@ from typing import Iterator
 import httpx
 import pytest
 
+from service.scheduler import CpuScheduler
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 FIXTURE_DOCS = Path(__file__).parent / "fixtures" / "docs"
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[CpuScheduler]:
+    """The CPU scheduler the model tests of one module share."""
+    s = CpuScheduler()
+    s.start()
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,11 @@ from service.autocomplete import Autocompleter, Typist
 from service.llm.base import GenerationStats
 from service.llm.local import bundled_model_path
 from service.llm.slots import Row, SlotContext
-from service.scheduler import CpuScheduler, Priority
+from service.scheduler import Priority
 
 pytestmark = pytest.mark.slow
 
 TYPED = "The weather station on the hill records temperature and wind every ten minutes"
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    s = CpuScheduler()
-    s.start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from service.scheduler import CpuScheduler, Priority
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    s = CpuScheduler()
-    s.start()
-    yield s
-    s.stop()
-
-
 def run(coro):
     return asyncio.run(coro)
 

@@ -20,6 +20,7 @@ def test_environment_values_are_typed() -> None:
     ({"SMALLFIRST_PORT": "-3"}, "port must be positive"),
     ({"SMALLFIRST_CHUNK_OVERLAP_TOKENS": "500"}, "chunk_overlap_tokens"),
     ({"SMALLFIRST_LOG_LEVEL": "loud"}, "log_level"),
+    ({"SMALLFIRST_COMPLETE_CTX": "100"}, "complete_ctx"),
 ])
 def test_bad_values_name_the_setting(env: dict[str, str], word: str) -> None:
     with pytest.raises(SettingsError, match=word):

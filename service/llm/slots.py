@@ -19,6 +19,8 @@ import numpy as np
 
 from retrieval.errors import ConfigError, UpstreamError
 
+COPY_GAIN = 8  # tokens a prefix copy from another slot must save over the slot's own prefix
+
 
 @dataclass
 class Row:
@@ -105,10 +107,12 @@ class SlotContext:
         limit = len(target) - 1
         own = min(common_prefix(self.tokens[slot], target), limit)
         best, source = own, slot
+        if limit - own <= COPY_GAIN:  # the usual keystroke: no copy could save a step
+            candidates = ()
         for other in candidates:
             if other != slot:
                 shared = min(common_prefix(self.tokens[other], target), limit)
-                if shared > best + 8:  # a copy pays only when it saves a real prefill
+                if shared > best + COPY_GAIN:  # a copy pays only when it saves a real prefill
                     best, source = shared, other
         if source == slot:
             self.truncate(slot, own)
