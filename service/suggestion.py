@@ -6,6 +6,12 @@ for); the cutter decides where the suggestion ends:
 - after ``max_tokens``, but not inside a word: up to ``WORD_GRACE`` more tokens finish it;
 - when the model starts copying the typed text (its last ``ECHO_WINDOW`` characters,
   including at least ``ECHO_MIN_NEW`` suggested ones, already occur in the typed text);
+- where markup starts, sending the plain text before it: an HTML tag (``<`` or ``>``), an HTML
+  entity (``&`` then a letter or ``#``), or a Markdown emphasis marker (``*``, ``**``, and a
+  ``_`` or ``__`` that opens or closes emphasis; one between two word characters, as in
+  snake_case, is plain). A marker character that occurs in the typed text is allowed: the
+  user is writing markup themselves. An ``&`` or a ``_`` that ends a piece is held until the
+  next piece says which it is (a plain "& " still goes out);
 - leading whitespace is held back, so a suggestion of only whitespace is never sent.
 """
 
@@ -15,6 +21,7 @@ ECHO_WINDOW = 24
 ECHO_MIN_NEW = 8
 WORD_GRACE = 4
 _SENTENCE_END = ".!?"
+_MARKERS = "<>&*_"
 
 
 class SuggestionCutter:
@@ -38,14 +45,19 @@ class SuggestionCutter:
         if cut >= 0:
             piece = piece[:cut]
         candidate = self._held + piece
+        ends = cut >= 0
+        markup, wait = self._markup(candidate, final=ends)
+        if markup is not None:  # send the plain text before it, then stop
+            candidate, wait, ends = candidate[:markup], markup, True
+        candidate, pending = candidate[:wait], candidate[wait:]
         if not self.sent and not candidate.strip():
-            self._held = candidate
-            return ("", True) if cut >= 0 else ("", False)
+            self._held = candidate + pending
+            return self._end("stop") if ends else ("", False)
         if self._echoes(candidate):
             return self._end("stop")
-        self._held = ""
+        self._held = pending
         self.sent += candidate
-        if cut >= 0:
+        if ends:
             return self._send(candidate, "stop")
         if _ends_sentence(self._typed + self.sent):
             return self._send(candidate, "stop")
@@ -62,6 +74,38 @@ class SuggestionCutter:
     def _end(self, finish: str) -> tuple[str, bool]:
         self.finish = finish
         return "", True
+
+    def _markup(self, text: str, final: bool) -> tuple[int | None, int]:
+        """Where markup starts in ``text`` (None if nowhere), and where the text that must wait
+        for the next piece starts (``len(text)`` if none; with ``final`` nothing follows)."""
+        before = (self._typed + self.sent)[-1:]
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch not in _MARKERS or ch in self._typed:
+                i += 1
+                continue
+            if ch in "<>*":
+                return i, i
+            if ch == "&":
+                if i + 1 == len(text):
+                    return (None, len(text)) if final else (None, i)
+                if text[i + 1].isalpha() or text[i + 1] == "#":
+                    return i, i
+                i += 1
+                continue
+            end = i  # a run of "_": plain only between two word characters
+            while end < len(text) and text[end] == "_":
+                end += 1
+            left = text[i - 1] if i else before
+            if not (left and left.isalnum()):
+                return i, i
+            if end == len(text):
+                return (i, i) if final else (None, i)
+            if not text[end].isalnum():
+                return i, i
+            i = end
+        return None, len(text)
 
     def _echoes(self, candidate: str) -> bool:
         suggested = self.sent + candidate
