@@ -49,6 +49,8 @@ class Embedder:
         self.max_tokens: int = int(self._model.max_seq_length)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._sentence_cache_size = max(cache_size, 8192)
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -85,6 +87,28 @@ class Embedder:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return vector
+
+    def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for evidence sentences, one batch for those not in their own LRU cache."""
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, text in enumerate(texts):
+                cached = self._sentences.get(text)
+                if cached is None:
+                    missing.setdefault(text, []).append(i)
+                else:
+                    self._sentences.move_to_end(text)
+                    out[i] = cached
+        if missing:
+            vectors = self.embed_documents(list(missing), batch_size=64)
+            with self._lock:
+                for (text, rows), vector in zip(missing.items(), vectors):
+                    out[rows] = vector
+                    self._sentences[text] = vector
+                while len(self._sentences) > self._sentence_cache_size:
+                    self._sentences.popitem(last=False)
+        return out
 
     def is_cached(self, text: str) -> bool:
         """Whether ``embed_query(text)`` would be answered from the cache."""

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "SMALLFIRST_"
-MIN_TYPED_TOKENS = 64  # room an autocomplete slot keeps for the typed text
+MIN_TYPED_TOKENS = 64
+DEFAULT_GROUNDING_THRESHOLD = 0.28  # used until a collection is calibrated (measured on docs/)  # room an autocomplete slot keeps for the typed text
 
 
 class SettingsError(ValueError):
@@ -73,16 +74,20 @@ class Settings:
     min_score: float = _opt(0.2, "Hits scoring below this cosine similarity are not used as context.")
     context_tokens: int = _opt(360, "Token budget of the retrieved context in an answer prompt.")
     answer_max_tokens: int = _opt(200, "Most tokens generated for an answer.")
-    answer_temperature: float = _opt(0.2, "Sampling temperature for answers.")
+    answer_temperature: float = _opt(0.0, "Sampling temperature for answers (0: greedy, the same answer every time).")
+    evidence_windows: int = _opt(3, "Evidence sentences (each with its label and neighbours) in the small tier's answer prompt.")
     complete_max_tokens: int = _opt(16, "Default and upper bound of max_tokens for autocomplete.")
     # Routing and the large tier
-    grounding_threshold: float = _opt(0.28, "Top retrieval score below which an answer escalates (low_grounding); calibrated by `smallfirst calibrate`.")
+    grounding_threshold: float | None = _opt(None, "Top retrieval score below which an answer escalates (low_grounding); unset: calibrated on each collection at start and after each ingest job.")
+    calibration_questions: int = _opt(120, "Pseudo-questions drawn from a collection's own headings and sentences when calibrating its grounding threshold.")
     hard_query_threshold: float = _opt(0.5, "Classifier probability above which a question is hard and escalates (hard_query).")
+    hard_query_strong_threshold: float = _opt(0.85, "Probability needed instead when retrieval is strong (top score 0.25 above the grounding threshold); in between it rises linearly.")
     large_url: str | None = _opt(None, "Base URL of an OpenAI-compatible API for the large tier, e.g. http://host:8080/v1; unset disables it.")
     large_model: str = _opt("large", "Model name sent to the large tier.")
     large_api_key: str | None = _opt(None, "Bearer key for the large tier.")
     large_send_context: bool = _opt(True, "Send retrieved document text to the large tier (off: the question alone).")
     large_max_tokens: int = _opt(400, "Most tokens asked of the large tier for an answer.")
+    large_temperature: float = _opt(0.0, "Sampling temperature asked of the large tier.")
     large_connect_timeout_s: float = _opt(3.0, "Connect timeout for the large tier.")
     large_first_token_timeout_s: float = _opt(15.0, "Time allowed until the large tier's first token.")
     large_token_timeout_s: float = _opt(10.0, "Time allowed between two tokens of the large tier.")
@@ -117,6 +122,11 @@ class Settings:
         return self.data_dir / "service.json"
 
     @property
+    def grounding_threshold_or_default(self) -> float:
+        """The set threshold, or the fallback used until a collection is calibrated."""
+        return self.grounding_threshold if self.grounding_threshold is not None else DEFAULT_GROUNDING_THRESHOLD
+
+    @property
     def qdrant_path(self) -> Path:
         """Folder of the embedded Qdrant store."""
         return self.data_dir / "qdrant"
@@ -129,7 +139,7 @@ class Settings:
             "complete_max_tokens", "max_frame_bytes", "max_question_chars", "max_text_chars",
             "rate_burst", "max_inflight", "answer_queue_limit", "large_max_tokens", "large_connect_timeout_s",
             "large_first_token_timeout_s", "large_token_timeout_s", "large_total_timeout_s", "breaker_failures",
-            "breaker_reset_s", "distill_max_bytes",
+            "breaker_reset_s", "distill_max_bytes", "evidence_windows", "calibration_questions",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -150,10 +160,12 @@ class Settings:
         prices = (self.small_price_in_per_m, self.small_price_out_per_m, self.large_price_in_per_m, self.large_price_out_per_m)
         if min(prices) < 0 or self.large_retries < 0 or self.distill_backups < 0:
             raise SettingsError("prices, large_retries and distill_backups must not be negative")
-        if not 0 <= self.hard_query_threshold <= 1:
-            raise SettingsError("hard_query_threshold must be between 0 and 1")
-        if self.answer_temperature < 0:
-            raise SettingsError("answer_temperature must not be negative")
+        if not 0 <= self.hard_query_threshold <= 1 or not 0 <= self.hard_query_strong_threshold <= 1:
+            raise SettingsError("hard_query_threshold and hard_query_strong_threshold must be between 0 and 1")
+        if self.grounding_threshold is not None and not -1 <= self.grounding_threshold <= 1:
+            raise SettingsError("grounding_threshold must be a cosine similarity between -1 and 1")
+        if self.answer_temperature < 0 or self.large_temperature < 0:
+            raise SettingsError("answer_temperature and large_temperature must not be negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         return self

@@ -206,6 +206,20 @@ class VectorStore:
             raise RetrievalUnavailable(f"search failed: {exc}") from exc
         return [Hit.from_point(point) for point in result.points]
 
+    def top_scores(self, vectors: Sequence[Sequence[float]]) -> list[float]:
+        """The best hit's score for each vector (0 when the collection is empty), in one batch."""
+        requests = [models.QueryRequest(query=list(map(float, v)), limit=1) for v in vectors]
+        try:
+            results = self.client.query_batch_points(self.collection, requests=requests)
+        except Exception as exc:
+            raise RetrievalUnavailable(f"search failed: {exc}") from exc
+        return [float(r.points[0].score) if r.points else 0.0 for r in results]
+
+    def sample_texts(self, limit: int) -> list[str]:
+        """The texts of up to ``limit`` chunks (ids are hashes, so the first ones are a fair sample)."""
+        points, _ = self.client.scroll(self.collection, limit=limit, with_payload=["text"], with_vectors=False)
+        return [str((p.payload or {}).get("text", "")) for p in points]
+
     def has_doc(self, doc_id: str) -> bool:
         """Whether any chunk of ``doc_id`` is stored."""
         flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])

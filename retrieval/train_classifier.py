@@ -2,8 +2,8 @@
 
     python -m retrieval.train_classifier [--data retrieval/data/hard_queries.jsonl] [--seed 0]
 
-Holds out a stratified quarter of the examples, reports accuracy on it, then fits on all
-examples and writes ``retrieval/data/hard_query_model.json``.
+Holds out a stratified quarter of the examples, reports accuracy, precision and recall of the
+"hard" label on it, then fits on all examples and writes ``retrieval/data/hard_query_model.json``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         held[rng.choice(idx, size=len(idx) // 4, replace=False)] = True
     model = train(vectors[~held], labels[~held])
     predicted = np.array([model.probability(v) >= 0.5 for v in vectors[held]])
-    accuracy = float((predicted == labels[held].astype(bool)).mean())
+    truth = labels[held].astype(bool)
+    accuracy = float((predicted == truth).mean())
+    precision = float((predicted & truth).sum() / max(1, predicted.sum()))
+    recall = float((predicted & truth).sum() / max(1, truth.sum()))
     final = train(vectors, labels)
-    final.save(args.out, examples=len(rows), held_out_accuracy=round(accuracy, 4))
-    print(f"examples={len(rows)} held_out={int(held.sum())} held_out_accuracy={accuracy:.3f} written={args.out}")
+    final.save(args.out, examples=len(rows), held_out_accuracy=round(accuracy, 4),
+               held_out_precision=round(precision, 4), held_out_recall=round(recall, 4))
+    print(f"examples={len(rows)} held_out={int(held.sum())} held_out_accuracy={accuracy:.3f} "
+          f"precision={precision:.3f} recall={recall:.3f} written={args.out}")
     return 0
 
 

@@ -79,6 +79,7 @@ async def stats(request: Request, state: State) -> dict[str, object]:
     if not token_ok(request, runtime.settings):
         raise NotAuthorizedException("missing or wrong bearer token")
     body = runtime.stats.as_dict()
+    body["grounding"] = runtime.grounding_report()
     body["large_tier"] = (
         {"configured": True, "model": runtime.settings.large_model, "breaker": runtime.large.breaker.state}
         if runtime.large is not None else {"configured": False}

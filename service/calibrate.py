@@ -1,8 +1,10 @@
-"""``smallfirst calibrate``: choose the grounding threshold from labelled questions.
+"""``smallfirst calibrate``: the grounding threshold of a document folder, with no labels needed.
 
-Ingests a document folder into a temporary embedded store, retrieves for every labelled
-question, and picks the top-score threshold that best separates questions the documents
-answer from those they do not (highest balanced accuracy; ties go to the middle of the gap).
+Ingests the folder into a temporary embedded store and runs the same calibration as the
+service does on each collection (the shipped off-topic bank against pseudo-questions made
+from the folder's own text), then prints both top-score distributions, the threshold and its
+margin. With ``--data`` (``{"question": ..., "grounded": true|false}`` lines), it also reports
+how those labelled questions fall on either side of it, and the best labelled threshold.
 """
 
 from __future__ import annotations
@@ -12,44 +14,39 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from ingest.sync import ChunkingOptions, sync_folder
+from retrieval.calibration import Calibration, best_threshold, calibrate, offtopic_questions, pseudo_questions
 from retrieval.embedder import Embedder
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
 from retrieval.store import VectorStore
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "retrieval" / "data" / "grounding_calibration.jsonl"
-
-
-def best_threshold(scores: list[tuple[float, bool]]) -> tuple[float, float]:
-    """(threshold, balanced accuracy): grounded when the top score is at least the threshold."""
-    positives = sum(1 for _, g in scores if g) or 1
-    negatives = sum(1 for _, g in scores if not g) or 1
-    values = sorted({s for s, _ in scores})
-    candidates = [values[0] - 1e-3] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1e-3]
-    best = (0.0, -1.0)
-    for t in candidates:
-        tpr = sum(1 for s, g in scores if g and s >= t) / positives
-        tnr = sum(1 for s, g in scores if not g and s < t) / negatives
-        accuracy = (tpr + tnr) / 2
-        if accuracy > best[1]:
-            best = (t, accuracy)
-    return best
+SAMPLE_CHUNKS = 300
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("folder", type=Path, help="Document folder the questions are about.")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help='JSONL of {"question": ..., "grounded": true|false}.')
-    add_arguments(parser, ("embed_model", "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "top_k"))
+    parser.add_argument("folder", type=Path, help="Document folder to calibrate on.")
+    parser.add_argument("--data", type=Path, default=None,
+                        help='Optional JSONL of labelled questions {"question": ..., "grounded": true|false}.')
+    add_arguments(parser, ("embed_model", "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "calibration_questions"))
     return parser
+
+
+def histogram(values: tuple[float, ...] | list[float], low: float = 0.0, high: float = 1.0, bins: int = 20) -> str:
+    """One line of counts per 0.05-wide score bin."""
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    return "\n".join(f"  {edges[i]:.2f}-{edges[i + 1]:.2f} {'#' * int(c)} {int(c) if c else ''}".rstrip()
+                     for i, c in enumerate(counts) if c)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         settings: Settings = from_args(args)
-        rows = [orjson.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+        rows = [orjson.loads(line) for line in args.data.read_text().splitlines() if line.strip()] if args.data else []
+        if not args.folder.is_dir():
+            raise OSError(f"not a folder: {args.folder}")
     except (SettingsError, OSError, orjson.JSONDecodeError) as exc:
         print(f"smallfirst calibrate: {exc}", file=sys.stderr)
         return 2
@@ -59,16 +56,25 @@ def run(args: argparse.Namespace) -> int:
         try:
             sync_folder(args.folder, store, embedder.embed_documents, embedder.count_tokens,
                         ChunkingOptions.from_settings(settings))
-            scores = []
-            for row in rows:
-                hits = store.search(embedder.embed_query(row["question"]), settings.top_k)
-                scores.append((hits[0].score if hits else 0.0, bool(row["grounded"])))
+            questions = pseudo_questions(store.sample_texts(SAMPLE_CHUNKS), settings.calibration_questions)
+            if not questions:
+                print(f"smallfirst calibrate: no text to calibrate on in {args.folder}", file=sys.stderr)
+                return 1
+            found: Calibration = calibrate(store.top_scores(embedder.embed_documents(offtopic_questions())),
+                                           store.top_scores(embedder.embed_documents(questions)))
+            labelled = store.top_scores(embedder.embed_documents([r["question"] for r in rows])) if rows else []
         finally:
             store.close()
-    threshold, accuracy = best_threshold(scores)
-    grounded = sorted(s for s, g in scores if g)
-    ungrounded = sorted(s for s, g in scores if not g)
-    print(f"grounded top scores:   min {grounded[0]:.3f} median {grounded[len(grounded) // 2]:.3f}")
-    print(f"ungrounded top scores: max {ungrounded[-1]:.3f} median {ungrounded[len(ungrounded) // 2]:.3f}")
-    print(f"questions={len(scores)} grounding_threshold={threshold:.3f} balanced_accuracy={accuracy:.3f}")
+    report = found.as_dict()
+    print(f"ungrounded (off-topic bank, {len(found.ungrounded)} questions): top scores\n{histogram(found.ungrounded)}")
+    print(f"grounded (pseudo-questions from the folder, {len(found.grounded)}): top scores\n{histogram(found.grounded)}")
+    print(f"ungrounded p50 {report['ungrounded']['p50']} p99 {report['ungrounded']['p99']} max {report['ungrounded']['max']}; "
+          f"grounded min {report['grounded']['min']} p10 {report['grounded']['p10']} p50 {report['grounded']['p50']}")
+    if rows:
+        scores = [(score, bool(r["grounded"])) for score, r in zip(labelled, rows)]
+        right = sum(1 for sc, g in scores if (sc >= found.threshold) == g)
+        best, accuracy = best_threshold(scores)
+        print(f"labelled: {right}/{len(scores)} on the right side of the threshold; "
+              f"best labelled threshold {best:.3f} (balanced accuracy {accuracy:.3f})")
+    print(f"grounding_threshold={found.threshold:.3f} margin={found.margin:.3f}")
     return 0

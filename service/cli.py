@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         description="Embed a folder of documents into the store.")
     ingest_cli.configure_parser(ingest_parser)
     ingest_parser.set_defaults(handler=ingest_cli.run)
-    calibrate_parser = commands.add_parser("calibrate", help="Choose the grounding threshold from labelled questions.",
+    calibrate_parser = commands.add_parser("calibrate", help="Calibrate the grounding threshold of a document folder (no labels needed).",
                                            description="Choose the grounding threshold from labelled questions.")
     calibrate.configure_parser(calibrate_parser)
     calibrate_parser.set_defaults(handler=calibrate.run)

@@ -26,11 +26,17 @@ class Outcome:
     id: str
     kind: str
     tier: str = ""
-    reason: str | None = None
+    reason: str | None = None  # why the router escalated before any small-model token
     fallback: str | None = None
+    revised: bool = False  # the small answer failed its check and was replaced
+    supported: bool | None = None  # the check's verdict on the small tier's answer, when it generated one
+    small_answer: str | None = None
+    small_correct: bool | None = None
+    flagged: bool = False
     source_hit: bool = False
     correct: bool = False
     routed_right: bool = False
+    sources_ms: float | None = None
     first_token_ms: float | None = None
     total_ms: float = 0.0
     cost_usd: float = 0.0
@@ -61,11 +67,18 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, float]) -> Outcome:
+def _matches(text: str, accepted: list[str]) -> bool:
+    text = " ".join(text.lower().split())
+    return any(" ".join(a.lower().split()) in text for a in accepted)
+
+
+async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, float], collection: str | None = None) -> Outcome:
     out = Outcome(id=str(row["id"]), kind=row["kind"])
     frame: dict[str, Any] = {"type": "ask", "id": out.id, "question": row["question"]}
     if tier != "auto":
         frame["tier"] = tier
+    if collection:
+        frame["collection"] = collection
     sent = time.perf_counter()
     await ws.send(json.dumps(frame))
     pieces: list[str] = []
@@ -75,9 +88,14 @@ async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, 
             continue
         kind = msg["type"]
         if kind == "sources":
+            out.sources_ms = round((time.perf_counter() - sent) * 1000, 1)
             out.sources = [Path(s["doc_id"]).name for s in msg["sources"]]
         elif kind == "escalated":
-            out.reason = msg["reason"]
+            if msg["reason"] == "unsupported_answer":
+                out.revised = True
+                pieces.clear()  # what follows replaces the answer shown so far
+            else:
+                out.reason = msg["reason"]
         elif kind == "fallback":
             out.fallback = msg["reason"]
         elif kind == "token":
@@ -90,20 +108,26 @@ async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, 
         elif kind == "done":
             out.tier = msg["tier"]
             out.cost_usd = msg["cost_usd"]
+            out.supported = msg.get("supported")
+            out.small_answer = msg.get("small_answer")
+            out.flagged = bool(msg.get("flagged"))
             usage = msg["usage"]
             out.all_large_cost_usd = (usage["prompt_tokens"] * prices[0] + usage["completion_tokens"] * prices[1]) / 1e6
             break
     out.total_ms = round((time.perf_counter() - sent) * 1000, 1)
     out.answer = "".join(pieces).strip()
     out.source_hit = bool(set(row["pages"]) & set(out.sources))
-    accepted = [a.lower() for a in row["answer_any"]]
-    out.correct = any(a in out.answer.lower() for a in accepted) if accepted else False
+    accepted = list(row["answer_any"])
+    out.correct = _matches(out.answer, accepted) if accepted and not out.flagged else False
+    if out.small_answer is not None:
+        out.small_correct = _matches(out.small_answer, accepted) if accepted else False
     escalated = out.reason is not None
     out.routed_right = escalated if row["kind"] in ("ungrounded", "hard") else not escalated
     return out
 
 
-async def run_all(url: str, rows: list[dict[str, Any]], tier: str, prices: tuple[float, float], token: str | None) -> list[Outcome]:
+async def run_all(url: str, rows: list[dict[str, Any]], tier: str, prices: tuple[float, float], token: str | None,
+                  collection: str | None = None) -> list[Outcome]:
     import websockets
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -113,7 +137,7 @@ async def run_all(url: str, rows: list[dict[str, Any]], tier: str, prices: tuple
         if ready.get("type") != "ready":
             raise RuntimeError(f"unexpected first frame: {ready}")
         for i, row in enumerate(rows, 1):
-            outcomes.append(await ask_one(ws, row, tier, prices))
+            outcomes.append(await ask_one(ws, row, tier, prices, collection))
             print(f"\r{i}/{len(rows)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return outcomes
@@ -123,22 +147,45 @@ def _share(values: list[bool]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
+def _p50(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
+
+
 def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
+    """Routing, accuracy per tier, and how far the support check can be trusted."""
     answered = [o for o in outcomes if o.error is None]
-    firsts = [o.first_token_ms for o in answered if o.first_token_ms is not None]
     totals = [o.total_ms for o in answered]
     cost = sum(o.cost_usd for o in answered)
     all_large = sum(o.all_large_cost_usd for o in answered)
+    grounded = [o for o in answered if o.kind == "grounded"]
+    checked = [o for o in answered if o.supported is not None]  # every answer the small tier generated
+    right = [o for o in checked if o.small_correct]
+    wrong = [o for o in checked if not o.small_correct]
+    supported = [o for o in checked if o.supported]
     return {
         "questions": len(outcomes), "errors": len(outcomes) - len(answered),
-        "small_share": _share([o.tier == "small" for o in answered]),
-        "source_hit_rate": _share([o.source_hit for o in answered if o.kind == "grounded"]),
+        "grounded_small_first": _share([o.reason is None for o in grounded]),
+        "grounded_small_final": _share([o.tier == "small" and not o.revised for o in grounded]),
+        "small_share": _share([o.tier == "small" and not o.flagged for o in answered]),
+        "source_hit_rate": _share([o.source_hit for o in grounded]),
         "routing_accuracy": _share([o.routed_right for o in answered]),
-        "accuracy_by_tier": {t: _share([o.correct for o in answered if o.tier == t]) for t in ("small", "large")},
+        "ungrounded_hard_escalated": _share([o.reason is not None for o in answered if o.kind != "grounded"]),
+        "accuracy_by_tier": {t: _share([o.correct for o in answered if o.tier == t and not o.flagged]) for t in ("small", "large")},
         "accuracy_by_kind": {k: _share([o.correct for o in answered if o.kind == k]) for k in KINDS},
+        "small_generated": len(checked),
+        "small_accuracy": _share([bool(o.small_correct) for o in checked]),
+        "small_supported_share": _share([bool(o.supported) for o in checked]),
+        "check_precision": _share([bool(o.small_correct) for o in supported]),
+        "check_recall": _share([not o.supported for o in wrong]),
+        "check_false_alarms": _share([not o.supported for o in right]),
+        "revised": sum(1 for o in answered if o.revised),
+        "flagged": sum(1 for o in answered if o.flagged),
         "escalations": {r: sum(1 for o in answered if o.reason == r) for r in sorted({o.reason for o in answered if o.reason})},
         "fallbacks": {r: sum(1 for o in answered if o.fallback == r) for r in sorted({o.fallback for o in answered if o.fallback})},
-        "first_token_ms_p50": round(statistics.median(firsts), 1) if firsts else None,
+        "sources_ms_p50": _p50([o.sources_ms for o in answered]),
+        "first_token_ms_p50": _p50([o.first_token_ms for o in answered]),
+        "first_token_ms_p50_small": _p50([o.first_token_ms for o in answered if o.reason is None and o.supported is not None]),
         "total_ms_p50": round(statistics.median(totals), 1) if totals else None,
         "cost_usd": round(cost, 6), "all_large_cost_usd": round(all_large, 6),
         "cost_vs_all_large": round(cost / all_large, 3) if all_large else None,
@@ -146,13 +193,19 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 def print_table(outcomes: list[Outcome], summary: dict[str, Any]) -> None:
-    print(f"{'id':<10} {'kind':<10} {'tier':<6} {'reason':<15} {'src':<4} {'ok':<4} {'ttft ms':>8} {'total ms':>9} {'cost $':>10}")
+    def yn(value: bool | None) -> str:
+        return "-" if value is None else "yes" if value else "no"
+
+    print(f"{'id':<10} {'kind':<10} {'tier':<6} {'reason':<19} {'src':<4} {'ok':<4} {'small':<5} {'check':<5} "
+          f"{'ttft ms':>8} {'total ms':>9} {'cost $':>10}")
     for o in outcomes:
         if o.error:
             print(f"{o.id:<10} {o.kind:<10} error: {o.error}")
             continue
-        print(f"{o.id:<10} {o.kind:<10} {o.tier:<6} {(o.reason or o.fallback or '-'):<15} {'yes' if o.source_hit else 'no':<4} "
-              f"{'yes' if o.correct else 'no':<4} {o.first_token_ms or 0:>8.0f} {o.total_ms:>9.0f} {o.cost_usd:>10.6f}")
+        reason = o.reason or ("unsupported_answer" if o.revised else o.fallback) or "-"
+        check = "-" if o.supported is None else "pass" if o.supported else "fail"
+        print(f"{o.id:<10} {o.kind:<10} {o.tier:<6} {reason:<19} {yn(o.source_hit):<4} {yn(o.correct):<4} "
+              f"{yn(o.small_correct):<5} {check:<5} {o.first_token_ms or 0:>8.0f} {o.total_ms:>9.0f} {o.cost_usd:>10.6f}")
     print()
     for key, value in summary.items():
         print(f"{key:>20}: {value}")
@@ -162,6 +215,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("qa_file", type=Path, help="QA JSONL file.")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="WebSocket URL of the service.")
     parser.add_argument("--tier", choices=("auto", "small", "large"), default="auto", help="Force a tier for every question.")
+    parser.add_argument("--collection", default=None, help="Ask about this collection (default: the service's).")
     parser.add_argument("--json", action="store_true", help="Print every outcome and the summary as JSON.")
     add_arguments(parser, ("api_token", "large_price_in_per_m", "large_price_out_per_m"))
     return parser
@@ -176,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     prices = (settings.large_price_in_per_m, settings.large_price_out_per_m)
     try:
-        outcomes = asyncio.run(run_all(args.url, rows, args.tier, prices, settings.api_token))
+        outcomes = asyncio.run(run_all(args.url, rows, args.tier, prices, settings.api_token, args.collection))
     except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
         print(f"smallfirst eval: cannot evaluate against {args.url}: {exc}", file=sys.stderr)
         return 1

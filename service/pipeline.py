@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from retrieval.context import Context, assemble_context
+from retrieval.evidence import EvidenceSet
+from retrieval.support import check_answer, quote_evidence
 from retrieval.errors import SmallfirstError, UpstreamTimeout
 from retrieval.settings import Settings
 from service.autocomplete import Typist
@@ -36,6 +39,8 @@ class TokenWriter:
         self._id = request_id
         self._pending: list[str] = []
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._closing = False
         self.seq = 0
         self.text: list[str] = []
@@ -45,7 +50,12 @@ class TokenWriter:
     def push(self, text: str) -> None:
         self._pending.append(text)
         self.text.append(text)
+        self._drained.clear()
         self._wake.set()
+
+    async def drain(self) -> None:
+        """Wait until every pushed delta is on the socket, so a frame sent next comes after them."""
+        await self._drained.wait()
 
     async def _run(self) -> None:
         while True:
@@ -58,12 +68,15 @@ class TokenWriter:
                 if self.first_sent_at is None:
                     self.first_sent_at = time.perf_counter()
                 self.seq += 1
+            if not self._pending:
+                self._drained.set()
             if self._closing and not self._pending:
                 return
 
     def discard(self) -> None:
         """Drop what is not sent yet and stop: the request was superseded."""
         self._pending.clear()
+        self._drained.set()
         self._closing = True
         self._wake.set()
 
@@ -85,6 +98,8 @@ class Request:
         self.timings: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
         self.writer: TokenWriter | None = None
+        self.finish_reason = "stop"  # of the segment that ended the answer
+        self._text_start = 0
 
     def segment(self, tier: str) -> GenerationStats:
         """Usage of the next stretch of output, produced by ``tier``."""
@@ -98,7 +113,12 @@ class Request:
 
     @property
     def text(self) -> str:
-        return "".join(self.writer.text) if self.writer else ""
+        """The answer as the client now shows it (from the last replacement on)."""
+        return "".join(self.writer.text)[self._text_start:] if self.writer else ""
+
+    def restart_text(self) -> None:
+        """What was streamed so far is replaced by what follows (the client was told)."""
+        self._text_start += len(self.text)
 
     def cost_usd(self) -> float:
         s = self.settings
@@ -135,6 +155,11 @@ class Request:
         async for text in stream:
             self.writer.push(text)
 
+    async def drain(self) -> None:
+        """Wait until every token so far is sent: a control frame sent next comes after them."""
+        if self.writer is not None:
+            await self.writer.drain()
+
     async def finish(self) -> None:
         if self.writer is not None:
             await self.writer.close()
@@ -153,9 +178,18 @@ def _fallback_reason(error: BaseException) -> str:
     return "large_error"
 
 
+@dataclass(frozen=True)
+class Grounding:
+    """What retrieval found for a question: the context for the large tier, the scored evidence
+    for the small tier's prompt and its check."""
+
+    context: Context
+    evidence: EvidenceSet
+
+
 async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
-    """Retrieve, route, send ``sources``, then stream the answer from the chosen tier, falling back
-    to the small tier (and saying so) when the large one is unconfigured or fails."""
+    """Retrieve, score evidence, route, send ``sources``, then stream the answer from the chosen
+    tier. A small answer is checked against its sources; an unsupported one is replaced."""
     runtime.require_ready()
     settings = runtime.settings
     assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
@@ -166,69 +200,124 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
     hits = await runtime.search(vector, msg.top_k, msg.collection)
     req.timings["search"] = _ms(time.perf_counter() - t)
     context = assemble_context(hits, settings.context_tokens, runtime.tokenizer.count, settings.min_score)
+    t = time.perf_counter()
+    evidence = await runtime.find_evidence(msg.question, vector, context.sources)
+    req.timings["evidence"] = _ms(time.perf_counter() - t)
     route = choose_tier(
         hits[0].score if hits else None, runtime.classifier.probability(vector), settings, msg.tier,
         small_saturated=runtime.answer_model.saturated,
+        grounding_threshold=runtime.grounding_threshold(msg.collection),
     )
-    await send({"type": "sources", "id": msg.id, "sources": [source_entry(h) for h in context.sources]})
+    await send({"type": "sources", "id": msg.id, "sources": [
+        source_entry(h, ev) for h, ev in zip(context.sources, evidence.best)]})
+    req.timings["sources"] = _ms(time.perf_counter() - req.received)
+    grounding = Grounding(context, evidence)
     try:
         if route.tier == "large":
-            finish = await _answer_large(runtime, msg, send, req, context, route)
+            finish = await _answer_large(runtime, msg, send, req, grounding, route)
         else:
-            finish = await _answer_small(runtime, msg, send, req, context, route)
+            finish = await _answer_small(runtime, msg, send, req, grounding, route)
     finally:
         await req.finish()
     return finish
 
 
-async def _answer_large(runtime: Runtime, msg: Ask, send: Send, req: Request, context: Context, route: Route) -> str:
+async def _escalate(runtime: Runtime, msg: Ask, send: Send, req: Request, reason: str, tier: str = "large") -> None:
+    """Say why the answer goes to another tier; before the first token, or after a replaced answer."""
+    runtime.stats.escalations[reason] += 1
+    await req.drain()
+    await send({"type": "escalated", "id": msg.id, "reason": reason, "tier": tier})
+
+
+async def _fall_back(runtime: Runtime, msg: Ask, send: Send, req: Request, reason: str) -> None:
+    runtime.stats.fallbacks[reason] += 1
+    await req.drain()
+    await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": reason})
+
+
+async def _stream_large(runtime: Runtime, msg: Ask, send: Send, req: Request, grounding: Grounding, reason: str | None) -> str | None:
+    """Stream the large tier's answer; the fallback reason when it is unconfigured or fails, else None."""
     settings = runtime.settings
     if runtime.large is None:
-        runtime.stats.fallbacks["large_unconfigured"] += 1
-        await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": "large_unconfigured"})
-        return await _answer_small(runtime, msg, send, req, context, route)
-    if not route.forced:
-        runtime.stats.escalations[route.reason or "forced"] += 1
-        await send({"type": "escalated", "id": msg.id, "reason": route.reason, "tier": "large"})
+        await _fall_back(runtime, msg, send, req, "large_unconfigured")
+        return "large_unconfigured"
     stats = req.segment("large")
+    context = grounding.context
     prompt = large_prompt(context.text if settings.large_send_context else "", msg.question)
     started = time.perf_counter()
     try:
-        await req.pump(send, runtime.large.stream(prompt, max_tokens=settings.large_max_tokens, temperature=0.2, stats=stats))
+        await req.pump(send, runtime.large.stream(prompt, max_tokens=settings.large_max_tokens,
+                                                  temperature=settings.large_temperature, stats=stats))
     except SmallfirstError as exc:
-        reason = _fallback_reason(exc)
-        log.warning("large tier failed for %s (%s): %s", msg.id, reason, exc.message)
-        runtime.stats.fallbacks[reason] += 1
-        await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": reason})
-        return await _answer_small(runtime, msg, send, req, context, route, continuing=req.text)
+        fallback = _fallback_reason(exc)
+        log.warning("large tier failed for %s (%s): %s", msg.id, fallback, exc.message)
+        await _fall_back(runtime, msg, send, req, fallback)
+        return fallback
+    req.finish_reason = stats.finish
     if runtime.distill is not None:
         runtime.distill.record({
-            "ts": time.time(), "id": msg.id, "question": msg.question, "reason": route.reason,
+            "ts": time.time(), "id": msg.id, "question": msg.question, "reason": reason,
             "context_ids": [h.id for h in context.sources], "context": context.text if settings.large_send_context else "",
             "answer": req.text, "latency_ms": _ms(time.perf_counter() - started),
             "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens},
             "cost_usd": req.cost_usd(), "model": settings.large_model,
         })
-    return stats.finish
+    return None
+
+
+async def _answer_large(runtime: Runtime, msg: Ask, send: Send, req: Request, grounding: Grounding, route: Route) -> str:
+    """The router chose the large tier (or the client forced it). ``escalated`` always comes first,
+    with or without a large tier, so a client always learns why; ``fallback`` follows when the
+    large tier is unconfigured or fails, and the small tier takes over."""
+    if not route.forced:
+        await _escalate(runtime, msg, send, req, route.reason or "forced")
+    failed = await _stream_large(runtime, msg, send, req, grounding, route.reason)
+    if failed is None:
+        return req.finish_reason
+    return await _answer_small(runtime, msg, send, req, grounding, route, continuing=req.text)
 
 
 async def _answer_small(
-    runtime: Runtime, msg: Ask, send: Send, req: Request, context: Context, route: Route, continuing: str = "",
+    runtime: Runtime, msg: Ask, send: Send, req: Request, grounding: Grounding, route: Route, continuing: str = "",
 ) -> str:
-    """The small tier's answer. When the retrieval scores said the documents do not hold the answer
-    (``no_context`` or ``low_grounding``), it says so plainly instead of inventing one."""
+    """The small tier's answer, from the evidence-first prompt, then checked against the sources.
+
+    When the retrieval scores said the documents do not hold the answer (``no_context`` or
+    ``low_grounding``), it says so plainly instead of inventing one. A grounded answer (routed
+    to the small tier, or forced there) that fails the check is replaced: by the large tier's
+    answer where one is configured, else by the evidence itself, flagged.
+    """
     assert runtime.answer_model is not None
+    settings = runtime.settings
     stats = req.segment("small")
     if route.reason in ("no_context", "low_grounding") and not route.forced:
-        stream = _fixed_text(NOT_COVERED if not continuing else "", stats)
-    else:
-        prompt = answer_prompt(context.text, msg.question) + continuing
-        stream = runtime.answer_model.stream(
-            prompt, max_tokens=runtime.settings.answer_max_tokens, stop=ANSWER_STOPS,
-            temperature=runtime.settings.answer_temperature, stats=stats,
-        )
-    await req.pump(send, stream)
-    return stats.finish
+        await req.pump(send, _fixed_text(NOT_COVERED if not continuing else "", stats))
+        return stats.finish
+    evidence = grounding.evidence
+    prompt = answer_prompt(evidence.windows(settings.evidence_windows), msg.question) + continuing
+    offset = len(req.text)
+    await req.pump(send, runtime.answer_model.stream(
+        prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
+        temperature=settings.answer_temperature, stats=stats,
+    ))
+    finish = stats.finish
+    small_answer = req.text[offset:]
+    verdict = check_answer(msg.question, small_answer, evidence.ranked, [h.text for h in evidence.hits])
+    req.extra.update({"supported": verdict.supported, "unsupported": verdict.unsupported, "small_answer": small_answer})
+    runtime.stats.checks["supported" if verdict.supported else "unsupported"] += 1
+    grounded = route.tier == "small" and route.reason is None  # routed to the small tier, or forced there
+    if verdict.supported or not grounded or continuing or finish == "cancelled":
+        return finish
+    # An unsupported grounded answer is never left standing as the answer.
+    forced_small = route.forced
+    await _escalate(runtime, msg, send, req, "unsupported_answer", "small" if forced_small else "large")
+    req.restart_text()
+    if not forced_small and await _stream_large(runtime, msg, send, req, grounding, "unsupported_answer") is None:
+        return req.finish_reason
+    req.extra["flagged"] = True
+    number = verdict.evidence.source + 1 if verdict.evidence is not None else None
+    await req.pump(send, _fixed_text(quote_evidence(verdict.evidence, number), req.segment("small")))
+    return "stop"
 
 
 async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request, typist: Typist) -> str:

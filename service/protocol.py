@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from retrieval.evidence import Evidence
 from retrieval.errors import BadRequest, SmallfirstError, TooLarge
 from retrieval.settings import Settings
 from retrieval.store import COLLECTION_NAME, Hit
@@ -163,13 +164,16 @@ def error_frame(error: SmallfirstError, request_id: str | None) -> dict[str, Any
     return {"type": "error", "id": request_id, "code": error.code, "message": error.message, "retryable": error.retryable}
 
 
-def source_entry(hit: Hit) -> dict[str, Any]:
+def source_entry(hit: Hit, evidence: Evidence | None = None) -> dict[str, Any]:
+    """One entry of a ``sources`` frame; ``evidence`` offsets index the chunk's text."""
     text = " ".join(hit.text.split())
     snippet = text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
     entry: dict[str, Any] = {
         "doc_id": hit.doc_id, "title": hit.title, "uri": hit.uri, "chunk_index": hit.chunk_index,
         "score": round(hit.score, 4), "snippet": snippet,
     }
+    if evidence is not None:
+        entry["evidence"] = evidence.as_dict()
     if hit.page is not None:
         entry["page"] = hit.page
     if hit.language is not None:

@@ -9,9 +9,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
+import numpy as np
+
+from retrieval.calibration import Calibration, calibrate, offtopic_questions, pseudo_questions
 from retrieval.classifier import HardQueryClassifier
+from retrieval.evidence import EvidenceSet, find_evidence
 from retrieval.embedder import Embedder
 from retrieval.errors import BadRequest, Busy, RetrievalUnavailable, SmallfirstError
 from retrieval.settings import Settings
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GROUNDING_TOP_K = 3
+CALIBRATION_SAMPLE_CHUNKS = 300
+CALIBRATION_BATCH = 16  # texts embedded per scheduler step while calibrating (a keystroke waits at most one)
 
 
 def write_service_file(settings: Settings) -> None:
@@ -68,6 +74,10 @@ class Runtime:
         self.distill: DistillLog | None = None
         self.worker: IngestWorker | None = None
         self._known_collections: set[str] = set()
+        self.calibrations: dict[str, Calibration] = {}
+        self._calibrating: dict[str, asyncio.Task[None]] = {}
+        self._recalibrate: set[str] = set()
+        self._offtopic_vectors: np.ndarray | None = None
         self._task: asyncio.Task[None] | None = None
         self.load_seconds = 0.0
 
@@ -118,12 +128,14 @@ class Runtime:
                 )
             if s.distill_log is not None:
                 self.distill = DistillLog(s.distill_log, s.distill_max_bytes, s.distill_backups)
-            self.worker = IngestWorker(s, self.scheduler, self.embedder, self.store, self._store_thread)
+            self.worker = IngestWorker(s, self.scheduler, self.embedder, self.store, self._store_thread,
+                                       on_job_done=self.schedule_calibration)
             if not s.qdrant_url:
                 write_service_file(s)
             self.load_seconds = time.perf_counter() - started
             self.state = "ready"
             log.info("ready in %.1f s: model %s, collection %r", self.load_seconds, model_path, s.collection)
+            self.schedule_calibration(s.collection)
         except SmallfirstError as exc:
             self._fail(exc.message)
         except Exception as exc:  # anything else is a bug, but the health endpoints must still answer
@@ -150,6 +162,79 @@ class Runtime:
         if self.embedder.is_cached(text):
             return self.embedder.embed_query(text)
         return await self.scheduler.run(Priority.ANSWER, self.embedder.embed_query, text)
+
+    async def find_evidence(self, question: str, vector: Any, hits: Sequence[Hit]) -> EvidenceSet:
+        """Score the sentences of ``hits`` for the question (one scheduler step: sentence vectors and BM25)."""
+        assert self.embedder is not None
+        return await self.scheduler.run(Priority.ANSWER, find_evidence, question, vector, hits, self.embedder.embed_sentences)
+
+    # Grounding threshold per collection ---------------------------------------------------
+
+    def grounding_threshold(self, collection: str | None) -> float | None:
+        """The threshold for ``collection``: the setting when set, else its calibration (None
+        until it exists, and then a calibration is started)."""
+        if self.settings.grounding_threshold is not None:
+            return self.settings.grounding_threshold
+        name = collection or self.settings.collection
+        found = self.calibrations.get(name)
+        if found is None and name not in self._calibrating:
+            self.schedule_calibration(name)
+        return found.threshold if found is not None else None
+
+    def schedule_calibration(self, collection: str) -> None:
+        """Calibrate ``collection`` in the background (again once the running one ends, if one runs)."""
+        if self.settings.grounding_threshold is not None:
+            return
+        if collection in self._calibrating:
+            self._recalibrate.add(collection)
+            return
+        task = asyncio.get_running_loop().create_task(self._calibrate(collection))
+        self._calibrating[collection] = task
+
+    async def _embed_in_steps(self, texts: Sequence[str]) -> np.ndarray:
+        assert self.embedder is not None
+        embedder = self.embedder
+        parts = [await self.scheduler.run(Priority.INGEST, embedder.embed_documents, list(texts[i:i + CALIBRATION_BATCH]))
+                 for i in range(0, len(texts), CALIBRATION_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
+
+    async def _calibrate(self, collection: str) -> None:
+        try:
+            while True:
+                self._recalibrate.discard(collection)
+                store = await self.collection(collection)
+                texts = await self.in_store_thread(lambda: store.sample_texts(CALIBRATION_SAMPLE_CHUNKS))
+                questions = pseudo_questions(texts, self.settings.calibration_questions)
+                if not questions:
+                    self.calibrations.pop(collection, None)
+                else:
+                    if self._offtopic_vectors is None:
+                        self._offtopic_vectors = await self._embed_in_steps(offtopic_questions())
+                    offtopic = self._offtopic_vectors
+                    pseudo = await self._embed_in_steps(questions)
+                    ungrounded = await self.in_store_thread(lambda: store.top_scores(offtopic))
+                    grounded = await self.in_store_thread(lambda: store.top_scores(pseudo))
+                    found = calibrate(ungrounded, grounded)
+                    self.calibrations[collection] = found
+                    log.info("collection %r: grounding threshold %.3f (margin %.3f, %d off-topic, %d pseudo-questions)",
+                             collection, found.threshold, found.margin, len(ungrounded), len(grounded))
+                if collection not in self._recalibrate:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the default threshold stays in force; say why
+            log.warning("cannot calibrate collection %r: %s", collection, getattr(exc, "message", exc))
+        finally:
+            self._calibrating.pop(collection, None)
+
+    def grounding_report(self) -> dict[str, Any]:
+        """The threshold in force per collection, and how it was found (for /api/stats)."""
+        s = self.settings
+        if s.grounding_threshold is not None:
+            return {"source": "setting", "threshold": s.grounding_threshold}
+        return {"source": "auto", "default_threshold": s.grounding_threshold_or_default,
+                "collections": {name: c.as_dict() for name, c in self.calibrations.items()},
+                "calibrating": sorted(self._calibrating)}
 
     async def collection(self, name: str | None) -> VectorStore:
         """The store over ``name`` (the default collection when None); unknown names are refused."""
@@ -179,6 +264,8 @@ class Runtime:
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        for task in list(self._calibrating.values()):
+            task.cancel()
         if self.autocomplete is not None:
             await self.autocomplete.close()
         if self.worker is not None:

@@ -41,6 +41,7 @@ class Stats:
         self.escalations: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
         self.finishes: Counter[str] = Counter()
+        self.checks: Counter[str] = Counter()  # small answers the support check passed or failed
 
     def record(self, done: dict[str, Any]) -> None:
         tier = self.tiers.setdefault(done["tier"], TierStats())
@@ -59,4 +60,5 @@ class Stats:
             "tiers": {name: t.as_dict() for name, t in self.tiers.items()},
             "total_cost_usd": round(sum(t.cost_usd for t in self.tiers.values()), 8),
             "escalations": dict(self.escalations), "fallbacks": dict(self.fallbacks), "finishes": dict(self.finishes),
+            "support_checks": dict(self.checks),
         }

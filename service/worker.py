@@ -85,12 +85,13 @@ class IngestWorker:
     """Runs ingest jobs one at a time (the one writer), in submission order."""
 
     def __init__(self, settings: Settings, scheduler: CpuScheduler, embedder: Embedder, store: VectorStore,
-                 store_thread: ThreadPoolExecutor) -> None:
+                 store_thread: ThreadPoolExecutor, on_job_done: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._scheduler = scheduler
         self._embedder = embedder
         self._store = store
         self._store_thread = store_thread
+        self._on_job_done = on_job_done  # told the collection each finished job wrote to
         self._queue: asyncio.Queue[IngestJob] = asyncio.Queue()
         self.jobs: OrderedDict[str, IngestJob] = OrderedDict()
         self._loop = asyncio.get_running_loop()
@@ -146,6 +147,8 @@ class IngestWorker:
                 job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
             finally:
                 job.finished = time.time()
+                if self._on_job_done is not None:
+                    self._on_job_done(job.collection)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         future = asyncio.run_coroutine_threadsafe(

@@ -25,6 +25,7 @@ from tests.test_service import connected, of, until_done
 ROOT = Path(__file__).resolve().parent.parent
 OFF_TOPIC = "Who painted the Mona Lisa?"
 GROUNDED = "When does the lighthouse museum close?"
+HARD_ON_TOPIC = "Write a short poem about the Harbor Lighthouse keepers and their lamp."
 RESET_S = 2.0
 
 
@@ -104,8 +105,11 @@ def test_routing_rules() -> None:
     s = Settings.load({})
     assert choose_tier(None, 0.0, s).reason == "no_context"
     assert choose_tier(0.1, 0.0, s).reason == "no_context"
-    assert choose_tier(s.grounding_threshold - 0.01, 0.0, s).reason == "low_grounding"
+    assert choose_tier(s.grounding_threshold_or_default - 0.01, 0.0, s).reason == "low_grounding"
+    assert choose_tier(0.5, 0.0, s, grounding_threshold=0.55).reason == "low_grounding"  # the collection's own
     assert choose_tier(0.9, 0.9, s).reason == "hard_query"
+    # Strong retrieval asks for more certainty before calling a question hard.
+    assert choose_tier(0.9, 0.7, s).tier == "small" and choose_tier(0.3, 0.7, s).reason == "hard_query"
     assert choose_tier(0.9, 0.1, s).tier == "small"
     assert choose_tier(0.9, 0.1, s, small_saturated=True).reason == "small_unavailable"
     assert choose_tier(0.0, 0.9, s, forced="small").tier == "small"
@@ -171,7 +175,9 @@ def test_hard_question_escalates(escalating: Server) -> None:
 @pytest.mark.slow
 def test_forced_tiers(escalating: Server) -> None:
     small = ask(escalating, OFF_TOPIC, tier="small")
-    assert "escalated" not in kinds(small) and small[-1]["tier"] == "small"
+    # No routing before the answer; the only escalation a forced small answer may see is its check failing.
+    assert [e["reason"] for e in of(small, "q", "escalated")] in ([], ["unsupported_answer"])
+    assert small[-1]["tier"] == "small" and "supported" in small[-1]
     large = ask(escalating, GROUNDED, tier="large")
     assert "escalated" not in kinds(large) and large[-1]["tier"] == "large"
 
@@ -179,11 +185,22 @@ def test_forced_tiers(escalating: Server) -> None:
 @pytest.mark.slow
 def test_large_tier_not_configured_falls_back_and_says_so(server: Server) -> None:
     frames = ask(server, OFF_TOPIC)
-    fallback = of(frames, "q", "fallback")
-    assert fallback == [{"type": "fallback", "id": "q", "from": "large", "to": "small", "reason": "large_unconfigured"}]
+    k = kinds(frames)
+    assert k[:3] == ["sources", "escalated", "fallback"], k  # the route is told even with no large tier
+    assert frames[1]["reason"] in ("no_context", "low_grounding") and frames[1]["tier"] == "large"
+    assert frames[2] == {"type": "fallback", "id": "q", "from": "large", "to": "small", "reason": "large_unconfigured"}
     text = "".join(f["text"] for f in of(frames, "q", "token"))
     assert text == "The documents do not cover this question."
     assert frames[-1]["tier"] == "small"
+
+
+@pytest.mark.slow
+def test_hard_question_without_large_tier_says_hard_query_before_fallback(server: Server) -> None:
+    frames = ask(server, HARD_ON_TOPIC)
+    k = kinds(frames)
+    assert k[:3] == ["sources", "escalated", "fallback"], k
+    assert frames[1]["reason"] == "hard_query" and frames[2]["reason"] == "large_unconfigured"
+    assert frames[-1]["tier"] == "small" and "token" in k
 
 
 @pytest.mark.slow

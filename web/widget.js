@@ -142,38 +142,91 @@ function sourceHref(source) {
   return `/api/source?doc_id=${encodeURIComponent(source.doc_id)}`;
 }
 
-/** Ask `question` and stream the answer and its sources into `view` ({answer, sources, meta}). Returns a stop function. */
+const ROUTE_NOTES = {
+  no_context: "no document matched the question",
+  low_grounding: "the documents barely match the question",
+  hard_query: "a hard question",
+  small_unavailable: "the local model is busy",
+  unsupported_answer: "the local answer could not be checked against the sources",
+};
+
+function routeLine(escalation, fallback) {
+  const why = ROUTE_NOTES[escalation] ?? escalation;
+  if (!fallback) return `sent to the large model: ${why}`;
+  const failed = fallback === "large_unconfigured" ? "no large model configured" : `large model failed (${fallback})`;
+  return `answered locally: ${failed} for ${why}`;
+}
+
+/** Each source with its title link, score, and its evidence sentence highlighted (the best one marked as top). */
+function renderSources(list, sources) {
+  list.replaceChildren();
+  if (!sources.length) { list.textContent = "No matching sources."; return; }
+  let top = -1;
+  sources.forEach((s, i) => { if (s.evidence && (top < 0 || s.evidence.score > sources[top].evidence.score)) top = i; });
+  for (const [i, source] of sources.entries()) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = sourceHref(source);
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.textContent = `[${i + 1}] ${source.title}`;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = ` ${source.score.toFixed(2)}`;
+    item.append(link, score);
+    if (source.evidence) {
+      const quote = document.createElement("mark");
+      quote.className = i === top ? "evidence top" : "evidence";
+      quote.textContent = source.evidence.text;
+      item.append(quote);
+    } else {
+      const snippet = document.createElement("p");
+      snippet.textContent = source.snippet;
+      item.append(snippet);
+    }
+    list.append(item);
+  }
+}
+
+/**
+ * Ask `question` and stream the answer and its sources into `view` ({answer, sources, meta, route}).
+ * A small-tier answer shows as "checking" until its support check passes; one that fails is
+ * replaced (an `escalated` frame with reason `unsupported_answer` clears it). Returns a stop function.
+ */
 export function askInto(view, client, question, { topK } = {}) {
   const id = client.nextId("a");
   view.answer.textContent = "";
+  view.answer.className = "answer";
   view.sources.replaceChildren();
+  if (view.route) view.route.textContent = "";
   view.meta.textContent = "retrieving…";
   const frame = { type: "ask", id, question };
   if (topK) frame.top_k = topK;
+  let escalation = null;
+  let tier = "small";
+  const showRoute = (text) => { if (view.route) view.route.textContent = text; };
   client.request(frame, (msg) => {
     if (msg.type === "sources") {
       view.meta.textContent = "generating…";
-      for (const [i, source] of msg.sources.entries()) {
-        const item = document.createElement("li");
-        const link = document.createElement("a");
-        link.href = sourceHref(source);
-        link.target = "_blank";
-        link.rel = "noopener";
-        link.textContent = `[${i + 1}] ${source.title}`;
-        const score = document.createElement("span");
-        score.className = "score";
-        score.textContent = ` ${source.score.toFixed(2)}`;
-        const snippet = document.createElement("p");
-        snippet.textContent = source.snippet;
-        item.append(link, score, snippet);
-        view.sources.append(item);
-      }
-      if (!msg.sources.length) view.sources.textContent = "No matching sources.";
+      renderSources(view.sources, msg.sources);
+    } else if (msg.type === "escalated") {
+      escalation = msg.reason;
+      tier = msg.tier;
+      if (msg.reason === "unsupported_answer") view.answer.textContent = "";
+      view.answer.className = tier === "small" ? "answer pending" : "answer";
+      showRoute(routeLine(escalation, null));
+    } else if (msg.type === "fallback") {
+      tier = "small";
+      showRoute(routeLine(escalation ?? "forced", msg.reason));
     } else if (msg.type === "token") {
+      if (tier === "small" && !view.answer.textContent) view.answer.className = "answer pending";
       view.answer.textContent += msg.text;
     } else if (msg.type === "done") {
+      view.answer.className = msg.flagged ? "answer flagged" : "answer";
+      if (msg.supported === false && !msg.flagged && !escalation) view.answer.className = "answer flagged";
       const t = msg.timings_ms;
-      view.meta.textContent = `${msg.finish} · ${msg.tier} · first token ${t.first_token ?? "–"} ms · total ${t.total} ms · ${msg.usage.completion_tokens} tokens`;
+      const check = msg.supported === undefined ? "" : msg.supported ? " · checked against the sources" : " · not supported by the sources";
+      view.meta.textContent = `${msg.finish} · ${msg.tier}${check} · first token ${t.first_token ?? "–"} ms · total ${t.total} ms · ${msg.usage.completion_tokens} tokens`;
       view.onDone?.();
     } else if (msg.type === "error") {
       view.meta.textContent = `error (${msg.code}): ${msg.message}`;

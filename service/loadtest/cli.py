@@ -242,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{scope} errors by code: {f['errors']}")
         if f["tiers"]:
             print(f"{scope} tiers: {f['tiers']}, cost ${f['cost_usd']:.6f}")
+        if scope == "ask" and "revised" in f:
+            print(f"ask: {f['revised']} small answers failed their support check and were replaced; "
+                  f"escalated before generation: {f['escalations']}")
     meta = {"url": plan.url, "workloads": plan.weights, "rate": plan.rate, "duration": plan.duration,
             "concurrency": plan.concurrency, "warmup": plan.warmup, "seed": plan.seed}
     if args.json_file:

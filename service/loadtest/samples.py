@@ -27,6 +27,9 @@ class Sample:
     stale: bool = False
     delivered: bool = False
     warmup: bool = False
+    escalation: str | None = None  # the router's reason, before any small-model token
+    revised: bool = False  # the small answer failed its support check and was replaced
+    supported: bool | None = None
 
     @property
     def ttft_ms(self) -> float | None:
@@ -51,6 +54,7 @@ class Sample:
             "itl_ms": [round(v, 2) for v in self.itl_ms], "tokens": self.tokens, "finish": self.finish,
             "tier": self.tier, "cost_usd": self.cost_usd, "error": self.error, "timeout": self.timeout,
             "stale": self.stale, "delivered": self.delivered, "warmup": self.warmup,
+            "escalation": self.escalation, "revised": self.revised, "supported": self.supported,
         }
 
 

@@ -59,6 +59,9 @@ def summarise(samples: Iterable[Sample], window_s: float, slo_ttft_ms: float, sl
         "goodput": round(len(good) / len(measured), 4) if measured else None,
         "tiers": dict(tiers), "cost_usd": round(sum(s.cost_usd for s in measured), 6),
     }
+    if any(s.workload == "ask" for s in measured):
+        out["revised"] = sum(1 for s in answered if s.revised)
+        out["escalations"] = dict(Counter(s.escalation for s in answered if s.escalation))
     if any(s.workload == "type" for s in measured):
         out["delivered"] = sum(1 for s in measured if s.delivered)
         out["stale_dropped"] = sum(1 for s in measured if s.stale)
@@ -76,7 +79,7 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
                     flat[f"{prefix}{key}_{metric}"] = float(value)
         sent = figures["sent"] or 1
         flat[f"{prefix}error_rate"] = (sum(figures["errors"].values()) + figures["timeouts"]) / sent
-        for key in ("goodput", "tokens_per_s", "sent", "completed", "timeouts", "stale_dropped", "delivered", "cost_usd"):
+        for key in ("goodput", "tokens_per_s", "sent", "completed", "timeouts", "stale_dropped", "delivered", "cost_usd", "revised"):
             if figures.get(key) is not None:
                 flat[f"{prefix}{key}"] = float(figures[key])
     return flat

@@ -96,6 +96,11 @@ async def follow(conn: Connection, queue: asyncio.Queue[dict[str, Any] | None], 
         kind = frame["type"]
         if kind == "sources":
             sample.sources = now
+        elif kind == "escalated":
+            if frame.get("reason") == "unsupported_answer":
+                sample.revised = True
+            else:
+                sample.escalation = frame.get("reason")
         elif kind == "token":
             if sample.first_token is None:
                 sample.first_token = now
@@ -104,6 +109,7 @@ async def follow(conn: Connection, queue: asyncio.Queue[dict[str, Any] | None], 
         elif kind == "done":
             sample.done, sample.finish = now, frame.get("finish")
             sample.tier, sample.cost_usd = frame.get("tier"), float(frame.get("cost_usd") or 0.0)
+            sample.supported = frame.get("supported")
             return
         elif kind == "error":
             sample.done, sample.error = now, str(frame.get("code"))

@@ -1,0 +1,181 @@
+"""The support check: is a small-model answer backed by one evidence sentence of its sources?
+
+A deterministic gate, no model call. An answer is supported when
+
+1. every checkable claim in it (numbers with their units, identifiers and code tokens,
+   quoted strings) occurs in its sources, with numbers compared by value and unit, so that
+   "4MB", "4 MB" and "four megabytes" are one value; and
+2. one evidence window (a sentence the question points at, with its label line) holds every
+   claim, and most of the answer's own content words (those not already in the question) fall
+   in that window with its neighbouring sentences.
+
+The second rule catches the common failure of a small model: a number that really is in the
+sources, but belongs to a neighbouring setting, or a fluent paraphrase with nothing checkable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from retrieval.evidence import Evidence, content_words
+
+COVERAGE = 0.6  # share of the answer's new content words one window must hold
+WINDOWS = 4  # evidence windows (best first) an answer may be backed by
+MIN_RELATIVE_SCORE = 0.5  # ...each scoring at least this share of the best
+SUBJECT_SHARE = 0.75  # ...and holding at least this share of the question terms the best-matching window holds
+
+_NUMBER_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+    "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000,
+}
+_UNITS = {
+    "b": "b", "byte": "b", "bytes": "b",
+    "kb": "kb", "kib": "kb", "kilobyte": "kb", "kilobytes": "kb",
+    "mb": "mb", "mib": "mb", "megabyte": "mb", "megabytes": "mb",
+    "gb": "gb", "gib": "gb", "gigabyte": "gb", "gigabytes": "gb",
+    "tb": "tb", "tib": "tb", "terabyte": "tb", "terabytes": "tb",
+    "ms": "ms", "millisecond": "ms", "milliseconds": "ms",
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "min": "min", "mins": "min", "minute": "min", "minutes": "min",
+    "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "day": "day", "days": "day", "week": "week", "weeks": "week",
+    "%": "%", "percent": "%", "per": None,
+    "token": "token", "tokens": "token", "char": "char", "chars": "char", "character": "char", "characters": "char",
+}
+_TIME = re.compile(r"(?<![\w.:])(\d{1,2}):(\d{2})(?![\d:])")
+_NUMBER = re.compile(
+    r"(?<![\w.:])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?![\d:,]\d|[\d])(?![\w.]*[a-zA-Z_]{2,}\()\s?(%|[a-zA-Z]+)?"
+    r"|\b(" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b(?:\s+([a-zA-Z%]+))?",
+    re.IGNORECASE,
+)
+_QUOTED = re.compile(r"`([^`\n]{1,80})`|\"([^\"\n]{2,80})\"")
+_IDENTIFIER = re.compile(
+    r"(?<![\w-])(--?[a-z][\w-]*|[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+(?:\(\))?|[A-Za-z_]+\w*_\w+|[a-z]+[A-Z]\w*|[A-Z]{2,}[A-Z0-9_]*|\w+\(\))"
+)
+_CITATION = re.compile(r"\[\d+\]")
+_REFUSAL = re.compile(r"\b(do(?:es)? not (?:say|cover|mention|contain|state)|no information|not (?:stated|mentioned))\b", re.I)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A checkable piece of an answer, with its span in the answer text."""
+
+    kind: str  # number | identifier | quote
+    text: str
+    start: int
+    end: int
+    key: tuple[object, ...]  # the normalised form compared with the sources
+
+
+@dataclass
+class Verdict:
+    """The check's result: supported, and the spans of the answer that are not."""
+
+    supported: bool
+    unsupported: list[dict[str, object]] = field(default_factory=list)
+    evidence: Evidence | None = None  # the window that backs the answer (or, when none does, the best one)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"supported": self.supported, "unsupported": self.unsupported}
+
+
+def _number_value(token: str) -> float | None:
+    token = token.lower().replace(",", "")
+    if token in _NUMBER_WORDS:
+        return float(_NUMBER_WORDS[token])
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def numbers(text: str) -> list[Claim]:
+    """Numbers in ``text`` with their normalised unit (``None`` when no known unit follows);
+    a time of day ("06:40", "6:40") is one value."""
+    out = [Claim("number", m.group(0), m.start(), m.end(), (int(m.group(1)) * 60 + int(m.group(2)), "time"))
+           for m in _TIME.finditer(text)]
+    for m in _NUMBER.finditer(text):
+        digits, unit_word = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        value = _number_value(digits)
+        if value is None:
+            continue
+        unit = _UNITS.get((unit_word or "").lower())
+        if m.group(3) and unit is None and value < 2:
+            continue  # "one" alone is a pronoun far more often than a number
+        end = m.end() if unit else m.start() + len(digits)
+        out.append(Claim("number", text[m.start():end], m.start(), end, (value, unit)))
+    return sorted(out, key=lambda c: c.start)
+
+
+def claims(answer: str) -> list[Claim]:
+    """The checkable claims of an answer: numbers, quoted strings and identifiers."""
+    found = numbers(answer)
+    taken = [(c.start, c.end) for c in found]
+    for m in _QUOTED.finditer(answer):
+        quote = m.group(1) or m.group(2)
+        found.append(Claim("quote", quote, m.start(), m.end(), (" ".join(quote.lower().split()),)))
+        taken.append((m.start(), m.end()))
+    for m in _IDENTIFIER.finditer(answer):
+        if any(a <= m.start() < b for a, b in taken):
+            continue
+        token = m.group(1).rstrip(".")
+        found.append(Claim("identifier", token, m.start(), m.start() + len(token), (token.lower().removesuffix("()"),)))
+    return sorted(found, key=lambda c: c.start)
+
+
+def _holds(claim: Claim, text: str, text_numbers: list[Claim]) -> bool:
+    if claim.kind == "number":
+        value, unit = claim.key
+        return any(n.key[0] == value and (unit is None or n.key[1] is None or n.key[1] == unit) for n in text_numbers)
+    needle = str(claim.key[0])
+    return needle in " ".join(text.lower().split())
+
+
+def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sources: Sequence[str]) -> Verdict:
+    """Check ``answer`` against the ranked evidence windows and the full source texts."""
+    clean = _CITATION.sub(" ", answer)
+    if not clean.strip():
+        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "empty answer"}])
+    if _REFUSAL.search(clean):
+        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "the answer says the sources do not answer"}],
+                       evidence[0] if evidence else None)
+    all_text = "\n".join(sources)
+    all_numbers = numbers(all_text)
+    found = claims(clean)
+    missing = [c for c in found if not _holds(c, all_text, all_numbers)]
+    if missing:
+        return Verdict(False, [{"text": c.text, "start": c.start, "end": c.end, "why": f"{c.kind} not in the sources"}
+                               for c in missing], evidence[0] if evidence else None)
+    asked = set(content_words(question))
+    new_words = [w for w in content_words(clean) if w not in asked]
+    best = evidence[0].score if evidence else 0.0
+    candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]
+    # The window must be about what the question asks: as many of its terms as the best-matching window holds, nearly.
+    about = {id(ev): len(asked & set(content_words(f"{ev.sentence.label} {ev.text}"))) for ev in candidates}
+    most = max(about.values(), default=0)
+    for ev in candidates:
+        if about[id(ev)] < SUBJECT_SHARE * most:
+            continue
+        core = f"{ev.sentence.label} {ev.text}"
+        core_numbers = numbers(core)
+        if not all(_holds(c, core, core_numbers) for c in found):
+            continue
+        window = set(content_words(ev.window()))
+        if not new_words or sum(w in window for w in new_words) / len(new_words) >= COVERAGE:
+            return Verdict(True, [], ev)
+    why = "its values are not stated beside what the question asks about" if found else \
+        "no single evidence sentence covers it"
+    return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], evidence[0] if evidence else None)
+
+
+def quote_evidence(evidence: Evidence | None, number: int | None = None) -> str:
+    """The text shown instead of an unsupported answer: the evidence, quoted and cited."""
+    if evidence is None:
+        return "The documents do not answer this clearly."
+    cite = f" [{number}]" if number is not None else ""
+    text = " ".join(evidence.text.split())
+    return f"The answer could not be checked against the documents. The closest passage says: \u201c{text}\u201d{cite}"

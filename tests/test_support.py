@@ -1,0 +1,108 @@
+"""Evidence scoring and the support check, on real document text (pure: no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.evidence import find_evidence, split_sentences
+from retrieval.store import Hit
+from retrieval.support import check_answer, claims, numbers
+
+FERRY = (Path(__file__).parent / "fixtures" / "trust" / "ferry.md").read_text()
+SETTINGS = """Configuration › Limits
+
+max_file_mb (float)
+Files larger than this many megabytes are skipped by ingest. The default is 50.
+
+complete_slots (int)
+Autocomplete slots in the shared context, one per recent typist. The default is 8.
+
+answer_queue_limit (int)
+Answers waiting for the model before new ones get busy. The default is 16.
+"""
+
+
+def hit(text: str, title: str = "doc", score: float = 0.6) -> Hit:
+    return Hit(id="x", score=score, doc_id="doc.md", doc_version="v", chunk_index=0, title=title, uri="", text=text)
+
+
+def evidence_for(question: str, *texts: str):
+    return find_evidence(question, None, [hit(t) for t in texts], None)
+
+
+def test_sentences_keep_offsets_labels_and_abbreviations() -> None:
+    text = "Intro › Setup\n\nport (int)\nThe port, e.g. 8000, is where it listens. It must be free.\n"
+    sentences = split_sentences(text)
+    assert [s.text for s in sentences] == ["port (int)", "The port, e.g. 8000, is where it listens.", "It must be free."]
+    for s in sentences:
+        assert text[s.start:s.end] == s.text
+    assert sentences[1].label == sentences[2].label == "port (int)" and sentences[2].previous == sentences[1].text
+
+
+def test_evidence_offsets_point_at_the_answering_sentence() -> None:
+    found = evidence_for("What is the default number of autocomplete slots?", SETTINGS, FERRY)
+    best = found.best[0]
+    assert best is not None
+    assert SETTINGS[best.start:best.end] == best.text
+    assert "The default is 8." in best.text  # scored with its term line, not the neighbouring settings'
+    assert best.sentence.label == "complete_slots (int)"
+    assert found.ranked[0] == best and found.best[1] is not None and found.best[1].score < best.score
+
+
+def test_evidence_windows_number_sources_in_hit_order() -> None:
+    found = evidence_for("When does the first ferry leave on Sundays?", SETTINGS, FERRY)
+    windows = found.windows(2)
+    assert windows.startswith("[2] doc\n") and "[1]" not in windows  # numbered as in `sources`
+    assert "Timetable\nThe first ferry leaves at 06:40 on weekdays and at 08:15 on Sundays." in windows
+
+
+def test_numbers_are_compared_by_value_and_unit() -> None:
+    keys = [c.key for c in numbers("4MB, 4 MB, four megabytes, 06:40, 1,000 tokens, twelve")]
+    assert keys == [(4.0, "mb")] * 3 + [(400, "time"), (1000.0, "token"), (12.0, None)]
+    assert [c.text for c in claims("Set `SMALLFIRST_PORT` or call os.path.join() with --depth 1")][:3] == [
+        "SMALLFIRST_PORT", "os.path.join()", "--depth"]
+
+
+def test_the_right_value_beside_its_subject_is_supported() -> None:
+    question = "How many autocomplete slots are there by default?"
+    found = evidence_for(question, SETTINGS)
+    verdict = check_answer(question, "There are 8 autocomplete slots by default [1].", found.ranked, [SETTINGS])
+    assert verdict.supported, verdict.unsupported
+
+
+def test_a_neighbouring_settings_value_is_not_supported() -> None:
+    question = "How many autocomplete slots are there by default?"
+    found = evidence_for(question, SETTINGS)
+    verdict = check_answer(question, "The default is 16 [1].", found.ranked, [SETTINGS])  # 16 is in the sources, elsewhere
+    assert not verdict.supported
+    assert "beside what the question asks" in verdict.unsupported[0]["why"]
+
+
+def test_a_number_absent_from_the_sources_is_flagged_with_its_span() -> None:
+    question = "How many minutes does the ferry crossing take?"
+    answer = "The crossing takes 10 minutes."
+    verdict = check_answer(question, answer, evidence_for(question, FERRY).ranked, [FERRY])
+    assert not verdict.supported
+    span = verdict.unsupported[0]
+    assert answer[span["start"]:span["end"]] == "10 minutes" and "not in the sources" in span["why"]
+
+
+def test_a_time_from_another_sentence_is_not_supported() -> None:
+    question = "When does the first ferry leave on Sundays?"
+    found = evidence_for(question, FERRY)
+    assert check_answer(question, "It leaves at 08:15 on Sundays.", found.ranked, [FERRY]).supported
+    assert not check_answer(question, "The first ferry leaves on Sundays at 19:30.", found.ranked, [FERRY]).supported
+
+
+def test_a_fluent_paraphrase_with_nothing_from_the_sources_is_not_supported() -> None:
+    question = "Where does the harbor ferry leave from?"
+    found = evidence_for(question, FERRY)
+    assert check_answer(question, "It leaves from pier seven, by the fish market [1].", found.ranked, [FERRY]).supported
+    verdict = check_answer(question, "It departs from the main railway station downtown.", found.ranked, [FERRY])
+    assert not verdict.supported
+
+
+def test_a_refusal_is_not_an_answer() -> None:
+    question = "Where does the harbor ferry leave from?"
+    verdict = check_answer(question, "The documents do not say.", evidence_for(question, FERRY).ranked, [FERRY])
+    assert not verdict.supported

@@ -1,0 +1,180 @@
+"""Answers you can trust, end to end: evidence in ``sources``, every small answer checked, an
+unsupported one replaced (by a real OpenAI-compatible large tier, or by its evidence, flagged)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from retrieval.support import numbers
+from tests.conftest import FIXTURE_DOCS, Server, free_port, smallfirst
+from tests.test_escalation import ask, kinds
+from tests.test_service import of
+
+pytestmark = pytest.mark.slow
+
+FERRY = Path(__file__).parent / "fixtures" / "trust" / "ferry.md"
+INVENTED = "How many minutes does the harbor ferry crossing take?"  # the documents give no duration
+GROUNDED = "When does the lighthouse museum close?"
+
+
+def corpus_server(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Server:
+    data_dir = tmp_path_factory.mktemp(name)
+    shutil.copytree(FIXTURE_DOCS, data_dir / "docs")
+    shutil.copy2(FERRY, data_dir / "docs" / FERRY.name)
+    result = smallfirst("ingest", str(data_dir / "docs"), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    return Server(data_dir, env).start()
+
+
+@pytest.fixture(scope="module")
+def large_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m llama_cpp.server` on the bundled model, as a real OpenAI-compatible large tier."""
+    from service.llm.local import bundled_model_path
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("trust-large") / "large.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--model_alias",
+             "stand-in-large", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--chat_format", "gemma"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def with_large(tmp_path_factory: pytest.TempPathFactory, large_url: str) -> Iterator[Server]:
+    srv = corpus_server(tmp_path_factory, "trust-large-tier", {
+        "SMALLFIRST_LARGE_URL": large_url, "SMALLFIRST_LARGE_MODEL": "stand-in-large", "SMALLFIRST_LARGE_MAX_TOKENS": "24",
+    })
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def without_large(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = corpus_server(tmp_path_factory, "trust-no-large-tier", {})
+    yield srv
+    srv.stop()
+
+
+def text_of(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["text"] for f in of(frames, "q", "token"))
+
+
+def invented_numbers(answer: str, sources: str) -> list[str]:
+    """Numbers of ``answer`` that the sources do not hold."""
+    held = {c.key for c in numbers(sources)}
+    return [c.text for c in numbers(answer) if c.key not in held and (c.key[0], None) not in held]
+
+
+def test_sources_carry_evidence_with_offsets(with_large: Server) -> None:
+    frames = ask(with_large, "When does the first ferry leave on Sundays?")
+    sources = frames[0]["sources"]
+    top = sources[0]
+    assert Path(top["doc_id"]).name == "ferry.md"
+    evidence = top["evidence"]
+    chunk = (FERRY.read_text())  # the ferry page is one chunk: the offsets index its text
+    assert chunk[evidence["start"]:evidence["end"]] == evidence["text"]
+    assert "08:15 on Sundays" in evidence["text"] and 0 < evidence["score"] <= 1
+
+
+def test_an_answer_with_an_invented_number_cascades_to_the_large_tier(with_large: Server) -> None:
+    frames = ask(with_large, INVENTED)
+    k = kinds(frames)
+    done = frames[-1]
+    assert done["supported"] is False and done["unsupported"], done
+    small = done["small_answer"]
+    assert invented_numbers(small, FERRY.read_text()), small  # the small model made up a duration
+    assert any(s["why"] == "number not in the sources" for s in done["unsupported"])
+    revised = k.index("escalated")
+    assert frames[revised]["reason"] == "unsupported_answer" and frames[revised]["tier"] == "large"
+    before = "".join(f["text"] for f in frames[:revised] if f["type"] == "token")
+    assert before == small  # the small answer streamed first, then was replaced
+    assert "token" in k[revised:] and done["tier"] == "large" and not done.get("flagged")
+    seqs = [f["seq"] for f in of(frames, "q", "token")]
+    assert seqs == list(range(len(seqs)))
+
+
+def test_a_supported_answer_stays_small(with_large: Server) -> None:
+    frames = ask(with_large, GROUNDED)
+    done = frames[-1]
+    assert "escalated" not in kinds(frames) and done["tier"] == "small"
+    assert done["supported"] is True and done["unsupported"] == [] and "17:00" in done["small_answer"]
+    assert text_of(frames) == done["small_answer"]
+
+
+def test_without_a_large_tier_the_unsupported_answer_is_flagged_and_the_evidence_shown(without_large: Server) -> None:
+    frames = ask(without_large, INVENTED)
+    k = kinds(frames)
+    revised = k.index("escalated")
+    assert frames[revised]["reason"] == "unsupported_answer"
+    assert frames[revised + 1] == {"type": "fallback", "id": "q", "from": "large", "to": "small", "reason": "large_unconfigured"}
+    done = frames[-1]
+    assert done["flagged"] is True and done["supported"] is False and done["tier"] == "small"
+    shown = "".join(f["text"] for f in frames[revised:] if f["type"] == "token")
+    evidence = frames[0]["sources"][0]["evidence"]["text"]
+    assert " ".join(evidence.split()) in shown and "could not be checked" in shown
+
+
+def test_a_forced_small_answer_is_checked_too(with_large: Server) -> None:
+    frames = ask(with_large, INVENTED, tier="small")
+    done = frames[-1]
+    assert done["supported"] is False and done["small_answer"]
+    escalated = of(frames, "q", "escalated")
+    assert [e["reason"] for e in escalated] == ["unsupported_answer"] and escalated[0]["tier"] == "small"
+    assert done["flagged"] is True and done["tier"] == "small"
+
+
+def test_stats_show_the_calibrated_threshold(without_large: Server) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        grounding = httpx.get(without_large.http + "/api/stats").json()["grounding"]
+        if "docs" in grounding["collections"]:
+            break
+        assert time.monotonic() < deadline, grounding
+        time.sleep(0.5)
+    docs = grounding["collections"]["docs"]
+    assert grounding["source"] == "auto" and docs["source"] == "auto"
+    assert docs["ungrounded"]["n"] >= 200 and docs["grounded"]["n"] > 10
+    assert docs["ungrounded"]["p50"] < docs["threshold"] < docs["grounded"]["p50"]
+    checks = httpx.get(without_large.http + "/api/stats").json()["support_checks"]
+    assert sum(checks.values()) >= 1
+
+
+def test_eval_reports_the_check(with_large: Server, tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps(row) for row in [
+        {"id": "g1", "question": GROUNDED, "kind": "grounded", "pages": ["lighthouse.md"], "answer_any": ["17:00"]},
+        {"id": "g2", "question": INVENTED, "kind": "grounded", "pages": ["ferry.md"], "answer_any": ["do not"]},
+    ]) + "\n")
+    result = smallfirst("eval", str(qa), "--url", with_large.ws, "--json", env={})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["small_generated"] == 2 and summary["small_accuracy"] == 0.5
+    assert summary["small_supported_share"] == 0.5 and summary["check_precision"] == 1.0
+    assert summary["check_recall"] == 1.0 and summary["check_false_alarms"] == 0.0 and summary["revised"] == 1
+    table = smallfirst("eval", str(qa), "--url", with_large.ws, env={})
+    assert table.returncode == 0 and "check_precision" in table.stdout and "check_recall" in table.stdout
