@@ -97,7 +97,7 @@ def heal(server: Server, proxy: FaultProxy) -> None:
 
 
 def stats(server: Server) -> dict[str, Any]:
-    return httpx.get(server.http + "/api/stats").json()
+    return httpx.get(server.http + "/api/stats", headers=server.auth).json()
 
 
 def test_routing_rules() -> None:
