@@ -513,3 +513,63 @@ def test_autocomplete_slots_answer_busy(tight: Server) -> None:
             return answer
     answer = asyncio.run(scenario())
     assert answer["type"] == "error" and answer["code"] == "busy" and "slot" in answer["message"]
+
+
+# Fuzzing the protocol --------------------------------------------------------------------------------
+
+def _frames() -> Any:
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=24)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                          max_leaves=12)
+    fields = st.fixed_dictionaries({}, optional={
+        "id": st.text(min_size=1, max_size=12) | values, "question": st.text(max_size=60) | values,
+        "text": st.text(max_size=60) | values, "top_k": st.integers(-3, 40) | values, "max_tokens": st.integers(-3, 40) | values,
+        "tier": st.sampled_from(["small", "large", "huge"]) | values, "collection": st.sampled_from(["docs", "nope", "../x"]) | values,
+        "ts": values,
+    })
+    typed = st.builds(lambda kind, rest: {"type": kind, **rest},
+                      st.sampled_from(["ask", "complete", "cancel", "ping", "teleport"]) | values, fields)
+    return st.one_of(typed.map(json.dumps), values.map(json.dumps), st.text(max_size=200), st.binary(max_size=200))
+
+
+def test_fuzzed_frames_never_break_the_socket(guarded: Server) -> None:
+    """Thousands of generated frames on one socket: each gets its answers, the socket is never closed
+    (no 1011, nothing at all) and still answers a ping after each one."""
+    from hypothesis import HealthCheck, given, settings
+    from websockets.sync.client import connect
+
+    sent = 0
+    with connect(guarded.ws, additional_headers=guarded.auth, max_size=None) as ws:
+        assert json.loads(ws.recv(30))["type"] == "ready"
+
+        @settings(max_examples=2000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(frame=_frames())
+        def exchange(frame: str | bytes) -> None:
+            nonlocal sent
+            try:
+                ws.send(frame)
+                sent += 1
+                try:
+                    parsed = json.loads(frame)
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
+                    ws.send(json.dumps({"type": "cancel", "id": parsed["id"]}))  # no model work piles up
+                marker = f"m{sent}"
+                ws.send(json.dumps({"type": "ping", "ts": marker}))
+                while True:
+                    reply = json.loads(ws.recv(60))
+                    assert isinstance(reply, dict) and reply.get("type") in (
+                        "pong", "error", "sources", "token", "done", "escalated", "fallback"), reply
+                    if reply.get("type") == "pong" and reply.get("ts") == marker:
+                        return
+            except websockets.ConnectionClosed as exc:
+                raise AssertionError(f"the socket closed with {exc.rcvd.code if exc.rcvd else None} after {frame!r}") from None
+
+        exchange()
+        ws.send(json.dumps({"type": "ping", "ts": "last"}))
+        while json.loads(ws.recv(60)).get("ts") != "last":
+            pass
+    assert sent >= 2000 and guarded.alive()
