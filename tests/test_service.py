@@ -48,8 +48,9 @@ def test_health_and_readiness(server: Server) -> None:
     ready = httpx.get(server.http + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     page = httpx.get(server.http + "/")
-    assert page.status_code == 200 and "widget.js" in page.text
+    assert page.status_code == 200 and "/static/demo.js" in page.text
     assert httpx.get(server.http + "/static/widget.js").status_code == 200
+    assert "/static/widget.js" in httpx.get(server.http + "/static/demo.js").text
 
 
 def test_ask_streams_sources_then_tokens_then_done(server: Server) -> None:
