@@ -26,7 +26,6 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-
     from service.security import is_loopback
     from service.server import header_timeout_protocol
 
