@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 def bench_env(data_dir: str | Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "SMALLFIRST_DATA_DIR": str(data_dir), **extra}
+    """A loopback-only lab: no token to pass around, and ingest may read any folder (the corpus under test)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "SMALLFIRST_DATA_DIR": str(data_dir), "SMALLFIRST_REQUIRE_TOKEN": "false",
+            "SMALLFIRST_INGEST_ROOTS": "/", **extra}
 
 
 def ingest(folder: Path, env: dict[str, str]) -> None:

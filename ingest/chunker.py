@@ -151,3 +151,30 @@ def chunk_document(
         body.append(unit)
     flush()
     return chunks
+
+
+_LONG_RUN_CACHE: dict[int, re.Pattern[str]] = {}
+
+
+def break_long_runs(text: str, limit: int) -> str:
+    """Cut runs of non-space characters longer than ``limit // 2`` (a base64 blob, minified code,
+    one huge word) with line breaks, so that every later step can split them and token counts stay cheap."""
+    width = max(1, limit // 2)
+    pattern = _LONG_RUN_CACHE.setdefault(width, re.compile(r"\S{%d,}" % (width + 1)))
+    return pattern.sub(lambda m: "\n".join(m.group(0)[i:i + width] for i in range(0, len(m.group(0)), width)), text)
+
+
+def cap_chars(chunks: list[str], limit: int) -> list[str]:
+    """Every chunk at most ``limit`` characters: a longer one is cut at the last whitespace before the
+    limit (or at the limit when there is none)."""
+    capped: list[str] = []
+    for chunk in chunks:
+        while len(chunk) > limit:
+            cut = max(chunk.rfind("\n", 0, limit + 1), chunk.rfind(" ", 0, limit + 1))
+            cut = cut if cut > limit // 2 else limit
+            head, chunk = chunk[:cut].rstrip(), chunk[cut:].lstrip()
+            if head:
+                capped.append(head)
+        if chunk.strip():
+            capped.append(chunk)
+    return capped

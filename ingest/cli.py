@@ -15,6 +15,7 @@ import httpx
 from ingest.loaders import SUPPORTED_SUFFIXES
 from ingest.lock import WriterLock
 from ingest.sync import ChunkingOptions, SyncSummary, sync_folder
+from retrieval.credentials import LOCAL_HEADER, client_token, local_key
 from retrieval.embedder import Embedder
 from retrieval.errors import SmallfirstError, StoreLocked
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
@@ -22,7 +23,7 @@ from retrieval.store import VectorStore, open_local_client
 
 INGEST_SETTINGS = (
     "data_dir", "qdrant_url", "qdrant_api_key", "collection", "embed_model", "embed_batch_size",
-    "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "api_token", "log_level",
+    "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "max_chunk_chars", "api_token", "log_level",
 )
 
 
@@ -91,11 +92,15 @@ def running_service(settings: Settings) -> str | None:
         return None
 
 
-def ingest_remote(url: str, folder: Path, collection: str, token: str | None, progress: bool = True) -> SyncSummary:
-    """Submit the folder to a running service's ingest worker and follow the job to its end."""
+def ingest_remote(url: str, folder: Path, collection: str, token: str | None, progress: bool = True,
+                  local_key: str | None = None) -> SyncSummary:
+    """Submit the folder to a running service's ingest worker and follow the job to its end. The local
+    key (read from DATA_DIR) tells the service that this user may ingest any folder of this machine."""
     from tqdm import tqdm
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if local_key:
+        headers[LOCAL_HEADER] = local_key
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=10) as client:
         answer = client.post("/api/ingest", json={"path": str(folder.resolve()), "collection": collection})
         if answer.status_code != 202:
@@ -147,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         def once(show_progress: bool) -> SyncSummary:
             if direct is not None:
                 return direct.sync(args.folder, show_progress)
-            return ingest_remote(str(server), args.folder, settings.collection, settings.api_token, show_progress)
+            return ingest_remote(str(server), args.folder, settings.collection, client_token(settings), show_progress,
+                                 local_key(settings))
 
         report(once(progress), args.json)
         if args.watch:

@@ -84,6 +84,23 @@ def load_rst(data: bytes, path: Path) -> LoadedDocument:
     return LoadedDocument(title or _fallback_title(path), "\n".join(out))
 
 
+MAX_HTML_DEPTH = 2000
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)[^>]*?(/?)>")
+# Elements that never hold others, or that the parser closes implicitly: they do not add to the depth.
+_FLAT_TAGS = frozenset("area base br col embed hr img input link meta source track wbr p li dt dd tr td th option".split())
+
+
+def html_depth(markup: str) -> int:
+    """How deeply the elements of ``markup`` nest, from its tags alone (no tree is built)."""
+    depth = deepest = 0
+    for closing, name, self_closing in _TAG.findall(markup):
+        if name.lower() in _FLAT_TAGS or self_closing:
+            continue
+        depth = max(0, depth - 1) if closing else depth + 1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 _BLOCK_TAGS = ("p", "div", "section", "article", "li", "pre", "blockquote", "tr", "table", "dt", "dd", "br", "hr")
 _DROP_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer", "aside", "form", "svg")
 
@@ -95,6 +112,8 @@ def load_html(data: bytes, path: Path) -> LoadedDocument:
     dammit = UnicodeDammit(data, is_html=True)
     if dammit.unicode_markup is None:
         raise LoadError("cannot tell the text encoding")
+    if html_depth(dammit.unicode_markup) > MAX_HTML_DEPTH:  # the parser would take minutes (quadratic in depth)
+        raise LoadError(f"elements nested more than {MAX_HTML_DEPTH} deep")
     soup = BeautifulSoup(dammit.unicode_markup, "html.parser")
     title_tag = soup.find("title")
     title = " ".join(title_tag.get_text().split()) if title_tag else ""

@@ -11,16 +11,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ingest.chunker import chunk_document
+from ingest.chunker import break_long_runs, cap_chars, chunk_document
 from ingest.code import chunk_code
-from ingest.discover import discover
+from ingest.discover import discover, inside, relative_name
 from ingest.loaders import LoadedDocument, LoadError, load_document
 from retrieval.settings import Settings
 from retrieval.store import ChunkPoint, DocState, VectorStore
 
 log = logging.getLogger(__name__)
 
-CHUNKER_REVISION = "2"
+CHUNKER_REVISION = "3"
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 CountTokens = Callable[[str], int]
@@ -69,35 +69,52 @@ class ChunkingOptions:
     target_tokens: int = 220
     overlap_tokens: int = 32
     max_file_bytes: int = 50_000_000
+    max_chunk_chars: int = 4000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ChunkingOptions":
-        return cls(settings.chunk_tokens, settings.chunk_overlap_tokens, int(settings.max_file_mb * 1_000_000))
+        return cls(settings.chunk_tokens, settings.chunk_overlap_tokens, int(settings.max_file_mb * 1_000_000),
+                   settings.max_chunk_chars)
 
     def fingerprint(self) -> bytes:
         """Part of each document version, so that new chunking settings re-chunk every file."""
-        return f"|chunker={CHUNKER_REVISION}|{self.target_tokens}|{self.overlap_tokens}".encode()
+        return f"|chunker={CHUNKER_REVISION}|{self.target_tokens}|{self.overlap_tokens}|{self.max_chunk_chars}".encode()
 
 
 def chunk_loaded(document: LoadedDocument, count: CountTokens, options: ChunkingOptions) -> list[tuple[str, tuple[tuple[str, Any], ...]]]:
     """(chunk text, payload extras) for a loaded document: PDF chunks never span pages and carry
-    their page; code chunks follow definitions and carry their language."""
+    their page; code chunks follow definitions and carry their language. Every chunk, whatever the
+    format, is at most ``options.max_chunk_chars`` characters."""
+    limit = options.max_chunk_chars
+
+    def capped(chunks: list[str]) -> list[str]:
+        return cap_chars(chunks, limit)
+
     if document.pages is not None:
         return [
             (text, (("page", number),))
             for number, page in enumerate(document.pages, 1) if page.strip()
-            for text in chunk_document(page, f"{document.title} › page {number}", count,
-                                       options.target_tokens, options.overlap_tokens)
+            for text in capped(chunk_document(break_long_runs(page, limit), f"{document.title} › page {number}", count,
+                                              options.target_tokens, options.overlap_tokens))
         ]
+    text = break_long_runs(document.text, limit)
     if document.language is not None:
         extra = (("language", document.language),)
-        return [(text, extra) for text in chunk_code(document.text, document.language, document.title, count, options.target_tokens)]
-    return [(text, ()) for text in chunk_document(document.text, document.title, count, options.target_tokens, options.overlap_tokens)]
+        return [(chunk, extra) for chunk in capped(chunk_code(text, document.language, document.title, count, options.target_tokens))]
+    return [(chunk, ()) for chunk in capped(chunk_document(text, document.title, count, options.target_tokens, options.overlap_tokens))]
 
 
-def document_id(path: Path) -> str:
-    """Stable id of a file: its absolute path."""
-    return path.resolve().as_posix()
+def folder_label(root: Path) -> str:
+    """The first part of the ids of a folder's documents: its name and a short hash of its real path,
+    so two folders of the same name never share ids and no server path reaches a client."""
+    real = root.resolve()
+    digest = hashlib.sha256(real.as_posix().encode()).hexdigest()[:8]
+    return f"{real.name or 'root'}-{digest}"
+
+
+def document_id(root: Path, path: Path) -> str:
+    """Stable id of a file: its folder's label, then its path inside the folder (the file name stays last)."""
+    return f"{folder_label(root)}/{relative_name(path, root)}"
 
 
 def _complete(state: DocState) -> bool:
@@ -126,19 +143,26 @@ def sync_folder(
         raise NotADirectoryError(f"not a folder: {root}")
     summary = SyncSummary()
     inventory = store.inventory()
-    files = discover(root)
+    files = discover(root, skipped=summary.failed)
     if on_start:
         on_start(len(files))
     present: set[str] = set()
     for path in files:
-        doc_id = document_id(path)
+        doc_id = document_id(root, path)
         present.add(doc_id)
-        outcome = _sync_file(path, doc_id, inventory.get(doc_id, {}), store, embed, count_tokens, options, batch_size, summary)
+        try:
+            outcome = _sync_file(root, path, doc_id, inventory.get(doc_id, {}), store, embed, count_tokens, options,
+                                 batch_size, summary)
+        except Exception as exc:  # one bad file (a pypdf assertion, a parser recursion) never ends the job
+            log.warning("ingest of %s failed", path, exc_info=True)
+            summary.failed.append((relative_name(path, root), f"{type(exc).__name__}: {exc}"[:300]))
+            outcome = "failed"
         if on_file:
             on_file(path, outcome)
-    prefix = root.as_posix().rstrip("/") + "/"
+    # Ids under this folder's label, and the absolute-path ids older versions wrote for it.
+    prefixes = (folder_label(root) + "/", root.as_posix().rstrip("/") + "/")
     for doc_id, versions in inventory.items():
-        if doc_id.startswith(prefix) and doc_id not in present:
+        if doc_id.startswith(prefixes) and doc_id not in present:
             store.delete_doc(doc_id)
             summary.removed += 1
             summary.chunks_deleted += sum(s.points for s in versions.values())
@@ -147,18 +171,22 @@ def sync_folder(
 
 
 def _sync_file(
-    path: Path, doc_id: str, versions: dict[str, DocState], store: VectorStore, embed: Embed,
+    root: Path, path: Path, doc_id: str, versions: dict[str, DocState], store: VectorStore, embed: Embed,
     count_tokens: CountTokens, options: ChunkingOptions, batch_size: int, summary: SyncSummary,
 ) -> str:
     """Bring one file up to date; returns its outcome (added, changed, unchanged, failed)."""
+    name = relative_name(path, root)
+    if not inside(path, root):  # replaced by a symlink since discovery
+        summary.failed.append((name, "symlink to a file outside the ingested folder"))
+        return "failed"
     try:
         size = path.stat().st_size
         if size > options.max_file_bytes:
-            summary.failed.append((str(path), f"{size} bytes is over the {options.max_file_bytes}-byte limit"))
+            summary.failed.append((name, f"{size} bytes is over the {options.max_file_bytes}-byte limit"))
             return "failed"
         data = path.read_bytes()
     except OSError as exc:
-        summary.failed.append((str(path), f"cannot read: {exc.strerror or exc}"))
+        summary.failed.append((name, f"cannot read: {exc.strerror or exc}"))
         return "failed"
     version = hashlib.sha256(data + options.fingerprint()).hexdigest()[:32]
     stale = sum(s.points for v, s in versions.items() if v != version)
@@ -171,18 +199,19 @@ def _sync_file(
     try:
         document = load_document(path, data)
     except LoadError as exc:
-        summary.failed.append((str(path), str(exc)))
+        summary.failed.append((name, str(exc)))
         return "failed"
     chunks = chunk_loaded(document, count_tokens, options)
     if not chunks:
-        summary.failed.append((str(path), "no text"))
+        summary.failed.append((name, "no text"))
         return "failed"
-    uri = path.resolve().as_uri()
+    uri = relative_name(path, root)
+    source = (("path", (root / uri).as_posix()), ("root", root.as_posix()))
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start:start + batch_size]
         vectors = embed([text for text, _ in batch])
         summary.chunks_written += store.upsert(
-            ChunkPoint(doc_id, version, start + i, len(chunks), document.title, uri, text, vectors[i], extra)
+            ChunkPoint(doc_id, version, start + i, len(chunks), document.title, uri, text, vectors[i], extra + source)
             for i, (text, extra) in enumerate(batch)
         )
     previous = sum(s.points for s in versions.values())

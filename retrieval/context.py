@@ -10,6 +10,11 @@ from retrieval.store import Hit
 
 # Lines that could pose as the prompt frame's own structure are defused: retrieved text is data.
 _FRAME_LINE = re.compile(r"^\s*(#{3,}|question\s*:|answer\s*:|sources\s*:|\[\d+\])", re.IGNORECASE | re.MULTILINE)
+# The prompt fences sources between <<< and >>>: a run of three or more in the text itself is broken up.
+_FENCE_RUN = re.compile(r"<{3,}|>{3,}")
+# More characters than this per budget token cannot fit (a token is rarely over 12 characters), so such
+# a hit is skipped before anything counts its tokens: a huge chunk never stalls the event loop.
+MAX_CHARS_PER_TOKEN = 12
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Context:
 
 def defuse(text: str) -> str:
     """Neutralise lines of retrieved text that mimic the prompt frame's markers."""
+    text = _FENCE_RUN.sub(lambda m: " ".join(m.group(0)), text)
     return _FRAME_LINE.sub(lambda m: "- " + m.group(0).lstrip(), text).strip()
 
 
@@ -44,9 +50,12 @@ def assemble_context(
     blocks: list[str] = []
     used = 0
     seen: set[str] = set()
+    max_chars = budget_tokens * MAX_CHARS_PER_TOKEN
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+        if hit.score < min_score or len(hit.text) > max_chars:
+            continue
         key = " ".join(hit.text.split())
-        if hit.score < min_score or not key or key in seen:
+        if not key or key in seen:
             continue
         block = format_source(len(chosen) + 1, hit)
         cost = count_tokens(block + "\n\n")

@@ -8,6 +8,7 @@ class SmallfirstError(Exception):
 
     code: str = "internal"
     retryable: bool = False
+    http_status: int | None = None  # None: 503 when retryable, else 400
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -20,10 +21,31 @@ class BadRequest(SmallfirstError):
     code = "bad_request"
 
 
+class UnsupportedMediaType(BadRequest):
+    """A request body of the wrong content type."""
+
+    http_status = 415
+
+
 class TooLarge(SmallfirstError):
-    """A frame or a field is over its size limit."""
+    """A frame, a field or a request body is over its size limit."""
 
     code = "too_large"
+    http_status = 413
+
+
+class Unauthorized(SmallfirstError):
+    """The request carries no valid token."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(SmallfirstError):
+    """The request is not allowed: a foreign origin, a path outside the ingest roots."""
+
+    code = "forbidden"
+    http_status = 403
 
 
 class RateLimited(SmallfirstError):

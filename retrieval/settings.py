@@ -112,8 +112,22 @@ class Settings:
     max_inflight: int = _opt(4, "Requests one connection may have in flight.")
     answer_queue_limit: int = _opt(16, "Answers waiting for the model before new ones get 'busy'.")
     idle_timeout_s: float = _opt(600.0, "Close a connection that sent nothing for this long.")
-    allowed_origins: tuple[str, ...] = _opt((), "Extra browser origins allowed on the WebSocket (comma separated).")
-    api_token: str | None = _opt(None, "Require this bearer token on the WebSocket and the API.")
+    max_chunk_chars: int = _opt(4000, "Longest chunk in characters, for every format (long words and lines are cut).")
+    max_json_bytes: int = _opt(65536, "Largest JSON request body.")
+    max_upload_mb: float = _opt(100.0, "Largest multipart upload (all its files together) in megabytes.")
+    upload_quota_mb: float = _opt(500.0, "Megabytes of uploaded files one collection may hold.")
+    max_collections: int = _opt(32, "Most collections; ingesting into a new one past this is refused.")
+    max_connections: int = _opt(256, "WebSocket connections served at once; more are closed with 1013.")
+    max_connections_per_client: int = _opt(32, "WebSocket connections one client address may hold; more are closed with 1013.")
+    http_concurrency: int = _opt(512, "Connections and requests the HTTP server handles at once; more are answered 503.")
+    header_timeout_s: float = _opt(10.0, "Close an HTTP connection whose request headers are not complete in this many seconds.")
+    keep_alive_timeout_s: float = _opt(5.0, "Close an idle keep-alive HTTP connection after this many seconds.")
+    # Security
+    api_token: str | None = _opt(None, "Token for writes, admin reads and non-browser WebSocket clients; unset: one is generated into DATA_DIR/api-token.")
+    require_token: bool = _opt(True, "Require the token (off: a trusted lab on loopback only; logged as a warning).")
+    ingest_roots: tuple[str, ...] = _opt((), "Folders under which POST /api/ingest may read (comma separated); watch folders and uploads are always allowed.")
+    allowed_hosts: tuple[str, ...] = _opt((), "Host names the service answers besides localhost and --host (comma separated; '*.example.com' allowed).")
+    allowed_origins: tuple[str, ...] = _opt((), "Browser origins allowed besides the service's own, on the WebSocket and the API (comma separated).")
     log_level: str = _opt("info", "Log level: debug, info, warning, error.")
 
     @property
@@ -125,6 +139,21 @@ class Settings:
     def grounding_threshold_or_default(self) -> float:
         """The set threshold, or the fallback used until a collection is calibrated."""
         return self.grounding_threshold if self.grounding_threshold is not None else DEFAULT_GROUNDING_THRESHOLD
+
+    @property
+    def token_file(self) -> Path:
+        """Where the generated API token is kept (mode 0600) for the CLI on this machine."""
+        return self.data_dir / "api-token"
+
+    @property
+    def local_key_file(self) -> Path:
+        """The per-start key (mode 0600) that marks the local CLI user, whose ingest paths are not restricted."""
+        return self.data_dir / "local-key"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploaded files are kept, one folder per collection."""
+        return self.data_dir / "uploads"
 
     @property
     def qdrant_path(self) -> Path:
@@ -139,7 +168,9 @@ class Settings:
             "complete_max_tokens", "max_frame_bytes", "max_question_chars", "max_text_chars",
             "rate_burst", "max_inflight", "answer_queue_limit", "large_max_tokens", "large_connect_timeout_s",
             "large_first_token_timeout_s", "large_token_timeout_s", "large_total_timeout_s", "breaker_failures",
-            "breaker_reset_s", "distill_max_bytes", "evidence_windows", "calibration_questions",
+            "breaker_reset_s", "distill_max_bytes", "evidence_windows", "calibration_questions", "max_chunk_chars",
+            "max_json_bytes", "max_upload_mb", "upload_quota_mb", "max_collections", "max_connections",
+            "max_connections_per_client", "http_concurrency", "header_timeout_s", "keep_alive_timeout_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -151,6 +182,8 @@ class Settings:
             )
         if not 0 <= self.chunk_overlap_tokens < self.chunk_tokens:
             raise SettingsError("chunk_overlap_tokens must be at least 0 and below chunk_tokens")
+        if self.max_chunk_chars < 200:
+            raise SettingsError(f"max_chunk_chars must be at least 200, got {self.max_chunk_chars}")
         if self.port > 65535:
             raise SettingsError(f"port must be at most 65535, got {self.port}")
         if self.model_threads < 0:

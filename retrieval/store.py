@@ -225,6 +225,22 @@ class VectorStore:
         flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
         return int(self.client.count(self.collection, count_filter=flt, exact=True).count) > 0
 
+    def source_of(self, doc_id: str) -> tuple[str, str] | None:
+        """(file path, ingested folder) of a stored document, from its payload; None when unknown or
+        written before documents kept their folder."""
+        flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
+        points, _ = self.client.scroll(self.collection, scroll_filter=flt, limit=1, with_payload=["path", "root"],
+                                       with_vectors=False)
+        if not points:
+            return None
+        payload = points[0].payload or {}
+        path, root = payload.get("path"), payload.get("root")
+        return (path, root) if isinstance(path, str) and isinstance(root, str) else None
+
+    def collections(self) -> list[str]:
+        """Names of every collection in the store."""
+        return [c.name for c in self.client.get_collections().collections]
+
     def count(self) -> int:
         """Number of stored chunks."""
         return int(self.client.count(self.collection, exact=True).count)

@@ -1,66 +1,67 @@
-"""The Litestar app: demo page, health, source files and the WebSocket endpoint."""
+"""The Litestar app: demo page, health, source files, ingest jobs and the WebSocket endpoint.
+
+Access, Origin and Host are checked in one place (:mod:`service.security`); each route only names
+its access level.
+"""
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
+import re
+import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
+import orjson
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
-from litestar.connection import ASGIConnection
-from litestar.datastructures import State, UploadFile
-from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.datastructures import Cookie, State
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
-from retrieval.errors import BadRequest, SmallfirstError
+from retrieval.errors import BadRequest, Forbidden, SmallfirstError, TooLarge, UnsupportedMediaType
 from retrieval.settings import Settings
 from retrieval.store import COLLECTION_NAME
+from service import uploads
+from service.limits import TRY_AGAIN_LATER, ConnectionLimiter
 from service.runtime import Runtime
-from service.session import POLICY_VIOLATION, Session
+from service.security import (
+    ACCESS, SESSION_COOKIE, SOURCE_CSP, Access, Policy, access_guard, allowed_hosts, chosen_subprotocol,
+    redact_server_logs, security_headers,
+)
+from service.session import Session
 from service.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
-
-
-def origin_allowed(origin: str | None, host: str | None, settings: Settings) -> bool:
-    """Same origin, localhost, or an origin named in ``allowed_origins``; no Origin header (non-browser) is fine."""
-    if not origin:
-        return True
-    if origin.rstrip("/") in {o.rstrip("/") for o in settings.allowed_origins}:
-        return True
-    parts = urlsplit(origin)
-    return parts.netloc == host or (parts.hostname or "") in LOCAL_HOSTS
-
-
-def token_ok(connection: ASGIConnection, settings: Settings) -> bool:
-    """The bearer token from the Authorization header or the ``token`` query parameter."""
-    if not settings.api_token:
-        return True
-    header = connection.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else connection.query_params.get("token", "")
-    return hmac.compare_digest(given.encode(), settings.api_token.encode())
+PUBLIC = {ACCESS: Access.PUBLIC}
+READ = {ACCESS: Access.READ}
+ADMIN = {ACCESS: Access.ADMIN}
+HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large", 415: "bad_request"}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _runtime(state: State) -> Runtime:
     return state.runtime  # type: ignore[no-any-return]
 
 
-@get("/", media_type=MediaType.HTML, include_in_schema=False)
-async def index() -> File:
-    return File(WEB_DIR / "index.html", content_disposition_type="inline", media_type=MediaType.HTML)
+@get("/", media_type=MediaType.HTML, include_in_schema=False, opt=PUBLIC)
+async def index(state: State) -> File:
+    """The demo page; it sets the session cookie that lets this browser use /ws and /api/source."""
+    policy: Policy = state.policy
+    cookies = [Cookie(key=SESSION_COOKIE, value=policy.session, httponly=True, samesite="strict", path="/")] if policy.session else []
+    return File(WEB_DIR / "index.html", filename="index.html", content_disposition_type="inline", media_type=MediaType.HTML,
+                cookies=cookies)
 
 
-@get("/healthz")
+@get("/healthz", opt=PUBLIC)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz")
+@get("/readyz", opt=PUBLIC)
 async def readyz(state: State) -> Response[dict[str, object]]:
     runtime = _runtime(state)
     body: dict[str, object] = {"status": runtime.state}
@@ -72,12 +73,10 @@ async def readyz(state: State) -> Response[dict[str, object]]:
     return Response(body, status_code=200 if runtime.ready else 503)
 
 
-@get("/api/stats")
-async def stats(request: Request, state: State) -> dict[str, object]:
+@get("/api/stats", opt=ADMIN)
+async def stats(state: State) -> dict[str, object]:
     """Per-tier requests, tokens, cost and latency since start, plus escalation and fallback counts."""
     runtime = _runtime(state)
-    if not token_ok(request, runtime.settings):
-        raise NotAuthorizedException("missing or wrong bearer token")
     body = runtime.stats.as_dict()
     body["grounding"] = runtime.grounding_report()
     body["large_tier"] = (
@@ -89,122 +88,198 @@ async def stats(request: Request, state: State) -> dict[str, object]:
     return body
 
 
-def _worker(request: Request, state: State) -> IngestWorker:
+def _worker(state: State) -> IngestWorker:
     runtime = _runtime(state)
-    if not token_ok(request, runtime.settings):
-        raise NotAuthorizedException("missing or wrong bearer token")
     runtime.require_ready()
     assert runtime.worker is not None
     return runtime.worker
 
 
-@post("/api/ingest", status_code=202)
-async def submit_ingest(request: Request, state: State) -> dict[str, object]:
-    """Queue an ingest job; answers at once. JSON ``{"path": "/abs/folder", "collection": "docs"}`` ingests a
-    folder on this machine; a multipart upload of files (field ``files``, optional ``collection``) stores them
-    under ``DATA_DIR/uploads/COLLECTION`` and ingests that folder."""
-    worker = _worker(request, state)
-    if (request.headers.get("content-type") or "").startswith("multipart/form-data"):
-        return await _submit_upload(request, worker, _runtime(state).settings)
+async def _read_json(request: Request[Any, Any, Any], limit: int) -> Any:
+    """The JSON body, read up to ``limit`` bytes (a longer one is refused before it is all read)."""
+    if (request.content_length or 0) > limit:
+        raise TooLarge(f"the JSON body is over the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"the JSON body is over the {limit}-byte limit")
     try:
-        body = await request.json()
-    except Exception:
+        return orjson.loads(bytes(body))
+    except orjson.JSONDecodeError:
         raise BadRequest(_INGEST_BODY) from None
+
+
+async def _admit_collection(runtime: Runtime, worker: IngestWorker, collection: str) -> None:
+    """Refuse a new collection once the store holds ``max_collections``."""
+    assert runtime.store is not None
+    store = runtime.store
+    names = set(await runtime.in_store_thread(store.collections))
+    names |= {job.collection for job in worker.jobs.values() if job.state in ("queued", "running")}
+    if collection not in names and len(names) >= runtime.settings.max_collections:
+        raise Forbidden(f"the store already holds {len(names)} collections (SMALLFIRST_MAX_COLLECTIONS)")
+
+
+@post("/api/ingest", status_code=202, opt=ADMIN, request_max_body_size=None)
+async def submit_ingest(request: Request[Any, Any, Any], state: State) -> dict[str, object]:
+    """Queue an ingest job; answers at once. JSON ``{"path": "/abs/folder", "collection": "docs"}`` ingests a
+    folder under an allowed root; a multipart upload of files (field ``files``, optional ``collection``) stores them
+    under ``DATA_DIR/uploads/COLLECTION`` and ingests that folder."""
+    runtime = _runtime(state)
+    worker = _worker(state)
+    settings = runtime.settings
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return await _submit_upload(request, runtime, worker)
+    if media != "application/json":
+        raise UnsupportedMediaType("send JSON with 'Content-Type: application/json', or a multipart upload")
+    body = await _read_json(request, settings.max_json_bytes)
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
         raise BadRequest(_INGEST_BODY)
     collection = body.get("collection")
     if collection is not None and not isinstance(collection, str):
         raise BadRequest("'collection' must be a string")
-    return worker.submit(body["path"], collection).as_dict()
+    policy: Policy = state.policy
+    await _admit_collection(runtime, worker, collection or settings.collection)
+    return worker.submit(body["path"], collection, unrestricted=policy.is_local(request)).as_dict()
 
 
 _INGEST_BODY = 'the body must be JSON like {"path": "/absolute/folder"} or a multipart upload of files'
 
 
-async def _submit_upload(request: Request, worker: IngestWorker, settings: Settings) -> dict[str, object]:
-    form = await request.form()
-    collection = form.get("collection") or settings.collection
-    if not isinstance(collection, str) or not COLLECTION_NAME.match(collection):
-        raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
-    uploads = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
-    if not uploads:
-        raise BadRequest("a multipart upload needs one or more files in the field 'files'")
-    folder = settings.data_dir / "uploads" / collection
-    folder.mkdir(parents=True, exist_ok=True)
-    for upload in uploads:
-        name = Path(upload.filename or "").name
-        if not name or name.startswith("."):
-            raise BadRequest(f"unusable file name {upload.filename!r}")
-        (folder / name).write_bytes(await upload.read())
+async def _submit_upload(request: Request[Any, Any, Any], runtime: Runtime, worker: IngestWorker) -> dict[str, object]:
+    settings = runtime.settings
+    limit = int(settings.max_upload_mb * 1_000_000)
+    if (request.content_length or 0) > limit + 1_000_000:
+        raise TooLarge(f"the upload is over the {limit}-byte limit (SMALLFIRST_MAX_UPLOAD_MB)")
+    staged = await uploads.receive_upload(request.stream(), request.headers.get("content-type", ""), settings)
+    collection = staged.fields.get("collection") or settings.collection
+    try:
+        await _admit_collection(runtime, worker, collection)
+    except BaseException:
+        await uploads.discard(staged)
+        raise
+    folder = await uploads.commit(staged, collection, settings)
     return worker.submit(str(folder), collection).as_dict()
 
 
-@get("/api/ingest")
-async def list_ingest(request: Request, state: State) -> list[dict[str, object]]:
+@get("/api/ingest", opt=ADMIN)
+async def list_ingest(state: State) -> list[dict[str, object]]:
     """Recent ingest jobs, newest first."""
-    return [job.as_dict() for job in reversed(_worker(request, state).jobs.values())]
+    return [job.as_dict() for job in reversed(_worker(state).jobs.values())]
 
 
-@get("/api/ingest/{job_id:str}")
-async def get_ingest(request: Request, state: State, job_id: str) -> dict[str, object]:
+@get("/api/ingest/{job_id:str}", opt=ADMIN)
+async def get_ingest(state: State, job_id: str) -> dict[str, object]:
     """One job's state and progress."""
-    job = _worker(request, state).jobs.get(job_id)
+    job = _worker(state).jobs.get(job_id)
     if job is None:
         raise NotFoundException("no such ingest job")
     return job.as_dict()
 
 
-@get("/api/source")
-async def source(request: Request, state: State, doc_id: str, collection: str | None = None) -> File:
-    """The original file of an ingested document (only files the store holds are served)."""
+def _servable(found: tuple[str, str] | None) -> Path | None:
+    """The stored file, only while it still resolves inside the folder it was ingested from."""
+    if found is None:
+        return None
+    try:
+        path, root = Path(found[0]), Path(found[1])
+        real = path.resolve()
+        return real if real.is_relative_to(root.resolve()) and real.is_file() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+@get("/api/source", opt=READ)
+async def source(state: State, doc_id: str, collection: str | None = None) -> File:
+    """The original file of an ingested document, as plain text (PDFs as a download), never as active content."""
     runtime = _runtime(state)
-    if not token_ok(request, runtime.settings):
-        raise NotAuthorizedException("missing or wrong bearer token")
     runtime.require_ready()
     if collection is not None and not COLLECTION_NAME.match(collection):
         raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
     store = await runtime.collection(collection)
-    known = await runtime.in_store_thread(lambda: store.has_doc(doc_id))
-    path = Path(doc_id)
-    if not known or not path.is_file():
+    found = await runtime.in_store_thread(lambda: store.source_of(doc_id))
+    path = await asyncio.to_thread(_servable, found)
+    if path is None:
         raise NotFoundException("no such document")
-    media = MediaType.HTML if path.suffix.lower() in (".html", ".htm") else MediaType.TEXT
-    return File(path, content_disposition_type="inline", media_type=media)
+    headers = {"Content-Security-Policy": SOURCE_CSP, "X-Content-Type-Options": "nosniff"}
+    if path.suffix.lower() == ".pdf":
+        return File(path, filename=path.name, content_disposition_type="attachment",
+                    media_type="application/octet-stream", headers=headers)
+    return File(path, filename=path.name, content_disposition_type="inline",
+                media_type=MediaType.TEXT, headers=headers)
 
 
-@websocket("/ws")
-async def ws_endpoint(socket: WebSocket) -> None:
+@websocket("/ws", opt=READ)
+async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
+    """The streaming protocol. Past the connection caps the socket is accepted and closed with 1013."""
     runtime = _runtime(socket.app.state)
-    settings = runtime.settings
-    if not origin_allowed(socket.headers.get("origin"), socket.headers.get("host"), settings) or not token_ok(socket, settings):
-        await socket.close(code=POLICY_VIOLATION, reason="origin or token not allowed")
+    limiter: ConnectionLimiter = socket.app.state.connections
+    client = socket.client.host if socket.client else "unknown"
+    subprotocol = chosen_subprotocol(socket)
+    refused = limiter.acquire(client)
+    if refused is not None:
+        await socket.accept(subprotocols=subprotocol)
+        await socket.close(code=TRY_AGAIN_LATER, reason=refused[:120])
         return
-    await Session(socket, runtime, settings).run()
+    try:
+        await Session(socket, runtime, runtime.settings, subprotocol).run()
+    finally:
+        limiter.release(client)
+
+
+def _request_id(request: Request[Any, Any, Any]) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+
+
+def smallfirst_error(request: Request[Any, Any, Any], exc: SmallfirstError) -> Response[dict[str, object]]:
+    status = exc.http_status or (503 if exc.retryable else 400)
+    return Response({"code": exc.code, "message": exc.message, "retryable": exc.retryable}, status_code=status)
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:
+    code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
+    return Response({"code": code, "message": exc.detail,
+                     "retryable": exc.status_code >= 500}, status_code=exc.status_code, headers=exc.headers)
+
+
+def unhandled_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+    """Any other exception: logged with a request id, which the client also gets (and nothing else)."""
+    request_id = _request_id(request)
+    log.error("request %s failed: %s %s", request_id, request.method, request.url.path, exc_info=exc)
+    return Response({"code": "internal", "message": f"internal error; see the server log for request {request_id}",
+                     "retryable": False, "request_id": request_id}, status_code=500, headers={"X-Request-Id": request_id})
 
 
 def create_app(settings: Settings) -> Litestar:
     """Build the service; models and the store load in the background after start-up."""
     runtime = Runtime(settings)
+    policy = Policy.start(settings)
+    if not policy.enforced:
+        log.warning("SMALLFIRST_REQUIRE_TOKEN is off: anyone who reaches %s:%s may ingest and read stats",
+                    settings.host, settings.port)
 
     async def start(app: Litestar) -> None:
+        redact_server_logs()
         runtime.start()
 
     async def stop(app: Litestar) -> None:
         await runtime.close()
 
-    def smallfirst_error(request: Request, exc: SmallfirstError) -> Response[dict[str, object]]:
-        status = 503 if exc.retryable else 400
-        return Response({"code": exc.code, "message": exc.message, "retryable": exc.retryable}, status_code=status)
-
     return Litestar(
         route_handlers=[
             index, healthz, readyz, stats, source, submit_ingest, list_ingest, get_ingest, ws_endpoint,
-            create_static_files_router(path="/static", directories=[WEB_DIR]),
+            create_static_files_router(path="/static", directories=[WEB_DIR], opt=PUBLIC),
         ],
         on_startup=[start],
         on_shutdown=[stop],
-        state=State({"runtime": runtime}),
-        exception_handlers={SmallfirstError: smallfirst_error},
-        request_max_body_size=int(settings.max_file_mb * 4_000_000),
+        state=State({"runtime": runtime, "policy": policy,
+                     "connections": ConnectionLimiter(settings.max_connections, settings.max_connections_per_client)}),
+        guards=[access_guard],
+        allowed_hosts=allowed_hosts(settings),
+        before_send=[security_headers],
+        exception_handlers={SmallfirstError: smallfirst_error, HTTPException: http_error, Exception: unhandled_error},
+        request_max_body_size=settings.max_json_bytes,
         debug=False,
     )

@@ -26,9 +26,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.security import is_loopback
+    from service.server import header_timeout_protocol
 
     try:
         settings = from_args(args)
+        if not settings.require_token and not is_loopback(settings.host):
+            raise SettingsError(f"refusing to listen on {settings.host} without a token: "
+                                "turn SMALLFIRST_REQUIRE_TOKEN back on (a token is generated when none is set)")
         _check_store_free(settings)
     except SettingsError as exc:
         print(f"smallfirst serve: {exc}", file=sys.stderr)
@@ -41,7 +46,9 @@ def serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         ws_max_size=settings.max_frame_bytes * 4, ws_ping_interval=20, ws_ping_timeout=20,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, limit_concurrency=settings.http_concurrency,
+        timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)), h11_max_incomplete_event_size=16_384,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     return 0
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval.credentials import client_token
 from retrieval.settings import SettingsError, add_arguments, from_args
 
 KINDS = ("grounded", "ungrounded", "hard")
@@ -217,7 +218,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--tier", choices=("auto", "small", "large"), default="auto", help="Force a tier for every question.")
     parser.add_argument("--collection", default=None, help="Ask about this collection (default: the service's).")
     parser.add_argument("--json", action="store_true", help="Print every outcome and the summary as JSON.")
-    add_arguments(parser, ("api_token", "large_price_in_per_m", "large_price_out_per_m"))
+    add_arguments(parser, ("api_token", "data_dir", "large_price_in_per_m", "large_price_out_per_m"))
     return parser
 
 
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     prices = (settings.large_price_in_per_m, settings.large_price_out_per_m)
     try:
-        outcomes = asyncio.run(run_all(args.url, rows, args.tier, prices, settings.api_token, args.collection))
+        outcomes = asyncio.run(run_all(args.url, rows, args.tier, prices, client_token(settings), args.collection))
     except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
         print(f"smallfirst eval: cannot evaluate against {args.url}: {exc}", file=sys.stderr)
         return 1

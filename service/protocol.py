@@ -14,6 +14,8 @@ from retrieval.store import COLLECTION_NAME, Hit
 
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 128
+MAX_PING_TS_CHARS = 64
+MAX_SAFE_INT = 2**53
 SNIPPET_CHARS = 240
 
 
@@ -73,6 +75,17 @@ def _int(frame: dict[str, Any], key: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise BadRequest(f"'{key}' must be between {low} and {high}")
     return value
+
+
+def _scalar(value: Any) -> Any:
+    """What a pong may echo: a number, a short string, a boolean or null; anything else becomes null."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else None
+    if isinstance(value, str):
+        return value[:MAX_PING_TS_CHARS]
+    return None
 
 
 def _collection(frame: dict[str, Any]) -> str | None:
@@ -138,7 +151,7 @@ def _message(frame: dict[str, Any], settings: Settings) -> Message:
     if kind == "cancel":
         return Cancel(id=_id(frame))
     if kind == "ping":
-        return Ping(ts=frame.get("ts"))
+        return Ping(ts=_scalar(frame.get("ts")))
     if kind is None:
         raise BadRequest("missing 'type'")
     raise BadRequest(f"unknown type {str(kind)[:40]!r}; expected complete, ask, cancel or ping")

@@ -46,8 +46,9 @@ class TokenBucket:
 class Session:
     """Serves the protocol on one accepted socket until it closes."""
 
-    def __init__(self, socket: WebSocket, runtime: Runtime, settings: Settings) -> None:
+    def __init__(self, socket: WebSocket, runtime: Runtime, settings: Settings, subprotocol: str | None = None) -> None:
         self.socket = socket
+        self.subprotocol = subprotocol
         self.runtime = runtime
         self.settings = settings
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -68,19 +69,27 @@ class Session:
         return self._typist
 
     async def send(self, frame: dict[str, Any]) -> None:
-        """Write one frame; a socket that went away just stops receiving."""
+        """Write one frame; a socket that went away just stops receiving. Never raises: a frame that
+        cannot be encoded is logged and replaced by an ``internal`` error for its id."""
         if self.closed:
             return
+        try:
+            text = encode(frame)
+        except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+            log.error("cannot encode a %r frame: %s", frame.get("type"), exc)
+            request_id = frame.get("id")
+            text = encode(error_frame(SmallfirstError("internal error; see the server log"),
+                                      request_id if isinstance(request_id, str) else None))
         async with self._send_lock:
             if self.closed:
                 return
             try:
-                await self.socket.send_text(encode(frame))
+                await self.socket.send_text(text)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self.closed = True
 
     async def run(self) -> None:
-        await self.socket.accept()
+        await self.socket.accept(subprotocols=self.subprotocol)
         await self.send(ready_frame(self.settings, self.runtime.model_name or "loading"))
         try:
             while not self.closed:

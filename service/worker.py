@@ -22,9 +22,10 @@ import numpy as np
 from ingest.lock import WriterLock
 from ingest.sync import ChunkingOptions, sync_folder
 from retrieval.embedder import Embedder
-from retrieval.errors import BadRequest, Busy
+from retrieval.errors import BadRequest, Busy, SmallfirstError
 from retrieval.settings import Settings
 from retrieval.store import COLLECTION_NAME, ChunkPoint, DocState, VectorStore
+from service.ingest_roots import ingest_folder
 from service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
@@ -111,21 +112,19 @@ class IngestWorker:
                 if any(Path(p).suffix.lower() in SUPPORTED_SUFFIXES for _, p in changes):
                     if not any(j.folder == str(Path(folder).resolve()) and j.state == "queued" for j in self.jobs.values()):
                         self.submit(folder)
-        except (BadRequest, Busy, OSError) as exc:
+        except (SmallfirstError, OSError) as exc:
             log.error("cannot watch %s: %s", folder, getattr(exc, "message", exc))
 
-    def submit(self, folder: str, collection: str | None = None) -> IngestJob:
+    def submit(self, folder: str, collection: str | None = None, unrestricted: bool = False) -> IngestJob:
+        """Queue a job for ``folder``, which must lie under an allowed root unless ``unrestricted``
+        (the local CLI user); see :mod:`service.ingest_roots`."""
         collection = collection or self._store.collection
         if not COLLECTION_NAME.match(collection):
             raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
-        path = Path(folder).expanduser()
-        if not path.is_absolute():
-            raise BadRequest("'path' must be an absolute path on the server's machine")
-        if not path.is_dir():
-            raise BadRequest(f"not a folder on the server: {path}")
+        path = ingest_folder(folder, self._settings, unrestricted)
         if self._queue.qsize() >= QUEUE_LIMIT:
             raise Busy(f"{QUEUE_LIMIT} ingest jobs are already waiting")
-        job = IngestJob(id=uuid.uuid4().hex[:12], folder=str(path.resolve()), collection=collection)
+        job = IngestJob(id=uuid.uuid4().hex[:12], folder=str(path), collection=collection)
         self.jobs[job.id] = job
         while len(self.jobs) > KEEP_JOBS:
             oldest = next(iter(self.jobs))

@@ -77,6 +77,20 @@ class Server:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    @property
+    def token(self) -> str:
+        """The token the server generated into its DATA_DIR at start (or the one it was given)."""
+        return self.env.get("SMALLFIRST_API_TOKEN") or (Path(self.env["SMALLFIRST_DATA_DIR"]) / "api-token").read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of an authorised non-browser client."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def api(self, token: bool = True) -> httpx.Client:
+        """An HTTP client for the service's API (with the token unless told otherwise)."""
+        return httpx.Client(base_url=self.http, headers=self.auth if token else {}, timeout=30)
+
     def start(self, timeout: float = 180) -> "Server":
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(

@@ -9,7 +9,8 @@ import threading
 
 class FaultProxy:
     """Modes: ``pass`` (relay), ``stall`` (accept, never answer), ``cut`` (relay, then drop the
-    connection after ``cut_after`` SSE events), ``error`` (answer 503 at once)."""
+    connection after ``cut_after`` SSE events), ``error`` (answer 503 at once), ``garbage`` (answer
+    200 with a stream whose event is valid JSON but not an object)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -47,6 +48,11 @@ class FaultProxy:
             elif mode == "error":
                 await reader.read(65536)
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy")
+                await writer.drain()
+            elif mode == "garbage":
+                await reader.read(65536)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                             b"data: [1, 2, 3]\n\ndata: [DONE]\n\n")
                 await writer.drain()
             else:
                 await self._relay(reader, writer, cut=mode == "cut")

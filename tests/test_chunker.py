@@ -72,3 +72,19 @@ def test_sizes_with_the_real_tokenizer(embedder) -> None:
     sizes = [embedder.count_tokens(c) for c in chunks]
     assert max(sizes) <= 230 and min(sizes[:-1]) >= 100, sizes
     assert max(sizes) < embedder.max_tokens  # never truncated by the embedding model
+
+
+def test_every_format_is_capped_in_characters() -> None:
+    from ingest.loaders import LoadedDocument
+    from ingest.sync import ChunkingOptions, chunk_loaded
+
+    minified = "function a(){return 1};" * 800  # one 18,400-character line of code
+    options = ChunkingOptions(max_chunk_chars=1000)
+    documents = [
+        LoadedDocument("bundle.js", minified, language="javascript"),
+        LoadedDocument("notes", "# Notes\n\n" + "x" * 9000 + "\n\nA short closing line."),
+        LoadedDocument("paper", "", pages=("y" * 5000, "A page of ordinary words. " * 200)),
+    ]
+    for document in documents:
+        chunks = chunk_loaded(document, lambda text: len(text.split()) + len(text) // 8, options)
+        assert chunks and max(len(text) for text, _ in chunks) <= 1000, document.title

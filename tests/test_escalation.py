@@ -98,7 +98,7 @@ def heal(server: Server, proxy: FaultProxy) -> None:
 
 
 def stats(server: Server) -> dict[str, Any]:
-    return httpx.get(server.http + "/api/stats").json()
+    return httpx.get(server.http + "/api/stats", headers=server.auth).json()
 
 
 def test_routing_rules() -> None:
@@ -296,14 +296,15 @@ def test_eval_on_the_example_file(escalating: Server, tmp_path: Path) -> None:
         json.dumps({"id": "g", "question": GROUNDED, "kind": "grounded", "pages": ["lighthouse.md"], "answer_any": ["17"]}),
         json.dumps({"id": "u", "question": OFF_TOPIC, "kind": "ungrounded", "pages": [], "answer_any": ["leonardo"]}),
     ]) + "\n")
-    result = smallfirst("eval", str(qa), "--url", escalating.ws, "--json", env={})
+    own = {"SMALLFIRST_DATA_DIR": escalating.env["SMALLFIRST_DATA_DIR"]}  # where eval finds the service's token
+    result = smallfirst("eval", str(qa), "--url", escalating.ws, "--json", env=own)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     summary = report["summary"]
     assert summary["questions"] == 2 and summary["errors"] == 0
     assert summary["small_share"] == 0.5 and summary["routing_accuracy"] == 1.0 and summary["source_hit_rate"] == 1.0
     assert summary["cost_usd"] > 0 and summary["all_large_cost_usd"] >= summary["cost_usd"]
-    table = smallfirst("eval", str(ROOT / "bench" / "qa" / "docs.jsonl"), "--url", escalating.ws, env={})
+    table = smallfirst("eval", str(ROOT / "bench" / "qa" / "docs.jsonl"), "--url", escalating.ws, env=own)
     assert table.returncode == 0 and "routing_accuracy" in table.stdout
 
 

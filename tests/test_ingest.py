@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from ingest.sync import ChunkingOptions, sync_folder
+from ingest.sync import ChunkingOptions, document_id, sync_folder
 from retrieval.store import VectorStore, point_id
 from tests.conftest import smallfirst
 
@@ -44,8 +44,8 @@ def test_first_run_adds_every_file_and_rerun_writes_nothing(docs_dir: Path, stor
 def test_change_delete_and_undecodable_are_exact(docs_dir: Path, store: VectorStore, embedder) -> None:
     sync(docs_dir, store, embedder)
     inventory = store.inventory()
-    chess = str((docs_dir / "chess.txt").resolve())
-    lighthouse = str((docs_dir / "lighthouse.md").resolve())
+    chess = document_id(docs_dir.resolve(), docs_dir.resolve() / "chess.txt")
+    lighthouse = document_id(docs_dir.resolve(), docs_dir.resolve() / "lighthouse.md")
     old_chess_points = sum(s.points for s in inventory[chess].values())
     old_lighthouse_points = sum(s.points for s in inventory[lighthouse].values())
     before = store.count()
@@ -78,7 +78,7 @@ def test_ids_are_deterministic(docs_dir: Path, store: VectorStore, embedder) -> 
 
 def test_a_partial_document_is_repaired(docs_dir: Path, store: VectorStore, embedder) -> None:
     sync(docs_dir, store, embedder)
-    volcano = str((docs_dir / "volcano.html").resolve())
+    volcano = document_id(docs_dir.resolve(), docs_dir.resolve() / "volcano.html")
     (version, state), = store.inventory()[volcano].items()
     assert state.chunk_count >= 2
     store.client.delete(store.collection, points_selector=[point_id(volcano, version, 0)], wait=True)

@@ -45,3 +45,11 @@ def test_refusals_say_why(data: bytes, reason: str) -> None:
 def test_utf8_bom_is_dropped() -> None:
     doc = load_document(Path("x.md"), "\ufeff# Hello\n\nWorld".encode())
     assert doc.title == "Hello" and not doc.text.startswith("\ufeff")
+
+
+def test_html_nested_too_deep_is_refused_before_parsing() -> None:
+    """BeautifulSoup takes minutes over 100,000 nested elements; such a file is refused from its tags alone."""
+    with pytest.raises(LoadError, match="nested more than"):
+        load_document(Path("deep.html"), b"<div>" * 100_000 + b"x")
+    ordinary = b"<html><body>" + b"<div><p>One<p>Two<br><img src=x>" * 300 + b"</div>" * 300 + b"</body></html>"
+    assert "One" in load_document(Path("flat.html"), ordinary).text

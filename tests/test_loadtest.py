@@ -41,9 +41,11 @@ def test_protocol_checker_counts_violations() -> None:
     assert len(checker.errors) == 3
 
 
-def load(url: str, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+def load(target: Server | str, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run the loadtest against a real server (which it finds the token of in its DATA_DIR) or a URL."""
     out = tmp_path / "run.json"
-    result = smallfirst("loadtest", "--url", url, "--json", str(out), "--seed", "3", *args, env={}, timeout=240)
+    url, env = (target.ws, {"SMALLFIRST_DATA_DIR": target.env["SMALLFIRST_DATA_DIR"]}) if isinstance(target, Server) else (target, {})
+    result = smallfirst("loadtest", "--url", url, "--json", str(out), "--seed", "3", *args, env=env, timeout=240)
     data = json.loads(out.read_text()) if out.exists() else {}
     return result.returncode, data, result.stdout + result.stderr
 
@@ -59,7 +61,7 @@ def test_open_loop_ask_run(server: Server, tmp_path: Path) -> None:
     questions = tmp_path / "questions.txt"
     questions.write_text("When does the lighthouse museum close?\nHow often should the sourdough starter be fed?\n"
                          "How many tremors are recorded on Mount Kessler each week?\n")
-    code, data, output = load(server.ws, tmp_path, "--workload", "ask", "--rate", "1.5", "--duration", "6",
+    code, data, output = load(server, tmp_path, "--workload", "ask", "--rate", "1.5", "--duration", "6",
                               "--questions", str(questions), "--report", str(report), "--fail-if", "p50_ttft_ms>600000")
     assert code == 0, output
     s = data["summary"]["ask"]
@@ -76,7 +78,7 @@ def test_open_loop_ask_run(server: Server, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_typing_run_and_fail_if(server: Server, tmp_path: Path) -> None:
-    code, data, output = load(server.ws, tmp_path, "--workload", "type", "--rate", "0.5", "--duration", "3",
+    code, data, output = load(server, tmp_path, "--workload", "type", "--rate", "0.5", "--duration", "3",
                               "--chars-per-s", "8", "--fail-if", "type.p50_ttft_ms>0")
     assert code == 1 and "fail-if held: type.p50_ttft_ms>0" in output
     s = data["summary"]["type"]
@@ -87,7 +89,7 @@ def test_typing_run_and_fail_if(server: Server, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_closed_loop_mixed_run(server: Server, tmp_path: Path) -> None:
-    code, data, output = load(server.ws, tmp_path, "--workload", "ask:1,type:1", "--concurrency", "2",
+    code, data, output = load(server, tmp_path, "--workload", "ask:1,type:1", "--concurrency", "2",
                               "--duration", "4", "--chars-per-s", "12")
     assert code == 0, output
     assert data["summary"]["all"]["sent"] == data["summary"]["ask"]["sent"] + data["summary"]["type"]["sent"]

@@ -35,6 +35,8 @@ def of(frames: list[dict[str, Any]], request_id: str, kind: str | None = None) -
 
 
 async def connected(server: Server, **kw: Any):
+    """An open, authorised WebSocket after its ready frame."""
+    kw.setdefault("additional_headers", server.auth)
     ws = await websockets.connect(server.ws, max_size=None, **kw)
     ready = await recv(ws)
     assert ready["type"] == "ready" and ready["protocol"] == 1
@@ -46,8 +48,9 @@ def test_health_and_readiness(server: Server) -> None:
     ready = httpx.get(server.http + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     page = httpx.get(server.http + "/")
-    assert page.status_code == 200 and "widget.js" in page.text
+    assert page.status_code == 200 and "/static/demo.js" in page.text
     assert httpx.get(server.http + "/static/widget.js").status_code == 200
+    assert "/static/widget.js" in httpx.get(server.http + "/static/demo.js").text
 
 
 def test_ask_streams_sources_then_tokens_then_done(server: Server) -> None:
@@ -78,9 +81,9 @@ def test_source_link_serves_only_ingested_files(server: Server) -> None:
             await ws.send(json.dumps({"type": "ask", "id": "s", "question": "sourdough starter feeding"}))
             return await until_done(ws, "s")
     source = asyncio.run(scenario())[0]["sources"][0]
-    served = httpx.get(server.http + "/api/source", params={"doc_id": source["doc_id"]})
+    served = httpx.get(server.http + "/api/source", params={"doc_id": source["doc_id"]}, headers=server.auth)
     assert served.status_code == 200 and "Sourdough" in served.text
-    assert httpx.get(server.http + "/api/source", params={"doc_id": "/etc/passwd"}).status_code == 404
+    assert httpx.get(server.http + "/api/source", params={"doc_id": "/etc/passwd"}, headers=server.auth).status_code == 404
 
 
 def test_complete_streams_and_a_new_keystroke_cancels_the_previous(server: Server) -> None:

@@ -151,7 +151,7 @@ def test_a_forced_small_answer_is_checked_too(with_large: Server) -> None:
 def test_stats_show_the_calibrated_threshold(without_large: Server) -> None:
     deadline = time.monotonic() + 120
     while True:
-        grounding = httpx.get(without_large.http + "/api/stats").json()["grounding"]
+        grounding = httpx.get(without_large.http + "/api/stats", headers=without_large.auth).json()["grounding"]
         if "docs" in grounding["collections"]:
             break
         assert time.monotonic() < deadline, grounding
@@ -160,7 +160,7 @@ def test_stats_show_the_calibrated_threshold(without_large: Server) -> None:
     assert grounding["source"] == "auto" and docs["source"] == "auto"
     assert docs["ungrounded"]["n"] >= 200 and docs["grounded"]["n"] > 10
     assert docs["ungrounded"]["p50"] < docs["threshold"] < docs["grounded"]["p50"]
-    checks = httpx.get(without_large.http + "/api/stats").json()["support_checks"]
+    checks = httpx.get(without_large.http + "/api/stats", headers=without_large.auth).json()["support_checks"]
     assert sum(checks.values()) >= 1
 
 
@@ -170,11 +170,11 @@ def test_eval_reports_the_check(with_large: Server, tmp_path: Path) -> None:
         {"id": "g1", "question": GROUNDED, "kind": "grounded", "pages": ["lighthouse.md"], "answer_any": ["17:00"]},
         {"id": "g2", "question": INVENTED, "kind": "grounded", "pages": ["ferry.md"], "answer_any": ["do not"]},
     ]) + "\n")
-    result = smallfirst("eval", str(qa), "--url", with_large.ws, "--json", env={})
+    result = smallfirst("eval", str(qa), "--url", with_large.ws, "--json", env={"SMALLFIRST_DATA_DIR": with_large.env["SMALLFIRST_DATA_DIR"]})
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)["summary"]
     assert summary["small_generated"] == 2 and summary["small_accuracy"] == 0.5
     assert summary["small_supported_share"] == 0.5 and summary["check_precision"] == 1.0
     assert summary["check_recall"] == 1.0 and summary["check_false_alarms"] == 0.0 and summary["revised"] == 1
-    table = smallfirst("eval", str(qa), "--url", with_large.ws, env={})
+    table = smallfirst("eval", str(qa), "--url", with_large.ws, env={"SMALLFIRST_DATA_DIR": with_large.env["SMALLFIRST_DATA_DIR"]})
     assert table.returncode == 0 and "check_precision" in table.stdout and "check_recall" in table.stdout

@@ -38,7 +38,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("live")
     shutil.copytree(FIXTURE_DOCS, data_dir / "docs")
     assert smallfirst("ingest", str(data_dir / "docs"), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)}).returncode == 0
-    srv = Server(data_dir).start()
+    srv = Server(data_dir, {"SMALLFIRST_INGEST_ROOTS": str(tmp_path_factory.getbasetemp())}).start()
     yield srv
     srv.stop()
 
@@ -52,7 +52,7 @@ def test_cli_ingests_through_the_running_service(live: Server, tmp_path: Path) -
     assert "held by the service" in result.stderr and "already accessed" not in result.stderr
     summary = json.loads(result.stdout)
     assert summary["added"] == 1 and summary["chunks_written"] >= 1
-    jobs = httpx.get(live.http + "/api/ingest").json()
+    jobs = httpx.get(live.http + "/api/ingest", headers=live.auth).json()
     job = jobs[0]
     assert job["state"] == "done" and job["progress"] == 1.0 and job["summary"] == summary
     assert job["files_done"] == job["files_total"] == 1 and job["chunks_written"] == summary["chunks_written"]
@@ -69,15 +69,16 @@ def test_cli_ingests_through_the_running_service(live: Server, tmp_path: Path) -
 
 def test_api_refuses_bad_jobs(live: Server, tmp_path: Path) -> None:
     for body in ({"path": "relative/folder"}, {"path": str(tmp_path / "missing")}, {"folder": "/x"}, [1]):
-        answer = httpx.post(live.http + "/api/ingest", json=body)
+        answer = httpx.post(live.http + "/api/ingest", headers=live.auth, json=body)
         assert answer.status_code == 400 and answer.json()["code"] == "bad_request", answer.text
-    assert httpx.post(live.http + "/api/ingest", content=b"{not json").status_code == 400
-    assert httpx.get(live.http + "/api/ingest/nope").status_code == 404
+    bad_json = httpx.post(live.http + "/api/ingest", headers={**live.auth, "Content-Type": "application/json"}, content=b"{not json")
+    assert bad_json.status_code == 400
+    assert httpx.get(live.http + "/api/ingest/nope", headers=live.auth).status_code == 404
 
 
 def test_keystrokes_are_served_while_a_job_runs(live: Server, tmp_path: Path) -> None:
     folder = corpus(tmp_path / "stations", 12)
-    job = httpx.post(live.http + "/api/ingest", json={"path": str(folder)}).json()
+    job = httpx.post(live.http + "/api/ingest", headers=live.auth, json={"path": str(folder)}).json()
 
     async def type_during_job():
         async with await connected(live) as ws:
@@ -88,10 +89,10 @@ def test_keystrokes_are_served_while_a_job_runs(live: Server, tmp_path: Path) ->
                 served.append(of(frames, f"k{i}", "done")[0])
             return served
     served = asyncio.run(type_during_job())
-    state = httpx.get(f"{live.http}/api/ingest/{job['id']}").json()
+    state = httpx.get(f"{live.http}/api/ingest/{job['id']}", headers=live.auth).json()
     assert all(d["finish"] in ("stop", "length") for d in served)
     while state["state"] in ("queued", "running"):
-        state = httpx.get(f"{live.http}/api/ingest/{job['id']}").json()
+        state = httpx.get(f"{live.http}/api/ingest/{job['id']}", headers=live.auth).json()
     assert state["state"] == "done" and state["summary"]["added"] == 12
 
 
@@ -172,7 +173,7 @@ def test_service_watches_folders(tmp_path: Path) -> None:
     srv = Server(data, {"SMALLFIRST_WATCH_FOLDERS": str(folder)}).start()
     try:
         def jobs() -> list[dict]:
-            return httpx.get(srv.http + "/api/ingest").json()
+            return httpx.get(srv.http + "/api/ingest", headers=srv.auth).json()
 
         def settled(count: int) -> list[dict]:
             import time
@@ -217,15 +218,15 @@ def test_collections_keep_document_sets_apart(live: Server, tmp_path: Path) -> N
 def test_uploaded_files_are_ingested(live: Server) -> None:
     files = [("files", ("kite.md", b"# Kites\n\nA delta kite flies best in winds of ten to twenty knots.\n", "text/markdown")),
              ("files", ("kite-notes.txt", b"Keep the kite line dry; wet lines stretch.\n", "text/plain"))]
-    answer = httpx.post(live.http + "/api/ingest", files=files, data={"collection": "uploads"})
+    answer = httpx.post(live.http + "/api/ingest", headers=live.auth, files=files, data={"collection": "uploads"})
     assert answer.status_code == 202, answer.text
     job = answer.json()
     while job["state"] in ("queued", "running"):
-        job = httpx.get(f"{live.http}/api/ingest/{job['id']}").json()
+        job = httpx.get(f"{live.http}/api/ingest/{job['id']}", headers=live.auth).json()
     assert job["state"] == "done" and job["summary"]["added"] == 2 and job["collection"] == "uploads"
-    empty = httpx.post(live.http + "/api/ingest", files=[("other", ("x.md", b"x", "text/plain"))])
+    empty = httpx.post(live.http + "/api/ingest", headers=live.auth, files=[("other", ("x.md", b"x", "text/plain"))])
     assert empty.status_code == 400 and "files" in empty.json()["message"]
-    sneaky = httpx.post(live.http + "/api/ingest", files=[("files", (".hidden", b"x", "text/plain"))])
+    sneaky = httpx.post(live.http + "/api/ingest", headers=live.auth, files=[("files", (".hidden", b"x", "text/plain"))])
     assert sneaky.status_code == 400
 
 

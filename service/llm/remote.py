@@ -187,14 +187,24 @@ class _Refused(Exception):
 
 
 def _parse_event(payload: str) -> tuple[str, dict[str, Any] | None]:
+    """(text delta, usage) of one streamed event; anything not shaped like a chat-completion chunk
+    is an :class:`UpstreamError`, which falls back like any other failure of the large tier."""
     try:
         event = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise UpstreamError(f"the large tier sent malformed JSON: {payload[:100]!r}") from None
+    if not isinstance(event, dict):
+        raise UpstreamError(f"the large tier sent an event that is not an object: {payload[:100]!r}")
     if "error" in event:
         raise UpstreamError(f"the large tier reported an error: {str(event['error'])[:200]}")
     choices = event.get("choices") or []
-    delta = ""
-    if choices:
-        delta = (choices[0].get("delta") or {}).get("content") or ""
-    return delta, event.get("usage")
+    usage = event.get("usage")
+    delta: Any = ""
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("delta") or {}
+        delta = message.get("content") or "" if isinstance(message, dict) else None
+    elif choices:
+        delta = None
+    if not isinstance(delta, str) or (usage is not None and not isinstance(usage, dict)):
+        raise UpstreamError(f"the large tier sent an event of an unexpected shape: {payload[:100]!r}")
+    return delta, usage

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from retrieval.credentials import client_token
+from retrieval.settings import Settings
 from service.loadtest.report import render
 from service.loadtest.samples import ProtocolChecker, Sample
 from service.loadtest.summary import failed_conditions, flat_metrics, parse_condition, summarise
@@ -169,7 +171,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--report", type=Path, help="Write a self-contained HTML report to this file.")
     parser.add_argument("--fail-if", action="append", default=[], metavar="COND",
                         help="Exit 1 when a condition holds, e.g. p95_ttft_ms>300 or ask.error_rate>0.01 (repeatable).")
-    parser.add_argument("--api-token", help="Bearer token for the service.")
+    parser.add_argument("--api-token", help="Token for the service (default: SMALLFIRST_API_TOKEN, else DATA_DIR/api-token).")
     parser.add_argument("--seed", type=int, default=1, help="Seed of the arrival and typing randomness.")
     return parser
 
@@ -183,7 +185,7 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, list[tuple[str, str, float]]]
         raise ValueError("--warmup must be at least 0 and shorter than --duration")
     conditions = [parse_condition(c) for text in args.fail_if for c in text.split(",") if c.strip()]
     plan = Plan(
-        url=args.url, token=args.api_token, weights=parse_weights(args.workload),
+        url=args.url, token=args.api_token or client_token(Settings.load()), weights=parse_weights(args.workload),
         questions=read_lines(args.questions, DEFAULT_QUESTIONS, "question"),
         texts=read_lines(args.texts, DEFAULT_TEXTS, "text"), rate=args.rate, duration=args.duration,
         concurrency=args.concurrency, warmup=args.warmup, timeout=args.timeout, max_sessions=args.max_sessions,
