@@ -88,7 +88,7 @@ async def suggestion(ws: Any, request_id: str, text: str) -> tuple[str, dict[str
 def test_no_suggestion_shows_markup_the_user_did_not_type(docs_server: Server) -> None:
     async def scenario() -> list[tuple[str, str, dict[str, Any]]]:
         results = []
-        async with websockets.connect(docs_server.ws, max_size=None) as ws:
+        async with websockets.connect(docs_server.ws, max_size=None, additional_headers=docs_server.auth) as ws:
             assert (await recv(ws))["type"] == "ready"
             n = 0
             for text in TYPED:
