@@ -81,7 +81,7 @@ class Settings:
     grounding_threshold: float | None = _opt(None, "Top retrieval score below which an answer escalates (low_grounding); unset: calibrated on each collection at start and after each ingest job.")
     calibration_questions: int = _opt(120, "Pseudo-questions drawn from a collection's own headings and sentences when calibrating its grounding threshold.")
     hard_query_threshold: float = _opt(0.5, "Classifier probability above which a question is hard and escalates (hard_query).")
-    hard_query_strong_threshold: float = _opt(0.85, "Probability needed instead when retrieval is strong (top score 0.25 above the grounding threshold); in between it rises linearly.")
+    hard_query_strong_threshold: float = _opt(0.75, "Probability needed instead when retrieval is strong (top score 0.25 above the grounding threshold); in between it rises linearly.")
     large_url: str | None = _opt(None, "Base URL of an OpenAI-compatible API for the large tier, e.g. http://host:8080/v1; unset disables it.")
     large_model: str = _opt("large", "Model name sent to the large tier.")
     large_api_key: str | None = _opt(None, "Bearer key for the large tier.")

@@ -21,10 +21,10 @@ from typing import Sequence
 
 from retrieval.evidence import Evidence, content_words
 
-COVERAGE = 0.6  # share of the answer's new content words one window must hold
-WINDOWS = 4  # evidence windows (best first) an answer may be backed by
+COVERAGE = 0.5  # share of the answer's new content words one window must hold
+WINDOWS = 3  # evidence windows (best first) an answer may be backed by
 MIN_RELATIVE_SCORE = 0.5  # ...each scoring at least this share of the best
-SUBJECT_SHARE = 0.75  # ...and holding at least this share of the question terms the best-matching window holds
+SUBJECT_SHARE = 1.0  # ...and holding as many of the question's terms as the best-matching window holds
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -48,14 +48,19 @@ _UNITS = {
 }
 _TIME = re.compile(r"(?<![\w.:])(\d{1,2}):(\d{2})(?![\d:])")
 _NUMBER = re.compile(
-    r"(?<![\w.:])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?![\d:,]\d|[\d])(?![\w.]*[a-zA-Z_]{2,}\()\s?(%|[a-zA-Z]+)?"
+    r"(?<![\w.:])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?![\d:,]\d|[\d])(?![xX][0-9a-fA-F])(?![\w.]*[a-zA-Z_]{2,}\()\s?(%|[a-zA-Z]+)?"
     r"|\b(" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b(?:\s+([a-zA-Z%]+))?",
     re.IGNORECASE,
 )
 _QUOTED = re.compile(r"`([^`\n]{1,80})`|\"([^\"\n]{2,80})\"")
 _IDENTIFIER = re.compile(
-    r"(?<![\w-])(--?[a-z][\w-]*|[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+(?:\(\))?|[A-Za-z_]+\w*_\w+|[a-z]+[A-Z]\w*|[A-Z]{2,}[A-Z0-9_]*|\w+\(\))"
+    r"(?<![\w-])(--?[a-z][\w-]*"  # a command-line flag
+    r"|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?"  # a dotted name
+    r"|\w+\(\)"  # a call
+    r"|0x[0-9a-fA-F]+"  # a hex literal
+    r"|[A-Za-z]*_\w*|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Z]{2,}\w*)(?!\w)"  # snake_case, camelCase, PascalCase, CAPS
 )
+_OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 _CITATION = re.compile(r"\[\d+\]")
 _REFUSAL = re.compile(r"\b(do(?:es)? not (?:say|cover|mention|contain|state)|no information|not (?:stated|mentioned))\b", re.I)
 
@@ -124,6 +129,9 @@ def claims(answer: str) -> list[Claim]:
             continue
         token = m.group(1).rstrip(".")
         found.append(Claim("identifier", token, m.start(), m.start() + len(token), (token.lower().removesuffix("()"),)))
+    for m in _OPERATOR.finditer(answer):
+        if not any(a <= m.start() < b for a, b in taken):
+            found.append(Claim("identifier", m.group(1), m.start(), m.end(), (m.group(1),)))
     return sorted(found, key=lambda c: c.start)
 
 
@@ -152,6 +160,9 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
                                for c in missing], evidence[0] if evidence else None)
     asked = set(content_words(question))
     new_words = [w for w in content_words(clean) if w not in asked]
+    if not new_words and not found:
+        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "the answer only restates the question"}],
+                       evidence[0] if evidence else None)
     best = evidence[0].score if evidence else 0.0
     candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]
     # The window must be about what the question asks: as many of its terms as the best-matching window holds, nearly.
@@ -165,7 +176,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         if not all(_holds(c, core, core_numbers) for c in found):
             continue
         window = set(content_words(ev.window()))
-        if not new_words or sum(w in window for w in new_words) / len(new_words) >= COVERAGE:
+        if sum(w in window for w in new_words) >= COVERAGE * len(new_words):
             return Verdict(True, [], ev)
     why = "its values are not stated beside what the question asks about" if found else \
         "no single evidence sentence covers it"

@@ -70,7 +70,7 @@ def escalating(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> I
     assert result.returncode == 0, result.stderr
     srv = Server(data_dir, {
         "SMALLFIRST_LARGE_URL": proxy.url, "SMALLFIRST_LARGE_MODEL": "stand-in-large",
-        "SMALLFIRST_LARGE_FIRST_TOKEN_TIMEOUT_S": "3", "SMALLFIRST_LARGE_MAX_TOKENS": "24",
+        "SMALLFIRST_LARGE_FIRST_TOKEN_TIMEOUT_S": "8", "SMALLFIRST_LARGE_MAX_TOKENS": "24",
         "SMALLFIRST_BREAKER_FAILURES": "2", "SMALLFIRST_BREAKER_RESET_S": str(RESET_S),
         "SMALLFIRST_DISTILL_LOG": str(data_dir / "distill.jsonl"),
     }).start()
@@ -159,7 +159,7 @@ def test_off_topic_question_escalates_before_any_token(escalating: Server, proxy
     assert k[0] == "sources" and k[1] == "escalated" and "token" in k and k[-1] == "done", k
     assert frames[1]["reason"] in ("no_context", "low_grounding") and frames[1]["tier"] == "large"
     done = frames[-1]
-    assert done["tier"] == "large" and proxy.requests == before + 1
+    assert done["tier"] == "large" and proxy.requests == before + 1, [f for f in frames if f["type"] != "sources"]
     expected = (done["usage"]["prompt_tokens"] * 2.5 + done["usage"]["completion_tokens"] * 10.0) / 1e6
     assert done["cost_usd"] == pytest.approx(expected, rel=1e-6) and done["cost_usd"] > 0
 
@@ -236,7 +236,7 @@ def test_first_token_timeout_falls_back(escalating: Server, proxy: FaultProxy) -
         fallback = of(frames, "q", "fallback")
         assert fallback and fallback[0]["reason"] == "large_timeout"
         assert "token" not in kinds(frames)[: kinds(frames).index("fallback")]
-        assert frames[-1]["tier"] == "small" and 3 <= elapsed < 30
+        assert frames[-1]["tier"] == "small" and 8 <= elapsed < 60
     finally:
         heal(escalating, proxy)
 

@@ -78,8 +78,8 @@ def test_open_loop_ask_run(server: Server, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_typing_run_and_fail_if(server: Server, tmp_path: Path) -> None:
-    code, data, output = load(server, tmp_path, "--workload", "type", "--rate", "0.5", "--duration", "3",
-                              "--chars-per-s", "8", "--fail-if", "type.p50_ttft_ms>0")
+    code, data, output = load(server, tmp_path, "--workload", "type", "--rate", "0.5", "--duration", "4",
+                              "--chars-per-s", "3", "--fail-if", "type.p50_ttft_ms>0")
     assert code == 1 and "fail-if held: type.p50_ttft_ms>0" in output
     s = data["summary"]["type"]
     assert s["sent"] >= 5 and s["delivered"] + s["stale_dropped"] <= s["sent"]
