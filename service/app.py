@@ -17,6 +17,7 @@ import orjson
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.datastructures import Cookie, State
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.logging.config import LoggingConfig
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
@@ -25,6 +26,7 @@ from retrieval.settings import Settings
 from retrieval.store import COLLECTION_NAME
 from service import uploads
 from service.limits import TRY_AGAIN_LATER, ConnectionLimiter
+from service.metrics import CONTENT_TYPE, Metrics
 from service.runtime import Runtime
 from service.security import (
     ACCESS, SESSION_COOKIE, SOURCE_CSP, Access, Policy, access_guard, allowed_hosts, chosen_subprotocol,
@@ -86,6 +88,13 @@ async def stats(state: State) -> dict[str, object]:
     if runtime.distill is not None:
         body["distill"] = {"written": runtime.distill.written, "dropped": runtime.distill.dropped}
     return body
+
+
+@get("/metrics", opt=ADMIN, include_in_schema=False)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus metrics (text exposition format); the same token as the other admin reads."""
+    registry: Metrics = state.metrics
+    return Response(registry.exposition(), media_type=CONTENT_TYPE)
 
 
 def _worker(state: State) -> IngestWorker:
@@ -223,7 +232,7 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.close(code=TRY_AGAIN_LATER, reason=refused[:120])
         return
     try:
-        await Session(socket, runtime, runtime.settings, subprotocol).run()
+        await Session(socket, runtime, runtime.settings, subprotocol, socket.app.state.metrics).run()
     finally:
         limiter.release(client)
 
@@ -256,6 +265,9 @@ def create_app(settings: Settings) -> Litestar:
     """Build the service; models and the store load in the background after start-up."""
     runtime = Runtime(settings)
     policy = Policy.start(settings)
+    connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_client)
+    registry = Metrics()
+    registry.watch_runtime(runtime, connections)
     if not policy.enforced:
         log.warning("SMALLFIRST_REQUIRE_TOKEN is off: anyone who reaches %s:%s may ingest and read stats",
                     settings.host, settings.port)
@@ -269,17 +281,19 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            index, healthz, readyz, stats, source, submit_ingest, list_ingest, get_ingest, ws_endpoint,
+            index, healthz, readyz, stats, metrics, source, submit_ingest, list_ingest, get_ingest, ws_endpoint,
             create_static_files_router(path="/static", directories=[WEB_DIR], opt=PUBLIC),
         ],
         on_startup=[start],
         on_shutdown=[stop],
-        state=State({"runtime": runtime, "policy": policy,
-                     "connections": ConnectionLimiter(settings.max_connections, settings.max_connections_per_client)}),
+        state=State({"runtime": runtime, "policy": policy, "connections": connections, "metrics": registry}),
         guards=[access_guard],
         allowed_hosts=allowed_hosts(settings),
         before_send=[security_headers],
         exception_handlers={SmallfirstError: smallfirst_error, HTTPException: http_error, Exception: unhandled_error},
         request_max_body_size=settings.max_json_bytes,
+        # The root logger is the CLI's (service.logs): Litestar's records go there, in its format.
+        logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="never",
+                                     loggers={"litestar": {"level": "INFO", "handlers": [], "propagate": True}}),
         debug=False,
     )
