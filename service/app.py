@@ -37,7 +37,14 @@ from service.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+def _web_dir() -> Path:
+    """``web/`` as installed package data (``service/web``), else the source tree's."""
+    here = Path(__file__).resolve().parent
+    installed = here / "web"
+    return installed if (installed / "index.html").is_file() else here.parent / "web"
+
+
+WEB_DIR = _web_dir()
 PUBLIC = {ACCESS: Access.PUBLIC}
 READ = {ACCESS: Access.READ}
 ADMIN = {ACCESS: Access.ADMIN}
