@@ -48,15 +48,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class AccessPathFilter(logging.Filter):
-    """uvicorn's access log with the path only: a query string can carry what should not be logged."""
+    """uvicorn's request lines with the path only: a query string can carry what should not be logged.
+    HTTP requests are logged by ``uvicorn.access``; WebSocket handshakes by ``uvicorn.error``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+        if not isinstance(args, tuple):
+            return True
+        if record.name == "uvicorn.access" and len(args) == 5 and isinstance(args[2], str):
             client, method, path, version, status = args
             path = path.split("?", 1)[0]
             record.args = (client, method, path, version, status)
             record.__dict__.update(client=client, method=method, path=path, status=status)
+        elif '"WebSocket %s"' in str(record.msg) and len(args) >= 2 and isinstance(args[1], str):
+            path = args[1].split("?", 1)[0]
+            record.args = (args[0], path, *args[2:])
+            record.__dict__.update(client=args[0], method="WEBSOCKET", path=path)
         return True
 
 
@@ -77,7 +84,7 @@ def configure(level: str, fmt: str) -> dict[str, Any]:
         "filters": {"path_only": {"()": AccessPathFilter}},
         "loggers": {
             "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
-            "uvicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+            "uvicorn.error": {"level": level.upper(), "handlers": [], "propagate": True, "filters": ["path_only"]},
             "uvicorn.access": {"level": level.upper(), "handlers": [], "propagate": True, "filters": ["path_only"]},
         },
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURE_DOCS, Server, smallfirst
@@ -115,8 +116,13 @@ def test_one_ask_and_one_complete_move_exactly_their_series(json_server: Server)
 
 def test_json_logs_carry_the_request_id_of_done(json_server: Server) -> None:
     frames = one_ask_and_one_complete(json_server)
-    with json_server.api() as api:  # an access-log line with a query string
-        api.get("/api/stats?token=secret-in-the-url")
+    with json_server.api() as api:  # request lines with a query string
+        api.get("/api/stats?probe=secret-in-the-url")
+
+    async def handshake() -> None:
+        async with websockets.connect(json_server.ws + "?probe=secret-in-the-ws-url", additional_headers=json_server.auth):
+            pass
+    asyncio.run(handshake())
     json_server.stop()  # flushes the log; the module's other tests ran before this one
     entries = [json.loads(line) for line in Path(json_server.log).read_text().splitlines()
                if line.startswith("{")]  # the one plain line is the CLI's "serving on" notice
@@ -132,4 +138,6 @@ def test_json_logs_carry_the_request_id_of_done(json_server: Server) -> None:
     assert finished["obs-a1"]["connection_id"] == finished["obs-c1"]["connection_id"]
     access = [e for e in entries if e["logger"] == "uvicorn.access"]
     assert any(e.get("path") == "/api/stats" for e in access), access
-    assert not any("?" in e["message"] or "secret-in-the-url" in e["message"] for e in access)
+    assert any(e.get("path") == "/ws" and e.get("method") == "WEBSOCKET" for e in entries)
+    assert not any("secret-in-the" in line for line in lines)
+    assert not any("?" in e["message"] for e in access)
