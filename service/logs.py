@@ -3,9 +3,13 @@ request id and connection id of the request a line belongs to, and an access log
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import copy
 import logging
+import logging.handlers
 import time
+from queue import SimpleQueue
 from typing import Any
 
 import orjson
@@ -44,6 +48,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -68,10 +74,18 @@ class AccessPathFilter(logging.Filter):
 
 
 def configure(level: str, fmt: str) -> dict[str, Any]:
-    """Set up the root logger; returns the ``log_config`` for ``uvicorn.run`` (its loggers go to the root)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    """Set up the root logger; returns the ``log_config`` for ``uvicorn.run`` (its loggers go to the root).
+
+    Records are stamped with their ids where they are logged, then queued: a thread writes them,
+    so the event loop never waits on stderr."""
+    stream = logging.StreamHandler()
+    stream.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
+    handler = _StampingQueueHandler(queue)
     handler.addFilter(ContextFilter())
+    listener = logging.handlers.QueueListener(queue, stream)
+    listener.start()
+    atexit.register(listener.stop)  # writes what is still queued
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -88,6 +102,19 @@ def configure(level: str, fmt: str) -> dict[str, Any]:
             "uvicorn.access": {"level": level.upper(), "handlers": [], "propagate": True, "filters": ["path_only"]},
         },
     }
+
+
+class _StampingQueueHandler(logging.handlers.QueueHandler):
+    """Queues the record as it is (formatting happens on the writer thread, extras and all); only
+    the message is resolved here, since its arguments may change once the caller goes on."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
 
 
 def _route_llama_log() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +14,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import logs
 from tests.conftest import FIXTURE_DOCS, Server, smallfirst
 from tests.test_service import connected, of, until_done
 
@@ -141,3 +144,15 @@ def test_json_logs_carry_the_request_id_of_done(json_server: Server) -> None:
     assert any(e.get("path") == "/ws" and e.get("method") == "WEBSOCKET" for e in entries)
     assert not any("secret-in-the" in line for line in lines)
     assert not any("?" in e["message"] for e in access)
+
+
+def test_json_lines_keep_extras_ids_and_tracebacks() -> None:
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        record = logging.LogRecord("smallfirst.x", logging.ERROR, __file__, 1, "failed %s", ("a1",), sys.exc_info())
+    record.__dict__.update(kind="ask", route_reason=None, request_id="a1", connection_id=None)
+    entry = json.loads(logs.JsonFormatter().format(record))
+    assert entry["message"] == "failed a1" and entry["level"] == "error" and entry["kind"] == "ask"
+    assert entry["route_reason"] is None and entry["request_id"] == "a1" and "connection_id" not in entry
+    assert "ZeroDivisionError" in entry["exc"]
