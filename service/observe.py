@@ -26,23 +26,37 @@ class Trace:
 
 
 class RequestWatch:
-    """One connection's requests in flight."""
+    """One connection's requests in flight.
+
+    A client may reuse the id of a suggestion it superseded before that one's ``done`` went out,
+    so each id holds its traces oldest first: frames belong to the newest, ``done`` and ``error``
+    end the oldest (a superseded request ends first: it stops within one step)."""
 
     def __init__(self, metrics: Metrics | None) -> None:
         self.metrics = metrics
         self.connection_id = uuid.uuid4().hex[:12]
-        self._traces: dict[str, Trace] = {}
+        self._traces: dict[str, list[Trace]] = {}
 
     def start(self, request_id: str, kind: str, received: float) -> None:
-        self._traces[request_id] = Trace(kind, received)
+        self._traces.setdefault(request_id, []).append(Trace(kind, received))
         if self.metrics is not None:
             self.metrics.in_flight.labels(kind=kind).inc()
 
+    def _end(self, request_id: str) -> Trace | None:
+        traces = self._traces.get(request_id)
+        if not traces:
+            return None
+        trace = traces.pop(0)
+        if not traces:
+            del self._traces[request_id]
+        return trace
+
     def sent(self, frame: dict[str, Any]) -> None:
         """A frame went out: note token times and why a request changed tier."""
-        trace = self._traces.get(frame.get("id"))  # type: ignore[arg-type]
-        if trace is None:
+        traces = self._traces.get(frame.get("id"))  # type: ignore[arg-type]
+        if not traces:
             return
+        trace = traces[-1]
         kind = frame.get("type")
         if kind == "token":
             trace.token_times.append(time.perf_counter())
@@ -59,7 +73,7 @@ class RequestWatch:
 
     def finish(self, done: dict[str, Any]) -> None:
         """The request's ``done`` frame: observe it and log one line."""
-        trace = self._traces.pop(done["id"], None)
+        trace = self._end(done["id"])
         if trace is None:
             return
         tier, timings, usage = done["tier"], done["timings_ms"], done["usage"]
@@ -86,7 +100,7 @@ class RequestWatch:
 
     def fail(self, request_id: str, code: str) -> None:
         """The request ended with an ``error`` frame."""
-        trace = self._traces.pop(request_id, None)
+        trace = self._end(request_id)
         if trace is None:
             return
         if self.metrics is not None:
@@ -100,7 +114,8 @@ class RequestWatch:
 
     def close(self) -> None:
         """The connection ended: requests never finished leave the in-flight gauge."""
-        for trace in self._traces.values():
-            if self.metrics is not None:
-                self.metrics.in_flight.labels(kind=trace.kind).dec()
+        for traces in self._traces.values():
+            for trace in traces:
+                if self.metrics is not None:
+                    self.metrics.in_flight.labels(kind=trace.kind).dec()
         self._traces.clear()

@@ -119,7 +119,10 @@ class CpuScheduler:
                 self.steps += 1
                 self.busy_s += elapsed
                 if self.on_step is not None:
-                    self.on_step(priority, elapsed)
+                    try:
+                        self.on_step(priority, elapsed)
+                    except Exception:  # an observer never stops the scheduler
+                        log.exception("scheduler step observer failed")
 
 
 def _hand_back(future: Any, loop: Any, value: Any, error: BaseException | None) -> None:

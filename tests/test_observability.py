@@ -117,6 +117,25 @@ def test_one_ask_and_one_complete_move_exactly_their_series(json_server: Server)
     assert key("smallfirst_ingest_jobs", state="running") in after and key("smallfirst_ingest_files_total", result="added") in after
 
 
+def test_a_reused_id_counts_each_request_once(json_server: Server) -> None:
+    """A client that reuses a superseded suggestion's id: both requests are counted, none stays in flight."""
+    async def scenario() -> list[dict[str, Any]]:
+        async with await connected(json_server) as ws:
+            for text in ("The lighthouse", "The lighthouse museum"):
+                await ws.send(json.dumps({"type": "complete", "id": "same", "text": text, "max_tokens": 4}))
+            frames: list[dict[str, Any]] = []
+            while sum(1 for f in frames if f.get("type") in ("done", "error")) < 2:
+                frames += await until_done(ws, "same")
+            return frames
+
+    before = scrape(json_server)
+    finishes = sorted(f["finish"] for f in asyncio.run(scenario()) if f["type"] == "done")
+    after = scrape(json_server)
+    counted = moved(before, after, "smallfirst_requests_total")
+    assert sum(counted.values()) == 2 and sorted(dict(k[1])["outcome"] for k in counted for _ in range(int(counted[k]))) == finishes
+    assert after[key("smallfirst_requests_in_flight", kind="complete")] == 0
+
+
 def test_json_logs_carry_the_request_id_of_done(json_server: Server) -> None:
     frames = one_ask_and_one_complete(json_server)
     with json_server.api() as api:  # request lines with a query string
