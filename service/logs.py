@@ -91,6 +91,7 @@ def configure(level: str, fmt: str) -> dict[str, Any]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python warnings (qdrant-client's, say) become records too, not raw stderr
     if fmt == "json":
         _route_llama_log()
     return {
