@@ -9,7 +9,7 @@ LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOL
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench image clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ test: install
 bench: install
 	@set -e; found=0; for script in bench/*.py; do [ -f "$$script" ] || continue; found=1; $(BIN)/python "$$script"; done; \
 	[ $$found = 1 ] || echo "no bench scripts yet"
+
+image:  # the Docker image compose.yaml runs (see README, "Run with Docker Compose")
+	docker build -t smallfirst:0.1.0 .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -18,6 +18,8 @@ import websockets
 
 from harness import ROOT, bench_env, ingest, service
 
+from service.percentiles import percentile
+
 TYPED = "The scheduler runs every heavy computation on one worker thread, so keystrokes come first."
 COLD = [
     "Quarterly revenue grew", "My favourite mountain", "Please remember to", "Dear committee members,",
@@ -32,8 +34,10 @@ QUESTIONS = [
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    """The ``q`` (0..1) quantile, by the project's one percentile definition."""
+    found = percentile(values, q * 100)
+    assert found is not None, "no values"
+    return found
 
 
 async def first_token(ws, frame: dict) -> float:

@@ -129,6 +129,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = _opt((), "Host names the service answers besides localhost and --host (comma separated; '*.example.com' allowed).")
     allowed_origins: tuple[str, ...] = _opt((), "Browser origins allowed besides the service's own, on the WebSocket and the API (comma separated).")
     log_level: str = _opt("info", "Log level: debug, info, warning, error.")
+    log_format: str = _opt("text", "Log format: text, or json (one object a line, with request and connection ids).")
 
     @property
     def service_file(self) -> Path:
@@ -201,6 +202,8 @@ class Settings:
             raise SettingsError("answer_temperature and large_temperature must not be negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"log_format must be text or json, got {self.log_format!r}")
         return self
 
     @classmethod

@@ -17,14 +17,19 @@ import orjson
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.datastructures import Cookie, State
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.logging.config import LoggingConfig
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.router import Router
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
 from retrieval.errors import BadRequest, Forbidden, SmallfirstError, TooLarge, UnsupportedMediaType
 from retrieval.settings import Settings
 from retrieval.store import COLLECTION_NAME
-from service import uploads
+from service import schemas, uploads
 from service.limits import TRY_AGAIN_LATER, ConnectionLimiter
+from service.metrics import CONTENT_TYPE, Metrics
 from service.runtime import Runtime
 from service.security import (
     ACCESS, SESSION_COOKIE, SOURCE_CSP, Access, Policy, access_guard, allowed_hosts, chosen_subprotocol,
@@ -35,12 +40,23 @@ from service.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+def _web_dir() -> Path:
+    """``web/`` as installed package data (``service/web``), else the source tree's."""
+    here = Path(__file__).resolve().parent
+    installed = here / "web"
+    return installed if (installed / "index.html").is_file() else here.parent / "web"
+
+
+WEB_DIR = _web_dir()
 PUBLIC = {ACCESS: Access.PUBLIC}
 READ = {ACCESS: Access.READ}
 ADMIN = {ACCESS: Access.ADMIN}
 HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large", 415: "bad_request"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ADMIN_ERRORS = {
+    401: ResponseSpec(schemas.ErrorBody, description="no token, or a wrong one"),
+    403: ResponseSpec(schemas.ErrorBody, description="a foreign Origin"),
+}
 
 
 def _runtime(state: State) -> Runtime:
@@ -57,24 +73,24 @@ async def index(state: State) -> File:
 
 
 @get("/healthz", opt=PUBLIC)
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> schemas.Health:
+    """200 while the process runs."""
+    return schemas.Health(status="ok")
 
 
-@get("/readyz", opt=PUBLIC)
-async def readyz(state: State) -> Response[dict[str, object]]:
+@get("/readyz", opt=PUBLIC, responses={503: ResponseSpec(schemas.Readiness, description="still loading, or failed")})
+async def readyz(state: State) -> Response[schemas.Readiness]:
+    """200 once the store, embedder and model are loaded; 503 before, or when loading failed."""
     runtime = _runtime(state)
-    body: dict[str, object] = {"status": runtime.state}
-    if runtime.error:
-        body["error"] = runtime.error
+    body = schemas.Readiness(status=runtime.state, error=runtime.error or None)
     if runtime.ready:
-        body["model"] = runtime.model_name
-        body["load_seconds"] = round(runtime.load_seconds, 2)
+        body.model = runtime.model_name
+        body.load_seconds = round(runtime.load_seconds, 2)
     return Response(body, status_code=200 if runtime.ready else 503)
 
 
-@get("/api/stats", opt=ADMIN)
-async def stats(state: State) -> dict[str, object]:
+@get("/api/stats", opt=ADMIN, responses=ADMIN_ERRORS)
+async def stats(state: State) -> schemas.Stats:
     """Per-tier requests, tokens, cost and latency since start, plus escalation and fallback counts."""
     runtime = _runtime(state)
     body = runtime.stats.as_dict()
@@ -85,7 +101,14 @@ async def stats(state: State) -> dict[str, object]:
     )
     if runtime.distill is not None:
         body["distill"] = {"written": runtime.distill.written, "dropped": runtime.distill.dropped}
-    return body
+    return schemas.shaped(schemas.Stats, body)
+
+
+@get("/metrics", opt=ADMIN, include_in_schema=False)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus metrics (text exposition format); the same token as the other admin reads."""
+    registry: Metrics = state.metrics
+    return Response(registry.exposition(), media_type=CONTENT_TYPE)
 
 
 def _worker(state: State) -> IngestWorker:
@@ -120,8 +143,8 @@ async def _admit_collection(runtime: Runtime, worker: IngestWorker, collection: 
         raise Forbidden(f"the store already holds {len(names)} collections (SMALLFIRST_MAX_COLLECTIONS)")
 
 
-@post("/api/ingest", status_code=202, opt=ADMIN, request_max_body_size=None)
-async def submit_ingest(request: Request[Any, Any, Any], state: State) -> dict[str, object]:
+@post("/api/ingest", status_code=202, opt=ADMIN, request_max_body_size=None, responses=ADMIN_ERRORS)
+async def submit_ingest(request: Request[Any, Any, Any], state: State) -> schemas.IngestJob:
     """Queue an ingest job; answers at once. JSON ``{"path": "/abs/folder", "collection": "docs"}`` ingests a
     folder under an allowed root; a multipart upload of files (field ``files``, optional ``collection``) stores them
     under ``DATA_DIR/uploads/COLLECTION`` and ingests that folder."""
@@ -141,13 +164,13 @@ async def submit_ingest(request: Request[Any, Any, Any], state: State) -> dict[s
         raise BadRequest("'collection' must be a string")
     policy: Policy = state.policy
     await _admit_collection(runtime, worker, collection or settings.collection)
-    return worker.submit(body["path"], collection, unrestricted=policy.is_local(request)).as_dict()
+    return schemas.shaped(schemas.IngestJob, worker.submit(body["path"], collection, unrestricted=policy.is_local(request)).as_dict())
 
 
 _INGEST_BODY = 'the body must be JSON like {"path": "/absolute/folder"} or a multipart upload of files'
 
 
-async def _submit_upload(request: Request[Any, Any, Any], runtime: Runtime, worker: IngestWorker) -> dict[str, object]:
+async def _submit_upload(request: Request[Any, Any, Any], runtime: Runtime, worker: IngestWorker) -> schemas.IngestJob:
     settings = runtime.settings
     limit = int(settings.max_upload_mb * 1_000_000)
     if (request.content_length or 0) > limit + 1_000_000:
@@ -160,22 +183,22 @@ async def _submit_upload(request: Request[Any, Any, Any], runtime: Runtime, work
         await uploads.discard(staged)
         raise
     folder = await uploads.commit(staged, collection, settings)
-    return worker.submit(str(folder), collection).as_dict()
+    return schemas.shaped(schemas.IngestJob, worker.submit(str(folder), collection).as_dict())
 
 
-@get("/api/ingest", opt=ADMIN)
-async def list_ingest(state: State) -> list[dict[str, object]]:
+@get("/api/ingest", opt=ADMIN, responses=ADMIN_ERRORS)
+async def list_ingest(state: State) -> list[schemas.IngestJob]:
     """Recent ingest jobs, newest first."""
-    return [job.as_dict() for job in reversed(_worker(state).jobs.values())]
+    return [schemas.shaped(schemas.IngestJob, job.as_dict()) for job in reversed(_worker(state).jobs.values())]
 
 
-@get("/api/ingest/{job_id:str}", opt=ADMIN)
-async def get_ingest(state: State, job_id: str) -> dict[str, object]:
+@get("/api/ingest/{job_id:str}", opt=ADMIN, responses=ADMIN_ERRORS)
+async def get_ingest(state: State, job_id: str) -> schemas.IngestJob:
     """One job's state and progress."""
     job = _worker(state).jobs.get(job_id)
     if job is None:
         raise NotFoundException("no such ingest job")
-    return job.as_dict()
+    return schemas.shaped(schemas.IngestJob, job.as_dict())
 
 
 def _servable(found: tuple[str, str] | None) -> Path | None:
@@ -223,7 +246,7 @@ async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
         await socket.close(code=TRY_AGAIN_LATER, reason=refused[:120])
         return
     try:
-        await Session(socket, runtime, runtime.settings, subprotocol).run()
+        await Session(socket, runtime, runtime.settings, subprotocol, socket.app.state.metrics).run()
     finally:
         limiter.release(client)
 
@@ -256,6 +279,9 @@ def create_app(settings: Settings) -> Litestar:
     """Build the service; models and the store load in the background after start-up."""
     runtime = Runtime(settings)
     policy = Policy.start(settings)
+    connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_client)
+    registry = Metrics()
+    registry.watch_runtime(runtime, connections)
     if not policy.enforced:
         log.warning("SMALLFIRST_REQUIRE_TOKEN is off: anyone who reaches %s:%s may ingest and read stats",
                     settings.host, settings.port)
@@ -269,17 +295,24 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            index, healthz, readyz, stats, source, submit_ingest, list_ingest, get_ingest, ws_endpoint,
+            index, healthz, readyz, stats, metrics, source, submit_ingest, list_ingest, get_ingest, ws_endpoint,
             create_static_files_router(path="/static", directories=[WEB_DIR], opt=PUBLIC),
         ],
         on_startup=[start],
         on_shutdown=[stop],
-        state=State({"runtime": runtime, "policy": policy,
-                     "connections": ConnectionLimiter(settings.max_connections, settings.max_connections_per_client)}),
+        state=State({"runtime": runtime, "policy": policy, "connections": connections, "metrics": registry}),
         guards=[access_guard],
         allowed_hosts=allowed_hosts(settings),
         before_send=[security_headers],
         exception_handlers={SmallfirstError: smallfirst_error, HTTPException: http_error, Exception: unhandled_error},
         request_max_body_size=settings.max_json_bytes,
+        # The root logger is the CLI's (service.logs): Litestar's records go there, in its format.
+        logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="never",
+                                     loggers={"litestar": {"level": "INFO", "handlers": [], "propagate": True}}),
+        openapi_config=OpenAPIConfig(
+            title="smallfirst", version="0.1.0", use_handler_docstrings=True,
+            description="Streaming RAG service; the streaming protocol itself is the WebSocket at /ws (see the README).",
+            openapi_router=Router("/schema", route_handlers=[], opt=READ, include_in_schema=False),  # the token, or the demo page's cookie
+        ),
         debug=False,
     )

@@ -127,6 +127,11 @@ class Autocompleter:
                 self._owner[slot] = None
 
     @property
+    def slots_in_use(self) -> int:
+        """Slots a typist owns."""
+        return sum(1 for owner in self._owner if owner is not None)
+
+    @property
     def active(self) -> bool:
         """Whether someone typed recently (answers then prefill in smaller steps)."""
         return time.perf_counter() - self._last_request < ACTIVE_S

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ingest import cli as ingest_cli
@@ -25,6 +24,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run the service until interrupted."""
     import uvicorn
 
+    from service import logs
     from service.app import create_app
     from service.security import is_loopback
     from service.server import header_timeout_protocol
@@ -41,10 +41,11 @@ def serve(args: argparse.Namespace) -> int:
     except SmallfirstError as exc:
         print(f"smallfirst serve: {exc.message}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = logs.configure(settings.log_level, settings.log_format)
     print(f"smallfirst: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        log_config=log_config,
         ws_max_size=settings.max_frame_bytes * 4, ws_ping_interval=20, ws_ping_timeout=20,
         timeout_graceful_shutdown=5, limit_concurrency=settings.http_concurrency,
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)), h11_max_incomplete_event_size=16_384,

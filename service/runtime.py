@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 GROUNDING_TOP_K = 3
 CALIBRATION_SAMPLE_CHUNKS = 300
+STORE_OPEN_ATTEMPTS = 6  # a Qdrant server: 1 + 2 + 4 + 8 + 8 s of backoff before giving up
 CALIBRATION_BATCH = 16  # texts embedded per scheduler step while calibrating (a keystroke waits at most one)
 
 
@@ -104,9 +105,7 @@ class Runtime:
                 Priority.CONTROL, lambda: Embedder(s.embed_model, s.query_cache_size, threads)
             )
             dimension = self.embedder.dimension
-            self.store = await self.in_store_thread(
-                lambda: VectorStore.open(s.collection, dimension, path=s.qdrant_path, url=s.qdrant_url, api_key=s.qdrant_api_key)
-            )
+            self.store = await self._open_store(dimension)
             self.tokenizer = await asyncio.to_thread(Tokenizer, model_path)
             self.autocomplete = await Autocompleter.load(
                 self.scheduler, model_path, s.complete_slots, s.complete_ctx, threads,
@@ -141,6 +140,26 @@ class Runtime:
         except Exception as exc:  # anything else is a bug, but the health endpoints must still answer
             log.exception("loading failed")
             self._fail(f"{type(exc).__name__}: {exc}")
+
+    async def _open_store(self, dimension: int) -> VectorStore:
+        """Open the store. A Qdrant server gets a few tries with backoff: in a deployment it may still be
+        starting, and replicas starting together may race to create the same collection (the loser's
+        next try finds it)."""
+        s = self.settings
+        attempts = STORE_OPEN_ATTEMPTS if s.qdrant_url else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.in_store_thread(
+                    lambda: VectorStore.open(s.collection, dimension, path=s.qdrant_path, url=s.qdrant_url,
+                                             api_key=s.qdrant_api_key))
+            except RetrievalUnavailable as exc:
+                if attempt == attempts:
+                    raise
+                delay = min(2.0 ** (attempt - 1), 8.0)
+                log.warning("Qdrant at %s is not usable yet (%s); try %d of %d in %.0f s",
+                            s.qdrant_url, exc.message, attempt + 1, attempts, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _fail(self, message: str) -> None:
         self.state = "failed"

@@ -53,6 +53,7 @@ class CpuScheduler:
         self._linger_s = linger_s
         self.steps = 0
         self.busy_s = 0.0
+        self.on_step: Callable[[int, float], None] | None = None  # told each step's priority and seconds
 
     def start(self) -> None:
         self._thread.start()
@@ -114,8 +115,14 @@ class CpuScheduler:
             else:
                 _hand_back(future, loop, value, None)
             finally:
+                elapsed = time.perf_counter() - started
                 self.steps += 1
-                self.busy_s += time.perf_counter() - started
+                self.busy_s += elapsed
+                if self.on_step is not None:
+                    try:
+                        self.on_step(priority, elapsed)
+                    except Exception:  # an observer never stops the scheduler
+                        log.exception("scheduler step observer failed")
 
 
 def _hand_back(future: Any, loop: Any, value: Any, error: BaseException | None) -> None:

@@ -12,11 +12,13 @@ from litestar.exceptions import WebSocketDisconnect
 
 from retrieval.errors import BadRequest, Busy, RateLimited, SmallfirstError
 from retrieval.settings import Settings
-from service import pipeline
+from service import logs, pipeline
 from service.autocomplete import Typist
 from service.protocol import (
     Ask, Cancel, Complete, FrameError, Ping, encode, error_frame, parse_frame, ready_frame,
 )
+from service.metrics import Metrics
+from service.observe import RequestWatch
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ class TokenBucket:
 class Session:
     """Serves the protocol on one accepted socket until it closes."""
 
-    def __init__(self, socket: WebSocket, runtime: Runtime, settings: Settings, subprotocol: str | None = None) -> None:
+    def __init__(self, socket: WebSocket, runtime: Runtime, settings: Settings, subprotocol: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.socket = socket
         self.subprotocol = subprotocol
         self.runtime = runtime
@@ -58,6 +61,7 @@ class Session:
         self._bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_burst)
         self._rejections = 0
         self._typist: Typist | None = None
+        self.watch = RequestWatch(metrics)
 
     @property
     def typist(self) -> Typist:
@@ -71,6 +75,7 @@ class Session:
     async def send(self, frame: dict[str, Any]) -> None:
         """Write one frame; a socket that went away just stops receiving. Never raises: a frame that
         cannot be encoded is logged and replaced by an ``internal`` error for its id."""
+        self.watch.sent(frame)
         if self.closed:
             return
         try:
@@ -89,6 +94,7 @@ class Session:
                 self.closed = True
 
     async def run(self) -> None:
+        logs.connection_id.set(self.watch.connection_id)  # inherited by every request task of this connection
         await self.socket.accept(subprotocols=self.subprotocol)
         await self.send(ready_frame(self.settings, self.runtime.model_name or "loading"))
         try:
@@ -109,6 +115,7 @@ class Session:
         finally:
             self.closed = True
             await self._cancel_all()
+            self.watch.close()
             if self._typist is not None and self.runtime.autocomplete is not None:
                 self.runtime.autocomplete.release(self._typist)
 
@@ -163,10 +170,12 @@ class Session:
             return
         if is_complete:
             self.complete_id = request_id
+        self.watch.start(request_id, "complete" if is_complete else "ask", received)
         self.tasks[request_id] = asyncio.get_running_loop().create_task(self._serve(msg, received))
 
     async def _serve(self, msg: Ask | Complete, received: float) -> None:
         req = pipeline.Request(msg.id, received, self.settings)
+        logs.request_id.set(msg.id)
         try:
             if isinstance(msg, Ask):
                 finish = await pipeline.answer(self.runtime, msg, self.send, req)
@@ -177,9 +186,11 @@ class Session:
             await self._done(req, "cancelled", is_answer=isinstance(msg, Ask))
         except SmallfirstError as exc:
             await self.send(error_frame(exc, msg.id))
+            self.watch.fail(msg.id, exc.code)
         except Exception:
             log.exception("request %s failed", msg.id)
             await self.send(error_frame(SmallfirstError("internal error; see the server log"), msg.id))
+            self.watch.fail(msg.id, "internal")
         finally:
             if self.tasks.get(msg.id) is asyncio.current_task():
                 del self.tasks[msg.id]
@@ -191,6 +202,7 @@ class Session:
         if is_answer:
             self.runtime.stats.record(done)
         await self.send(done)
+        self.watch.finish(done)
 
     async def _cancel_all(self) -> None:
         tasks = list(self.tasks.values())

@@ -6,12 +6,12 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.percentiles import percentile
+
 
 def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))], 1)
+    found = percentile(values, q * 100)
+    return None if found is None else round(found, 1)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +82,14 @@ class IngestJob:
         }
 
 
+def _totals(summary: dict[str, Any]) -> dict[str, int]:
+    """A job summary as counts: ``files_added`` ... ``files_failed``, ``chunks_written``, ``chunks_deleted``."""
+    counts = {f"files_{k}": summary[k] for k in ("added", "changed", "unchanged", "removed")}
+    counts["files_failed"] = len(summary["failed"])
+    counts.update(chunks_written=summary["chunks_written"], chunks_deleted=summary["chunks_deleted"])
+    return counts
+
+
 class IngestWorker:
     """Runs ingest jobs one at a time (the one writer), in submission order."""
 
@@ -95,6 +103,7 @@ class IngestWorker:
         self._on_job_done = on_job_done  # told the collection each finished job wrote to
         self._queue: asyncio.Queue[IngestJob] = asyncio.Queue()
         self.jobs: OrderedDict[str, IngestJob] = OrderedDict()
+        self.totals: Counter[str] = Counter()  # files and chunks of every finished job, by result (for /metrics)
         self._loop = asyncio.get_running_loop()
         self._tasks = [self._loop.create_task(self._run())]
         for folder in settings.watch_folders:
@@ -141,6 +150,7 @@ class IngestWorker:
             try:
                 job.summary = (await asyncio.to_thread(self._sync, job)).as_dict()
                 job.state = "done"
+                self.totals.update(_totals(job.summary))
             except Exception as exc:  # a job's failure is reported on the job, never kills the worker
                 log.exception("ingest job %s failed", job.id)
                 job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"

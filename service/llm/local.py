@@ -77,6 +77,11 @@ class LocalBackend:
         self.yield_to: Callable[[], bool] = lambda: False  # True: prefill in short steps (someone is typing)
 
     @property
+    def waiting(self) -> int:
+        """Requests waiting for or holding this model."""
+        return self._waiting
+
+    @property
     def saturated(self) -> bool:
         """Whether a new request would be refused for a full queue."""
         return self._waiting >= self._queue_limit

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 from collections import Counter
 from typing import Any, Iterable
 
 from service.loadtest.samples import Sample
+from service.percentiles import percentile  # the project's one definition (re-exported for callers here)
 
 PERCENTILES = (50, 95, 99)
 _CONDITION = re.compile(r"^\s*([a-z_.0-9]+)\s*(<=|>=|<|>|==)\s*(-?[0-9.]+)\s*$")
 _OPS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge, "==": operator.eq}
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile, ``q`` in 0..100."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 2)
-
-
 def distribution(values: list[float]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {f"p{q}": percentile(values, q) for q in PERCENTILES}
+    out: dict[str, float | None] = {f"p{q}": _rounded(percentile(values, q)) for q in PERCENTILES}
     out["max"] = round(max(values), 2) if values else None
     out["n"] = len(values)
     return out
@@ -102,3 +92,7 @@ def failed_conditions(conditions: list[tuple[str, str, float]], metrics: dict[st
         elif _OPS[op](value, limit):
             held.append(f"{name}{op}{limit:g} (measured {value:g})")
     return held
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
