@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -58,6 +59,35 @@ def smallfirst(*args: str, env: dict[str, str], timeout: float = 300) -> subproc
     return subprocess.run(
         [str(BIN / "smallfirst"), *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def stand_in_large_tier(log: Path) -> Iterator[int]:
+    """`python -m llama_cpp.server` on the bundled model under another name: a real
+    OpenAI-compatible large tier on a free port (yielded once it answers)."""
+    from service.llm.local import bundled_model_path
+
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--model_alias",
+             "stand-in-large", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--chat_format", "gemma"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 class Server:

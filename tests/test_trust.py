@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 from retrieval.support import numbers
-from tests.conftest import FIXTURE_DOCS, Server, free_port, smallfirst
+from tests.conftest import FIXTURE_DOCS, Server, smallfirst, stand_in_large_tier
 from tests.test_escalation import ask, kinds
 from tests.test_service import of
 
@@ -37,31 +35,8 @@ def corpus_server(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict
 
 @pytest.fixture(scope="module")
 def large_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m llama_cpp.server` on the bundled model, as a real OpenAI-compatible large tier."""
-    from service.llm.local import bundled_model_path
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("trust-large") / "large.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--model_alias",
-             "stand-in-large", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048", "--chat_format", "gemma"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+    with stand_in_large_tier(tmp_path_factory.mktemp("trust-large") / "large.log") as port:
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 @pytest.fixture(scope="module")
