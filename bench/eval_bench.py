@@ -87,10 +87,10 @@ def main() -> int:
     line = []
     for name, result in results.items():
         s = result["summary"]
-        small = s.get("accuracy_by_tier", {}).get("small")
-        line.append(f"{name}: small_accuracy={small} routing={s.get('routing_accuracy')} "
-                    f"supported_precision={s.get('check_precision')} check_recall={s.get('check_recall')} "
-                    f"ttft_small_p50={s.get('first_token_ms_p50_small', s.get('first_token_ms_p50'))}")
+        line.append(f"{name}: grounded_small_first={s.get('grounded_small_first')} small_accuracy={s.get('small_accuracy')} "
+                    f"check_precision={s.get('check_precision')} check_recall={s.get('check_recall')} "
+                    f"false_alarms={s.get('check_false_alarms')} sources_p50_ms={s.get('sources_ms_p50')} "
+                    f"ttft_small_p50_ms={s.get('first_token_ms_p50_small')}")
     print(" | ".join(line))
     return 0
 

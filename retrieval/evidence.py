@@ -4,7 +4,8 @@ A chunk is cut into sentences with their character offsets. Each sentence is sco
 with its *label*, the nearest heading or term line above it (``name (type)`` lines above a
 setting's description, a function signature above its docs): lexically with BM25 over the
 candidate sentences, and semantically with the cosine between the question's vector and the
-sentence's. The two scores, each scaled to its best, are mixed with fixed weights.
+sentence's (cheap vectors: the embedding model's token embeddings, averaged). The two scores,
+each scaled to its best, are mixed with fixed weights.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ EmbedTexts = Callable[[Sequence[str]], np.ndarray]
 
 MAX_CHUNK_CHARS = 6000  # longer chunks are read only this far: the scorer stays cheap
 MAX_SENTENCE_CHARS = 400
-LEXICAL_WEIGHT = 0.5
+LEXICAL_WEIGHT = 0.7
 EXTEND_RATIO = 0.85  # the next sentence joins the evidence when it scores this close to the best
 
 _WORD = re.compile(r"[a-z0-9_]+(?:[.-][a-z0-9_]+)*")
@@ -187,17 +188,15 @@ def _scaled(values: np.ndarray) -> np.ndarray:
     return values / top if top > 0 else np.zeros_like(values)
 
 
-def score_sentences(
-    question: str, question_vector: np.ndarray | None, sentences: Sequence[Sentence], embed: EmbedTexts | None,
-) -> np.ndarray:
+def score_sentences(question: str, sentences: Sequence[Sentence], embed: EmbedTexts | None) -> np.ndarray:
     """Each sentence's evidence score in [0, 1]: BM25 and embedding similarity, each scaled to its best."""
     if not sentences:
         return np.zeros(0)
     lexical = _scaled(bm25(content_words(question), [content_words(s.scored_text) for s in sentences]))
-    if embed is None or question_vector is None:
+    if embed is None:
         return lexical
-    vectors = embed([s.scored_text for s in sentences])
-    semantic = _scaled(np.clip(vectors @ np.asarray(question_vector, dtype=np.float32), 0.0, None))
+    vectors = embed([question, *(s.scored_text for s in sentences)])
+    semantic = _scaled(np.clip(vectors[1:] @ vectors[0], 0.0, None))
     return LEXICAL_WEIGHT * lexical + (1 - LEXICAL_WEIGHT) * semantic
 
 
@@ -241,12 +240,10 @@ class EvidenceSet:
         return "\n\n".join(blocks)
 
 
-def find_evidence(
-    question: str, question_vector: np.ndarray | None, hits: Sequence[Hit], embed: EmbedTexts | None,
-) -> EvidenceSet:
+def find_evidence(question: str, hits: Sequence[Hit], embed: EmbedTexts | None) -> EvidenceSet:
     """Score every sentence of ``hits`` for the question."""
     sentences = [s for i, hit in enumerate(hits) for s in split_sentences(hit.text, i)]
-    scores = score_sentences(question, question_vector, sentences, embed)
+    scores = score_sentences(question, sentences, embed)
     ranked = [_evidence(hits, sentences, scores, int(i)) for i in np.argsort(-scores, kind="stable")]
     best: list[Evidence | None] = [None] * len(hits)
     for ev in ranked:

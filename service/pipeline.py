@@ -201,7 +201,7 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
     req.timings["search"] = _ms(time.perf_counter() - t)
     context = assemble_context(hits, settings.context_tokens, runtime.tokenizer.count, settings.min_score)
     t = time.perf_counter()
-    evidence = await runtime.find_evidence(msg.question, vector, context.sources)
+    evidence = await runtime.find_evidence(msg.question, context.sources)
     req.timings["evidence"] = _ms(time.perf_counter() - t)
     route = choose_tier(
         hits[0].score if hits else None, runtime.classifier.probability(vector), settings, msg.tier,

@@ -182,10 +182,10 @@ class Runtime:
             return self.embedder.embed_query(text)
         return await self.scheduler.run(Priority.ANSWER, self.embedder.embed_query, text)
 
-    async def find_evidence(self, question: str, vector: Any, hits: Sequence[Hit]) -> EvidenceSet:
-        """Score the sentences of ``hits`` for the question (one scheduler step: sentence vectors and BM25)."""
+    async def find_evidence(self, question: str, hits: Sequence[Hit]) -> EvidenceSet:
+        """Score the sentences of ``hits`` for the question (one short scheduler step: the embedder's tokenizer)."""
         assert self.embedder is not None
-        return await self.scheduler.run(Priority.ANSWER, find_evidence, question, vector, hits, self.embedder.embed_sentences)
+        return await self.scheduler.run(Priority.ANSWER, find_evidence, question, hits, self.embedder.token_vectors)
 
     # Grounding threshold per collection ---------------------------------------------------
 

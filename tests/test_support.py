@@ -27,7 +27,7 @@ def hit(text: str, title: str = "doc", score: float = 0.6) -> Hit:
 
 
 def evidence_for(question: str, *texts: str):
-    return find_evidence(question, None, [hit(t) for t in texts], None)
+    return find_evidence(question, [hit(t) for t in texts], None)
 
 
 def test_sentences_keep_offsets_labels_and_abbreviations() -> None:
@@ -106,3 +106,13 @@ def test_a_refusal_is_not_an_answer() -> None:
     question = "Where does the harbor ferry leave from?"
     verdict = check_answer(question, "The documents do not say.", evidence_for(question, FERRY).ranked, [FERRY])
     assert not verdict.supported
+
+
+def test_evidence_with_the_embedder_token_vectors(embedder) -> None:
+    """The cheap semantic half: unit vectors from the real model's token embeddings."""
+    vectors = embedder.token_vectors(["autocomplete slots", "Autocomplete slots in the shared context", ""])
+    assert vectors.shape == (3, embedder.dimension)
+    assert abs(float(vectors[0] @ vectors[0]) - 1) < 1e-5 and float(vectors[0] @ vectors[1]) > 0.5
+    assert not vectors[2].any()
+    found = find_evidence("What is the default number of autocomplete slots?", [hit(SETTINGS), hit(FERRY)], embedder.token_vectors)
+    assert found.best[0] is not None and "The default is 8." in found.best[0].text
