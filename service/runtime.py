@@ -223,7 +223,7 @@ class Runtime:
                 self._recalibrate.discard(collection)
                 store = await self.collection(collection)
                 texts = await self.in_store_thread(lambda: store.sample_texts(CALIBRATION_SAMPLE_CHUNKS))
-                questions = pseudo_questions(texts, self.settings.calibration_questions)
+                questions = await asyncio.to_thread(pseudo_questions, texts, self.settings.calibration_questions)
                 if not questions:
                     self.calibrations.pop(collection, None)
                 else:
