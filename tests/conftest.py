@@ -152,14 +152,21 @@ class Server:
                 self.proc.wait()
 
 
+def serve_fixture_corpus(data_dir: Path, env: dict[str, str] | None = None, extra: tuple[Path, ...] = ()) -> Server:
+    """The fixture corpus (and ``extra`` files) copied into ``data_dir``, ingested with the real CLI,
+    and served by a real server process with ``env``; the caller stops it."""
+    docs = data_dir / "docs"
+    shutil.copytree(FIXTURE_DOCS, docs)
+    for path in extra:
+        shutil.copy2(path, docs / path.name)
+    result = smallfirst("ingest", str(docs), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    return Server(data_dir, env).start()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The fixture corpus ingested with the real CLI, served by a real server process."""
-    data_dir = tmp_path_factory.mktemp("served")
-    docs = data_dir / "docs"
-    shutil.copytree(FIXTURE_DOCS, docs)
-    result = smallfirst("ingest", str(docs), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
-    assert result.returncode == 0, result.stderr
-    srv = Server(data_dir).start()
+    srv = serve_fixture_corpus(tmp_path_factory.mktemp("served"))
     yield srv
     srv.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +15,7 @@ import pytest
 from service.router import choose_tier
 from retrieval.settings import Settings
 from service.llm.breaker import CircuitBreaker
-from tests.conftest import FIXTURE_DOCS, Server, smallfirst, stand_in_large_tier
+from tests.conftest import Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
 from tests.fault_proxy import FaultProxy
 from tests.test_service import connected, of, until_done
 
@@ -41,15 +40,12 @@ def proxy(large_server: int) -> FaultProxy:
 @pytest.fixture(scope="module")
 def escalating(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("escalating")
-    shutil.copytree(FIXTURE_DOCS, data_dir / "docs")
-    result = smallfirst("ingest", str(data_dir / "docs"), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
-    assert result.returncode == 0, result.stderr
-    srv = Server(data_dir, {
+    srv = serve_fixture_corpus(data_dir, {
         "SMALLFIRST_LARGE_URL": proxy.url, "SMALLFIRST_LARGE_MODEL": "stand-in-large",
         "SMALLFIRST_LARGE_FIRST_TOKEN_TIMEOUT_S": "8", "SMALLFIRST_LARGE_MAX_TOKENS": "24",
         "SMALLFIRST_BREAKER_FAILURES": "2", "SMALLFIRST_BREAKER_RESET_S": str(RESET_S),
         "SMALLFIRST_DISTILL_LOG": str(data_dir / "distill.jsonl"),
-    }).start()
+    })
     yield srv
     srv.stop()
 

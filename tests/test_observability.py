@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +14,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import logs
-from tests.conftest import FIXTURE_DOCS, Server, smallfirst
+from tests.conftest import Server, serve_fixture_corpus
 from tests.test_service import connected, of, until_done
 
 pytestmark = pytest.mark.slow
@@ -25,12 +24,7 @@ Sample = tuple[str, tuple[tuple[str, str], ...]]
 
 @pytest.fixture(scope="module")
 def json_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("observed")
-    docs = data_dir / "docs"
-    shutil.copytree(FIXTURE_DOCS, docs)
-    result = smallfirst("ingest", str(docs), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
-    assert result.returncode == 0, result.stderr
-    srv = Server(data_dir, {"SMALLFIRST_LOG_FORMAT": "json"}).start()
+    srv = serve_fixture_corpus(tmp_path_factory.mktemp("observed"), {"SMALLFIRST_LOG_FORMAT": "json"})
     yield srv
     srv.stop()
 

@@ -4,7 +4,6 @@ unsupported one replaced (by a real OpenAI-compatible large tier, or by its evid
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from retrieval.support import numbers
-from tests.conftest import FIXTURE_DOCS, Server, smallfirst, stand_in_large_tier
+from tests.conftest import Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
 from tests.test_escalation import ask, kinds
 from tests.test_service import of
 
@@ -25,12 +24,7 @@ GROUNDED = "When does the lighthouse museum close?"
 
 
 def corpus_server(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Server:
-    data_dir = tmp_path_factory.mktemp(name)
-    shutil.copytree(FIXTURE_DOCS, data_dir / "docs")
-    shutil.copy2(FERRY, data_dir / "docs" / FERRY.name)
-    result = smallfirst("ingest", str(data_dir / "docs"), "--no-progress", env={"SMALLFIRST_DATA_DIR": str(data_dir)})
-    assert result.returncode == 0, result.stderr
-    return Server(data_dir, env).start()
+    return serve_fixture_corpus(tmp_path_factory.mktemp(name), env, extra=(FERRY,))
 
 
 @pytest.fixture(scope="module")
