@@ -5,9 +5,9 @@ A deterministic gate, no model call. An answer is supported when
 1. every checkable claim in it (numbers with their units, identifiers and code tokens,
    quoted strings) occurs in its sources, with numbers compared by value and unit, so that
    "4MB", "4 MB" and "four megabytes" are one value; and
-2. one evidence window (a sentence the question points at, with its label line) holds every
-   claim, and most of the answer's own content words (those not already in the question) fall
-   in that window with its neighbouring sentences.
+2. one evidence window about what the question asks holds every claim (a number in the
+   sentence itself or its label line; a name or quote there or in the neighbouring sentences),
+   and at least half of the answer's own content words (those not already in the question).
 
 The second rule catches the common failure of a small model: a number that really is in the
 sources, but belongs to a neighbouring setting, or a fluent paraphrase with nothing checkable.
@@ -171,11 +171,12 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
     for ev in candidates:
         if about[id(ev)] < SUBJECT_SHARE * most:
             continue
-        core = f"{ev.sentence.label} {ev.text}"
+        core = f"{ev.sentence.label} {ev.text}"  # numbers must stand in the sentence itself...
+        window_text = ev.window()  # ...names and quotes may be in its neighbours too
         core_numbers = numbers(core)
-        if not all(_holds(c, core, core_numbers) for c in found):
+        if not all(_holds(c, core if c.kind == "number" else window_text, core_numbers) for c in found):
             continue
-        window = set(content_words(ev.window()))
+        window = set(content_words(window_text))
         if sum(w in window for w in new_words) >= COVERAGE * len(new_words):
             return Verdict(True, [], ev)
     why = "its values are not stated beside what the question asks about" if found else \
