@@ -53,8 +53,6 @@ class Embedder:
         self.max_tokens: int = int(self._model.max_seq_length)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
-        self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._sentence_cache_size = max(cache_size, 8192)
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0

@@ -303,7 +303,7 @@ async def _answer_small(
     finish = stats.finish
     small_answer = req.text[offset:]
     verdict = check_answer(msg.question, small_answer, evidence.ranked, [h.text for h in evidence.hits])
-    req.extra.update({"supported": verdict.supported, "unsupported": verdict.unsupported, "small_answer": small_answer})
+    req.extra.update({**verdict.as_dict(), "small_answer": small_answer})
     runtime.stats.checks["supported" if verdict.supported else "unsupported"] += 1
     grounded = route.tier == "small" and route.reason is None  # routed to the small tier, or forced there
     if verdict.supported or not grounded or continuing or finish == "cancelled":
