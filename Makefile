@@ -5,20 +5,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # llama-cpp-python builds from source: skip the parts we never load (multimodal, tools, examples).
-LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+# The CPU kernels are AVX2/FMA/F16C, not -march=native: a native build on a CPU with AVX-512 and AMX
+# (Sapphire Rapids) segfaults in its first llama_decode, and a portable build runs on any x86-64 of
+# the last decade. pip caches built wheels by source URL alone, whatever CMAKE_ARGS said, so the
+# wheel is built into a folder of its own, named after the flags.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS := $(HOME)/.cache/smallfirst/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test bench image clean
+.PHONY: install run test bench image clean llama-wheel
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+llama-wheel:  # builds the llama-cpp-python wheel once per set of flags; prints its path
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(or $(wildcard $(BIN)/python),$(PYTHON)) -m pip wheel --quiet --no-deps --no-cache-dir \
+			-w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION) >&2
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch; installed first so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$($(MAKE) -s llama-wheel)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The int8 ONNX copy of the embedding model, made once per machine (see retrieval/onnx_export.py).
+	$(BIN)/python -m retrieval.onnx_export
 	touch $(STAMP)
 
 run: install

@@ -22,7 +22,7 @@ from retrieval.settings import Settings, SettingsError, add_arguments, from_args
 from retrieval.store import VectorStore, open_local_client
 
 INGEST_SETTINGS = (
-    "data_dir", "qdrant_url", "qdrant_api_key", "collection", "embed_model", "embed_batch_size",
+    "data_dir", "qdrant_url", "qdrant_api_key", "collection", "embed_model", "embed_backend", "embed_batch_size",
     "chunk_tokens", "chunk_overlap_tokens", "max_file_mb", "max_chunk_chars", "api_token", "log_level",
 )
 
@@ -46,7 +46,7 @@ class DirectIngest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.embedder = Embedder(settings.embed_model, cache_size=16)
+        self.embedder = Embedder(settings.embed_model, cache_size=16, backend=settings.embed_backend, cache_root=settings.embed_cache_dir)
         self.store = VectorStore.open(
             settings.collection, self.embedder.dimension, path=settings.qdrant_path,
             url=settings.qdrant_url, api_key=settings.qdrant_api_key,

@@ -56,10 +56,15 @@ class RateLimited(SmallfirstError):
 
 
 class Busy(SmallfirstError):
-    """The service cannot take the request now (queue full, still loading)."""
+    """The service cannot take the request now (queue full, over its wait budget, still loading).
+    ``retry_after_ms``, when known, says how long until a retry would likely be admitted."""
 
     code = "busy"
     retryable = True
+
+    def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class RetrievalUnavailable(SmallfirstError):

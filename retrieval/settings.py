@@ -50,6 +50,8 @@ class Settings:
     collection: str = _opt("docs", "Qdrant collection holding the document chunks.")
     # Embedding
     embed_model: str | None = _opt(None, "Sentence-transformers model folder; unset uses the bundled all-MiniLM-L6-v2.")
+    embed_backend: str = _opt("onnx", "Embedding runtime: onnx (an int8 copy of the model on onnxruntime, made once and cached; no torch on the request path) or torch (sentence-transformers).")
+    embed_cache_dir: Path | None = _opt(None, "Folder for the int8 ONNX copy of the embedding model; unset: ~/.cache/smallfirst/embedder.")
     embed_batch_size: int = _opt(32, "Chunks embedded per batch by the ingest CLI.")
     ingest_batch_size: int = _opt(1, "Chunks embedded per scheduler step by the service's ingest worker (bounds how long a keystroke waits).")
     query_cache_size: int = _opt(2048, "Query vectors kept in the LRU cache.")
@@ -111,6 +113,7 @@ class Settings:
     rate_burst: int = _opt(60, "Burst size of the per-connection rate limit.")
     max_inflight: int = _opt(4, "Requests one connection may have in flight.")
     answer_queue_limit: int = _opt(16, "Answers waiting for the model before new ones get 'busy'.")
+    answer_wait_budget_s: float = _opt(5.0, "Longest predicted wait for a small answer's first token (measured service times x queue ahead); past it an answer goes to the large tier (small_unavailable), or gets 'busy' with retry_after_ms at once.")
     idle_timeout_s: float = _opt(600.0, "Close a connection that sent nothing for this long.")
     max_chunk_chars: int = _opt(4000, "Longest chunk in characters, for every format (long words and lines are cut).")
     max_json_bytes: int = _opt(65536, "Largest JSON request body.")
@@ -189,6 +192,10 @@ class Settings:
             raise SettingsError(f"port must be at most 65535, got {self.port}")
         if self.model_threads < 0:
             raise SettingsError("model_threads must be 0 (all cores) or positive")
+        if self.embed_backend not in ("onnx", "torch"):
+            raise SettingsError(f"embed_backend must be onnx or torch, got {self.embed_backend!r}")
+        if self.answer_wait_budget_s < 0:
+            raise SettingsError("answer_wait_budget_s must not be negative")
         if self.rate_limit_per_s <= 0 or self.idle_timeout_s <= 0 or self.max_file_mb <= 0:
             raise SettingsError("rate_limit_per_s, idle_timeout_s and max_file_mb must be positive")
         prices = (self.small_price_in_per_m, self.small_price_out_per_m, self.large_price_in_per_m, self.large_price_out_per_m)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 from qdrant_client import QdrantClient, models
 
 from retrieval.errors import RetrievalUnavailable, StoreLocked
+from retrieval.exact_index import ExactIndex
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,13 @@ class Hit:
 
     @classmethod
     def from_point(cls, point: models.ScoredPoint) -> "Hit":
-        p = point.payload or {}
+        return cls.from_payload(str(point.id), float(point.score), point.payload)
+
+    @classmethod
+    def from_payload(cls, point_id: str, score: float, payload: dict[str, Any] | None) -> "Hit":
+        p = payload or {}
         return cls(
-            id=str(point.id), score=float(point.score), doc_id=str(p.get("doc_id", "")),
+            id=point_id, score=score, doc_id=str(p.get("doc_id", "")),
             doc_version=str(p.get("doc_version", "")), chunk_index=int(p.get("chunk_index", 0)),
             title=str(p.get("title", "")), uri=str(p.get("uri", "")), text=str(p.get("text", "")),
             page=p.get("page"), language=p.get("language"),
@@ -103,12 +109,41 @@ def open_local_client(path: Path | None) -> QdrantClient:
 
 
 class VectorStore:
-    """Collection schema, writes, inventory and search over one Qdrant collection."""
+    """Collection schema, writes, inventory and search over one Qdrant collection.
 
-    def __init__(self, client: QdrantClient, collection: str, dimension: int) -> None:
+    Over the embedded store (``indexes`` given, shared by every collection of one client), search
+    runs on an :class:`ExactIndex` per collection, built from the store on first use and updated
+    by every write made here; the store itself stays the durable copy."""
+
+    def __init__(self, client: QdrantClient, collection: str, dimension: int,
+                 indexes: dict[str, ExactIndex] | None = None) -> None:
         self.client = client
         self.collection = collection
         self.dimension = dimension
+        self._indexes = indexes
+
+    @property
+    def _index(self) -> ExactIndex | None:
+        """This collection's exact index (embedded store only), built on first use."""
+        if self._indexes is None:
+            return None
+        index = self._indexes.get(self.collection)
+        if index is None:
+            index = self._indexes[self.collection] = self._build_index()
+        return index
+
+    def _build_index(self) -> ExactIndex:
+        index = ExactIndex(self.dimension)
+        if not self.client.collection_exists(self.collection):
+            return index
+        offset: Any = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=4096, offset=offset, with_vectors=True,
+                                                with_payload=["doc_id", "doc_version"])
+            index.add((str(p.id), str((p.payload or {}).get("doc_id", "")), str((p.payload or {}).get("doc_version", "")),
+                       p.vector) for p in points if isinstance(p.vector, list))
+            if offset is None:
+                return index
 
     @classmethod
     def open(
@@ -122,9 +157,10 @@ class VectorStore:
             raise
         except Exception as exc:
             raise RetrievalUnavailable(f"cannot open the vector store: {exc}") from exc
-        store = cls(client, collection, dimension)
+        store = cls(client, collection, dimension, indexes=None if url else {})
         try:
             store.ensure_collection()
+            store._index  # noqa: B018 - built now, so the first search is as fast as the rest
         except Exception as exc:
             client.close()
             if isinstance(exc, RetrievalUnavailable):
@@ -134,7 +170,7 @@ class VectorStore:
 
     def with_collection(self, name: str) -> "VectorStore":
         """The same store (and client) over another collection."""
-        return VectorStore(self.client, name, self.dimension)
+        return VectorStore(self.client, name, self.dimension, self._indexes)
 
     def exists(self) -> bool:
         return bool(self.client.collection_exists(self.collection))
@@ -162,13 +198,24 @@ class VectorStore:
 
     def upsert(self, points: Iterable[ChunkPoint]) -> int:
         """Write chunks and wait until they are stored; returns how many were written."""
-        batch = [models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload()) for p in points]
+        chunks = list(points)
+        batch = [models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload()) for p in chunks]
         if batch:
             self.client.upsert(self.collection, points=batch, wait=True)
+            index = self._index
+            if index is not None:
+                index.add((p.id, p.doc_id, p.doc_version, p.vector) for p in chunks)
         return len(batch)
 
     def delete_doc(self, doc_id: str, keep_version: str | None = None) -> None:
         """Delete a document's chunks, all of them or every version but ``keep_version``."""
+        index = self._index
+        if index is not None:  # the index knows the ids: no scan of every payload
+            ids = index.doc_points(doc_id, keep_version)
+            if ids:
+                self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+                index.remove(ids)
+            return
         must = [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
         must_not = []
         if keep_version is not None:
@@ -198,6 +245,15 @@ class VectorStore:
 
     def search(self, vector: Sequence[float], top_k: int) -> list[Hit]:
         """The ``top_k`` chunks nearest to ``vector`` by cosine similarity."""
+        index = self._index
+        if index is not None:
+            try:
+                nearest = index.search(vector, top_k)
+                records = {str(r.id): r for r in self.client.retrieve(
+                    self.collection, ids=[i for i, _ in nearest], with_payload=True, with_vectors=False)}
+            except Exception as exc:
+                raise RetrievalUnavailable(f"search failed: {exc}") from exc
+            return [Hit.from_payload(i, score, records[i].payload) for i, score in nearest if i in records]
         try:
             result = self.client.query_points(
                 self.collection, query=list(map(float, vector)), limit=top_k, with_payload=True,
@@ -208,6 +264,9 @@ class VectorStore:
 
     def top_scores(self, vectors: Sequence[Sequence[float]]) -> list[float]:
         """The best hit's score for each vector (0 when the collection is empty), in one batch."""
+        index = self._index
+        if index is not None:
+            return index.top_scores(np.asarray(vectors, dtype=np.float32))
         requests = [models.QueryRequest(query=list(map(float, v)), limit=1) for v in vectors]
         try:
             results = self.client.query_batch_points(self.collection, requests=requests)

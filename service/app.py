@@ -95,6 +95,13 @@ async def stats(state: State) -> schemas.Stats:
     runtime = _runtime(state)
     body = runtime.stats.as_dict()
     body["grounding"] = runtime.grounding_report()
+    model = runtime.answer_model
+    body["admission"] = {
+        "service_s": round(model.times.service_s, 3) if model else 0.0,
+        "first_token_s": round(model.times.first_token_s, 3) if model else 0.0,
+        "predicted_wait_s": round(model.predicted_wait_s(), 3) if model else 0.0,
+        "budget_s": runtime.settings.answer_wait_budget_s, "waiting": model.waiting if model else 0,
+    }
     body["large_tier"] = (
         {"configured": True, "model": runtime.settings.large_model, "breaker": runtime.large.breaker.state}
         if runtime.large is not None else {"configured": False}
@@ -258,7 +265,10 @@ def _request_id(request: Request[Any, Any, Any]) -> str:
 
 def smallfirst_error(request: Request[Any, Any, Any], exc: SmallfirstError) -> Response[dict[str, object]]:
     status = exc.http_status or (503 if exc.retryable else 400)
-    return Response({"code": exc.code, "message": exc.message, "retryable": exc.retryable}, status_code=status)
+    retry_after_ms = getattr(exc, "retry_after_ms", None)
+    headers = {"Retry-After": str(max(1, -(-retry_after_ms // 1000)))} if retry_after_ms is not None else None
+    return Response({"code": exc.code, "message": exc.message, "retryable": exc.retryable}, status_code=status,
+                    headers=headers)
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, object]]:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     except (SettingsError, OSError, orjson.JSONDecodeError) as exc:
         print(f"smallfirst calibrate: {exc}", file=sys.stderr)
         return 2
-    embedder = Embedder(settings.embed_model)
+    embedder = Embedder(settings.embed_model, backend=settings.embed_backend, cache_root=settings.embed_cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
         store = VectorStore.open("calibration", embedder.dimension, path=Path(tmp))
         try:

@@ -87,6 +87,9 @@ class RuntimeCollector(Collector):
                      lambda: self._connections.open)
         yield _gauge("smallfirst_answer_queue_depth", "Answers waiting for or holding the small answer model.",
                      lambda: rt.answer_model.waiting if rt.answer_model is not None else 0)
+        yield _gauge("smallfirst_answer_predicted_wait_seconds",
+                     "Predicted wait for a new answer's first token on the small model (admission compares it to the budget).",
+                     lambda: rt.answer_model.predicted_wait_s() if rt.answer_model is not None else 0.0)
         yield _gauge("smallfirst_autocomplete_slots_in_use", "Autocomplete slots owned by a typist.",
                      lambda: rt.autocomplete.slots_in_use if rt.autocomplete is not None else 0)
         yield _gauge("smallfirst_ready", "1 once the store, embedder and models are loaded.", lambda: int(rt.ready))

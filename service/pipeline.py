@@ -11,10 +11,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from retrieval.context import Context, assemble_context
 from retrieval.evidence import EvidenceSet
 from retrieval.support import check_answer, quote_evidence
-from retrieval.errors import SmallfirstError, UpstreamTimeout
+from retrieval.errors import Busy, SmallfirstError, UpstreamTimeout
 from retrieval.settings import Settings
 from service.autocomplete import Typist
 from service.llm.base import GenerationStats
+from service.llm.local import Reservation
 from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, answer_prompt, large_prompt
 from service.llm.remote import LargeUnavailable
 from service.protocol import Ask, Complete, source_entry
@@ -99,6 +100,7 @@ class Request:
         self.extra: dict[str, Any] = {}
         self.writer: TokenWriter | None = None
         self.finish_reason = "stop"  # of the segment that ended the answer
+        self.reservation: Reservation | None = None  # its place in the small model's queue, once admitted
         self._text_start = 0
 
     def segment(self, tier: str) -> GenerationStats:
@@ -193,6 +195,34 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
     runtime.require_ready()
     settings = runtime.settings
     assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
+    small_over_budget = _admit(runtime, msg, req)
+    try:
+        return await _answer(runtime, msg, send, req, small_over_budget)
+    finally:
+        if req.reservation is not None:
+            req.reservation.release()
+
+
+def _admit(runtime: Runtime, msg: Ask, req: Request) -> bool:
+    """Reserve the answer's place in the small model's queue before any retrieval, when its
+    predicted wait fits the budget. Over budget, an answer that only the small tier could serve
+    gets ``busy`` at once; else it is routed to the large tier (True)."""
+    assert runtime.answer_model is not None
+    if msg.tier == "large":
+        return False
+    try:
+        req.reservation = runtime.answer_model.admit(runtime.settings.answer_wait_budget_s)
+    except Busy:
+        if runtime.large is None or msg.tier == "small":
+            runtime.stats.refused += 1
+            raise
+        return True
+    return False
+
+
+async def _answer(runtime: Runtime, msg: Ask, send: Send, req: Request, small_over_budget: bool) -> str:
+    settings = runtime.settings
+    assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
     t = time.perf_counter()
     vector = await runtime.embed_query(msg.question)
     req.timings["embed"] = _ms(time.perf_counter() - t)
@@ -205,7 +235,7 @@ async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
     req.timings["evidence"] = _ms(time.perf_counter() - t)
     route = choose_tier(
         hits[0].score if hits else None, runtime.classifier.probability(vector), settings, msg.tier,
-        small_saturated=runtime.answer_model.saturated,
+        small_saturated=small_over_budget,
         grounding_threshold=runtime.grounding_threshold(msg.collection),
     )
     await send({"type": "sources", "id": msg.id, "sources": [
@@ -296,9 +326,10 @@ async def _answer_small(
     evidence = grounding.evidence
     prompt = answer_prompt(evidence.windows(settings.evidence_windows), msg.question) + continuing
     offset = len(req.text)
+    reservation, req.reservation = req.reservation, None
     await req.pump(send, runtime.answer_model.stream(
         prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
-        temperature=settings.answer_temperature, stats=stats,
+        temperature=settings.answer_temperature, stats=stats, reservation=reservation,
     ))
     finish = stats.finish
     small_answer = req.text[offset:]

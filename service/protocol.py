@@ -174,7 +174,11 @@ def ready_frame(settings: Settings, model: str) -> dict[str, Any]:
 
 
 def error_frame(error: SmallfirstError, request_id: str | None) -> dict[str, Any]:
-    return {"type": "error", "id": request_id, "code": error.code, "message": error.message, "retryable": error.retryable}
+    frame = {"type": "error", "id": request_id, "code": error.code, "message": error.message, "retryable": error.retryable}
+    retry_after_ms = getattr(error, "retry_after_ms", None)
+    if retry_after_ms is not None:
+        frame["retry_after_ms"] = retry_after_ms
+    return frame
 
 
 def source_entry(hit: Hit, evidence: Evidence | None = None) -> dict[str, Any]:

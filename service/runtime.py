@@ -102,7 +102,7 @@ class Runtime:
             self.model_name = model_path.name
             threads = s.model_threads
             self.embedder = await self.scheduler.run(
-                Priority.CONTROL, lambda: Embedder(s.embed_model, s.query_cache_size, threads)
+                Priority.CONTROL, lambda: Embedder(s.embed_model, s.query_cache_size, threads, s.embed_backend, s.embed_cache_dir)
             )
             dimension = self.embedder.dimension
             self.store = await self._open_store(dimension)
@@ -178,8 +178,9 @@ class Runtime:
     async def embed_query(self, text: str) -> Any:
         """The query vector: from the cache on the loop, else computed on the scheduler."""
         assert self.embedder is not None
-        if self.embedder.is_cached(text):
-            return self.embedder.embed_query(text)
+        found = self.embedder.cached(text)
+        if found is not None:
+            return found
         return await self.scheduler.run(Priority.ANSWER, self.embedder.embed_query, text)
 
     async def find_evidence(self, question: str, hits: Sequence[Hit]) -> EvidenceSet:

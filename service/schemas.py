@@ -88,6 +88,16 @@ class DistillCounts(Shape):
     dropped: int
 
 
+class Admission(Shape):
+    """The small answer model's measured service times and the wait they predict for a new answer."""
+
+    service_s: float
+    first_token_s: float
+    predicted_wait_s: float
+    budget_s: float
+    waiting: int
+
+
 class Stats(Shape, omit_defaults=True):
     """Since start: per tier, escalations and fallbacks by reason, finishes, support checks; the
     grounding threshold of each collection (``grounding``) and the large tier's breaker."""
@@ -98,6 +108,8 @@ class Stats(Shape, omit_defaults=True):
     fallbacks: dict[str, int]
     finishes: dict[str, int]
     support_checks: dict[str, int]
+    refused_over_budget: int
+    admission: Admission
     grounding: dict[str, Any]
     large_tier: LargeTier
     distill: DistillCounts | None = None

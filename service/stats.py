@@ -42,6 +42,7 @@ class Stats:
         self.fallbacks: Counter[str] = Counter()
         self.finishes: Counter[str] = Counter()
         self.checks: Counter[str] = Counter()  # small answers the support check passed or failed
+        self.refused = 0  # answers refused 'busy' at once: the small model's predicted wait was over budget
 
     def record(self, done: dict[str, Any]) -> None:
         tier = self.tiers.setdefault(done["tier"], TierStats())
@@ -60,5 +61,5 @@ class Stats:
             "tiers": {name: t.as_dict() for name, t in self.tiers.items()},
             "total_cost_usd": round(sum(t.cost_usd for t in self.tiers.values()), 8),
             "escalations": dict(self.escalations), "fallbacks": dict(self.fallbacks), "finishes": dict(self.finishes),
-            "support_checks": dict(self.checks),
+            "support_checks": dict(self.checks), "refused_over_budget": self.refused,
         }

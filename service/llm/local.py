@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from retrieval.errors import Busy, ConfigError, UpstreamError
+from service.llm.admission import ServiceTimes
 from service.llm.base import GenerationStats, StopMatcher
 from service.scheduler import CpuScheduler, Priority
 
@@ -53,6 +54,20 @@ class Tokenizer:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
+class Reservation:
+    """A place in a model's queue, held from admission until the request streams (or gives up)."""
+
+    def __init__(self, backend: "LocalBackend") -> None:
+        self._backend = backend
+        self.held = True
+        backend._reserved += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._backend._reserved -= 1
+
+
 class LocalBackend:
     """Streams from one llama.cpp context with KV-prefix reuse and step-wise cancellation.
 
@@ -73,18 +88,33 @@ class LocalBackend:
         self._queue_limit = queue_limit
         self._lock = asyncio.Lock()
         self._waiting = 0
+        self._reserved = 0  # admitted requests still retrieving: they will queue here
+        self._holder_since: float | None = None
+        self.times = ServiceTimes()
         self.n_ctx: int = llama.n_ctx()
         self.yield_to: Callable[[], bool] = lambda: False  # True: prefill in short steps (someone is typing)
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for or holding this model."""
-        return self._waiting
+        """Requests waiting for this model, admitted ones still retrieving included."""
+        return self._waiting + self._reserved
 
-    @property
-    def saturated(self) -> bool:
-        """Whether a new request would be refused for a full queue."""
-        return self._waiting >= self._queue_limit
+    def predicted_wait_s(self) -> float:
+        """Seconds until a request admitted now would see its first token, from measured service times."""
+        since = self._holder_since
+        held_for = None if since is None else time.perf_counter() - since
+        return self.times.predicted_first_token_s(self.waiting, held_for)
+
+    def admit(self, budget_s: float) -> Reservation:
+        """A place in the queue when the predicted wait fits ``budget_s``, else ``Busy`` at once,
+        with the time after which a retry would likely fit."""
+        predicted = self.predicted_wait_s()
+        if predicted > budget_s or self.waiting >= self._queue_limit:
+            retry_after_ms = max(100, int((predicted - budget_s) * 1000) if predicted > budget_s else
+                                 int(self.times.service_s * 1000))
+            raise Busy(f"the {self.name} model is busy: an answer would wait about {predicted:.1f} s "
+                       f"(budget {budget_s:g} s); try again shortly", retry_after_ms=retry_after_ms)
+        return Reservation(self)
 
     @classmethod
     async def load(
@@ -136,16 +166,25 @@ class LocalBackend:
         temperature: float = 0.0,
         stats: GenerationStats | None = None,
         cancel: asyncio.Event | None = None,
+        reservation: Reservation | None = None,
     ) -> AsyncIterator[str]:
+        """Stream a completion; ``reservation`` is the place :meth:`admit` gave (none: the queue
+        limit alone applies)."""
         stats = stats if stats is not None else GenerationStats()
-        if self._waiting >= self._queue_limit:
-            raise Busy(f"the {self.name} model has {self._waiting} requests waiting; try again shortly")
+        admitted = reservation is not None and reservation.held
+        if reservation is not None:
+            reservation.release()
+        if not admitted and self.waiting >= self._queue_limit:
+            raise Busy(f"the {self.name} model has {self.waiting} requests waiting; try again shortly",
+                       retry_after_ms=max(100, int(self.times.service_s * 1000)))
         queued = time.perf_counter()
         self._waiting += 1
         try:
             await self._lock.acquire()
         finally:
             self._waiting -= 1
+        held_from = self._holder_since = time.perf_counter()
+        first_token_s: float | None = None
         try:
             stats.queue_ms = (time.perf_counter() - queued) * 1000
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
@@ -176,6 +215,7 @@ class LocalBackend:
                     raise UpstreamError(f"the {self.name} model failed: {exc}") from exc
                 if stats.completion_tokens == 0:
                     stats.prefill_ms = (time.perf_counter() - started) * 1000
+                    first_token_s = time.perf_counter() - held_from
                 if end:
                     stats.finish = "stop"
                     break
@@ -189,5 +229,11 @@ class LocalBackend:
             tail = stopper.feed(decoder.decode(b"", final=True)) + stopper.flush()
             if tail:
                 yield tail
+        except (asyncio.CancelledError, GeneratorExit):
+            stats.finish = "cancelled"
+            raise
         finally:
+            self._holder_since = None
+            if stats.finish != "cancelled":  # a cancelled request says nothing of a whole one's length
+                self.times.observe(time.perf_counter() - held_from, first_token_s)
             self._lock.release()
