@@ -102,6 +102,8 @@ async def stats(state: State) -> schemas.Stats:
         "predicted_wait_s": round(model.predicted_wait_s(), 3) if model else 0.0,
         "budget_s": runtime.settings.answer_wait_budget_s, "waiting": model.waiting if model else 0,
     }
+    if model is not None and model.prefixes is not None:
+        body["answer_kv_cache"] = model.prefixes.as_dict()
     body["large_tier"] = (
         {"configured": True, "model": runtime.settings.large_model, "breaker": runtime.large.breaker.state}
         if runtime.large is not None else {"configured": False}

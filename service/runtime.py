@@ -115,6 +115,7 @@ class Runtime:
             self.answer_model = await LocalBackend.load(
                 "small", model_path, s.answer_ctx, threads, self.scheduler, Priority.ANSWER,
                 prefill_step=s.prefill_step_tokens, queue_limit=s.answer_queue_limit,
+                prefix_cache_bytes=int(s.answer_kv_cache_mb * 1024 * 1024),
             )
             self.answer_model.yield_to = lambda: self.autocomplete is not None and self.autocomplete.active
             self.classifier = HardQueryClassifier.load()

@@ -112,6 +112,7 @@ class Stats(Shape, omit_defaults=True):
     admission: Admission
     grounding: dict[str, Any]
     large_tier: LargeTier
+    answer_kv_cache: dict[str, int] | None = None
     distill: DistillCounts | None = None
 
 

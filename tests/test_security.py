@@ -70,6 +70,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, allowed: Path) -> Iterator
         "SMALLFIRST_UPLOAD_QUOTA_MB": "0.3", "SMALLFIRST_MAX_COLLECTIONS": "8", "SMALLFIRST_MAX_CHUNK_CHARS": "1000",
         "SMALLFIRST_RATE_LIMIT_PER_S": "5000", "SMALLFIRST_RATE_BURST": "5000", "SMALLFIRST_HEADER_TIMEOUT_S": "1",
         "SMALLFIRST_ANSWER_MAX_TOKENS": "8", "SMALLFIRST_LARGE_URL": garbage.url, "SMALLFIRST_LARGE_RETRIES": "0",
+        # Every large-tier call here fails; an open breaker would turn a later test's large_error into large_unavailable.
+        "SMALLFIRST_BREAKER_FAILURES": "1000",
     })
     yield srv
     srv.stop()

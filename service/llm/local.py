@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 from retrieval.errors import Busy, ConfigError, UpstreamError
 from service.llm.admission import ServiceTimes
 from service.llm.base import GenerationStats, StopMatcher
+from service.llm.kv_cache import PrefixCache
 from service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
@@ -72,13 +74,14 @@ class LocalBackend:
     """Streams from one llama.cpp context with KV-prefix reuse and step-wise cancellation.
 
     Only the scheduler's thread touches the context. One generation at a time holds it; the
-    next prompt reuses the longest token prefix already in the KV cache and evaluates only
-    the rest, in steps of ``prefill_step`` tokens so that more urgent work can slip between.
+    next prompt reuses the longest token prefix already in the KV cache, or a longer one saved
+    in ``prefixes`` (see :mod:`service.llm.kv_cache`), and evaluates only the rest, in steps of
+    ``prefill_step`` tokens so that more urgent work can slip between.
     """
 
     def __init__(
         self, name: str, llama: Any, scheduler: CpuScheduler, priority: Priority,
-        prefill_step: int = 32, queue_limit: int = 16,
+        prefill_step: int = 32, queue_limit: int = 16, prefix_cache_bytes: int = 0,
     ) -> None:
         self.name = name
         self._llama = llama
@@ -91,6 +94,8 @@ class LocalBackend:
         self._reserved = 0  # admitted requests still retrieving: they will queue here
         self._holder_since: float | None = None
         self.times = ServiceTimes()
+        self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.prefilled_tokens = 0  # prompt tokens evaluated by prefill steps since load (restored ones excluded)
         self.n_ctx: int = llama.n_ctx()
         self.yield_to: Callable[[], bool] = lambda: False  # True: prefill in short steps (someone is typing)
 
@@ -108,31 +113,39 @@ class LocalBackend:
     def admit(self, budget_s: float) -> Reservation:
         """A place in the queue when the predicted wait fits ``budget_s``, else ``Busy`` at once,
         with the time after which a retry would likely fit."""
+        if self.waiting >= self._queue_limit:
+            raise self._full()
         predicted = self.predicted_wait_s()
-        if predicted > budget_s or self.waiting >= self._queue_limit:
-            retry_after_ms = max(100, int((predicted - budget_s) * 1000) if predicted > budget_s else
-                                 int(self.times.service_s * 1000))
+        if predicted > budget_s:
             raise Busy(f"the {self.name} model is busy: an answer would wait about {predicted:.1f} s "
-                       f"(budget {budget_s:g} s); try again shortly", retry_after_ms=retry_after_ms)
+                       f"(budget {budget_s:g} s); try again shortly",
+                       retry_after_ms=max(100, int((predicted - budget_s) * 1000)))
         return Reservation(self)
+
+    def _full(self) -> Busy:
+        return Busy(f"the {self.name} model has {self.waiting} requests waiting; try again shortly",
+                    retry_after_ms=max(100, int(self.times.service_s * 1000)))
 
     @classmethod
     async def load(
         cls, name: str, model_path: Path, n_ctx: int, threads: int, scheduler: CpuScheduler,
-        priority: Priority, prefill_step: int, queue_limit: int,
+        priority: Priority, prefill_step: int, queue_limit: int, prefix_cache_bytes: int = 0,
     ) -> "LocalBackend":
         """Load the context on the scheduler thread, which then owns it."""
         llama = await scheduler.run(Priority.CONTROL, load_llama, model_path, n_ctx, threads)
-        return cls(name, llama, scheduler, priority, prefill_step, queue_limit)
+        return cls(name, llama, scheduler, priority, prefill_step, queue_limit, prefix_cache_bytes)
 
     # Steps run on the scheduler thread -------------------------------------------------
 
-    def _prepare(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
-        """Tokenize, fit into the window, and roll the KV cache back to the shared prefix."""
+    def _prepare(self, prompt: str, max_tokens: int, save_at: Sequence[int]) -> tuple[list[int], int, list[int]]:
+        """Tokenize, fit into the window, and roll the KV cache back to the shared prefix, or
+        restore a longer saved one. Returns the tokens, how many are already in the KV cache,
+        and the token positions (from ``save_at``, character offsets) whose state to save."""
         llama = self._llama
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         room = self.n_ctx - max_tokens - 1
-        if len(tokens) > room:
+        truncated = len(tokens) > room
+        if truncated:
             tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
         cached = 0
         for have, want in zip(llama.input_ids[: llama.n_tokens], tokens):
@@ -141,10 +154,52 @@ class LocalBackend:
             cached += 1
         cached = min(cached, len(tokens) - 1)  # the last prompt token is always evaluated for fresh logits
         llama.n_tokens = cached  # the next eval drops KV entries from here on
-        return tokens, cached
+        if self.prefixes is None or truncated:  # a truncated prompt's positions match no saved state
+            return tokens, cached, []
+        found = self.prefixes.longest(tokens, longer_than=cached, at_most=len(tokens) - 1)
+        if found is not None and self._restore(tokens, *found):
+            cached = found[0]
+        points = set()
+        for offset in save_at:
+            head = llama.tokenize(prompt[:offset].encode("utf-8"), add_bos=True, special=False)
+            shared = 0
+            for have, want in zip(head, tokens):
+                if have != want:
+                    break
+                shared += 1
+            if cached < shared < len(tokens) - 1 and not self.prefixes.holds(tokens[:shared]):
+                points.add(shared)
+        return tokens, cached, sorted(points)
 
-    def _eval(self, tokens: Sequence[int]) -> None:
+    def _restore(self, tokens: Sequence[int], length: int, blob: bytes) -> bool:
+        """Load a saved state of ``tokens[:length]`` into the context's sequence (which it replaces)."""
+        from llama_cpp import llama_cpp as lib
+
+        llama = self._llama
+        buffer = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
+        if lib.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(blob), 0) == 0:
+            log.warning("could not restore a saved KV state of %d tokens; evaluating the prompt instead", length)
+            llama.n_tokens = 0
+            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            return False
+        llama.input_ids[:length] = tokens[:length]
+        llama.n_tokens = length
+        return True
+
+    def _eval(self, tokens: Sequence[int], save: Sequence[int] | None = None) -> None:
+        """Evaluate ``tokens`` after what the context holds; then, when ``save`` is given (the whole
+        prompt prefix now in the context), save that state."""
         self._llama.eval(tokens)
+        self.prefilled_tokens += len(tokens)
+        if save is not None and self.prefixes is not None:
+            from llama_cpp import llama_cpp as lib
+
+            ctx = self._llama._ctx.ctx
+            size = lib.llama_state_seq_get_size(ctx, 0)
+            buffer = (ctypes.c_uint8 * size)()
+            written = lib.llama_state_seq_get_data(ctx, buffer, size, 0)
+            if written:
+                self.prefixes.put(save, bytes(memoryview(buffer)[:written]))
 
     def _step(self, generator: Any) -> tuple[bytes, bool]:
         """Evaluate the previous token and sample the next: one model step."""
@@ -167,16 +222,17 @@ class LocalBackend:
         stats: GenerationStats | None = None,
         cancel: asyncio.Event | None = None,
         reservation: Reservation | None = None,
+        save_at: Sequence[int] = (),
     ) -> AsyncIterator[str]:
         """Stream a completion; ``reservation`` is the place :meth:`admit` gave (none: the queue
-        limit alone applies)."""
+        limit alone applies); ``save_at``: character offsets of the prompt after which the KV
+        state is worth saving for later prompts with the same start."""
         stats = stats if stats is not None else GenerationStats()
         admitted = reservation is not None and reservation.held
         if reservation is not None:
             reservation.release()
         if not admitted and self.waiting >= self._queue_limit:
-            raise Busy(f"the {self.name} model has {self.waiting} requests waiting; try again shortly",
-                       retry_after_ms=max(100, int(self.times.service_s * 1000)))
+            raise self._full()
         queued = time.perf_counter()
         self._waiting += 1
         try:
@@ -190,7 +246,7 @@ class LocalBackend:
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached = await run(self._priority, self._prepare, prompt, max_tokens)
+            tokens, cached, save_points = await run(self._priority, self._prepare, prompt, max_tokens, save_at)
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
             start = cached
             while start < len(tokens) - 1:
@@ -199,7 +255,13 @@ class LocalBackend:
                     return
                 step = YIELDING_PREFILL_STEP if self.yield_to() else self._prefill_step
                 end = min(start + step, len(tokens) - 1)
-                await run(self._priority, self._eval, tokens[start:end])
+                while save_points and save_points[0] <= start:
+                    save_points.pop(0)
+                if save_points and save_points[0] <= end:  # the step ends where a state is saved
+                    end = save_points.pop(0)
+                    await run(self._priority, self._eval, tokens[start:end], tokens[:end])
+                else:
+                    await run(self._priority, self._eval, tokens[start:end])
                 start = end
             generator = self._llama.generate(tokens, temp=temperature, repeat_penalty=1.1 if temperature > 0 else 1.0)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
