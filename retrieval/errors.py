@@ -1,4 +1,4 @@
-"""The one error hierarchy; each class carries the protocol error code it maps to."""
+"""The one error hierarchy; each class carries the protocol error code and the HTTP status it maps to."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ class SmallfirstError(Exception):
 
     code: str = "internal"
     retryable: bool = False
-    http_status: int | None = None  # None: 503 when retryable, else 400
+    http_status: int = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,6 +19,7 @@ class BadRequest(SmallfirstError):
     """The client sent something malformed or invalid."""
 
     code = "bad_request"
+    http_status = 400
 
 
 class UnsupportedMediaType(BadRequest):
@@ -53,6 +54,7 @@ class RateLimited(SmallfirstError):
 
     code = "rate_limited"
     retryable = True
+    http_status = 429
 
 
 class Busy(SmallfirstError):
@@ -61,6 +63,7 @@ class Busy(SmallfirstError):
 
     code = "busy"
     retryable = True
+    http_status = 503
 
     def __init__(self, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
@@ -72,6 +75,7 @@ class RetrievalUnavailable(SmallfirstError):
 
     code = "retrieval_unavailable"
     retryable = True
+    http_status = 503
 
 
 class UpstreamTimeout(SmallfirstError):
@@ -79,6 +83,7 @@ class UpstreamTimeout(SmallfirstError):
 
     code = "upstream_timeout"
     retryable = True
+    http_status = 504
 
 
 class UpstreamError(SmallfirstError):
@@ -86,12 +91,14 @@ class UpstreamError(SmallfirstError):
 
     code = "upstream_error"
     retryable = True
+    http_status = 502
 
 
 class StoreLocked(SmallfirstError):
     """The embedded store folder is held by another process."""
 
     code = "retrieval_unavailable"
+    http_status = 503
 
 
 class ConfigError(SmallfirstError):

@@ -60,19 +60,23 @@ def int8_model(model_dir: Path, cache_root: Path | None = None) -> Path:
     target = root / model_key(model_dir)
     if (target / META_FILE).is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{target.name}.lock"):
-        if (target / META_FILE).is_file():
-            return target
-        log.info("making the int8 ONNX copy of the embedding model in %s (once)", target)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-        try:
-            _export(model_dir, scratch)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(scratch, target)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / f"{target.name}.lock"):
+            if (target / META_FILE).is_file():
+                return target
+            log.info("making the int8 ONNX copy of the embedding model in %s (once)", target)
+            scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+            try:
+                _export(model_dir, scratch)
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(scratch, target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the int8 embedding model under {root}: {exc}; set SMALLFIRST_EMBED_CACHE_DIR "
+                          "to a writable folder, or SMALLFIRST_EMBED_BACKEND=torch") from exc
     return target
 
 

@@ -266,7 +266,7 @@ def _request_id(request: Request[Any, Any, Any]) -> str:
 
 
 def smallfirst_error(request: Request[Any, Any, Any], exc: SmallfirstError) -> Response[dict[str, object]]:
-    status = exc.http_status or (503 if exc.retryable else 400)
+    status = exc.http_status
     retry_after_ms = getattr(exc, "retry_after_ms", None)
     headers = {"Retry-After": str(max(1, -(-retry_after_ms // 1000)))} if retry_after_ms is not None else None
     return Response({"code": exc.code, "message": exc.message, "retryable": exc.retryable}, status_code=status,

@@ -77,8 +77,15 @@ class CpuScheduler:
         return await future
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the running step; queued jobs are dropped."""
+        """Stop after the running step; every job still queued fails with :class:`SchedulerClosed`,
+        so no caller waits forever for a step that will never run."""
         self._closed = True
+        with self._ready:
+            queued, self._heap = self._heap, []
+        for _, _, item in queued:
+            if item is not None:
+                _, _, future, loop = item
+                _hand_back(future, loop, None, SchedulerClosed("the scheduler stopped before this step ran"))
         self._put(-1, None)
         if self._thread.is_alive() and threading.get_ident() != self._thread.ident:
             self._thread.join(timeout)

@@ -229,7 +229,8 @@ export function askInto(view, client, question, { topK } = {}) {
       view.meta.textContent = `${msg.finish} · ${msg.tier}${check} · first token ${t.first_token ?? "–"} ms · total ${t.total} ms · ${msg.usage.completion_tokens} tokens`;
       view.onDone?.();
     } else if (msg.type === "error") {
-      view.meta.textContent = `error (${msg.code}): ${msg.message}`;
+      const retry = msg.retry_after_ms ? ` · try again in about ${Math.ceil(msg.retry_after_ms / 1000)} s` : "";
+      view.meta.textContent = `error (${msg.code}): ${msg.message}${retry}`;
       view.onDone?.();
     }
   });
