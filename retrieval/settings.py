@@ -69,7 +69,7 @@ class Settings:
     complete_grounding: bool = _opt(True, "Put a retrieved passage in front of the typed text (looked up off the keystroke path, at word boundaries).")
     complete_context_tokens: int = _opt(120, "Model tokens of the retrieved passage in front of the typed text.")
     complete_prefix_reuse: bool = _opt(True, "Reuse the KV prefix and cached retrieval between keystrokes (off: every keystroke retrieves and prefills from scratch, a baseline for benchmarks).")
-    answer_kv_cache_mb: float = _opt(256.0, "Saved KV states of answer-prompt prefixes (the frame, the first passage, all passages) kept for later prompts that start the same way; least recently used out first; 0 turns it off.")
+    answer_kv_cache_mb: float = _opt(256.0, "Saved KV states of whole answer prompts: the same question on the same sources, asked again later, prefills nothing; least recently used out first; 0 turns it off.")
     prefill_step_tokens: int = _opt(32, "Prompt tokens evaluated per scheduler step (bounds how long a keystroke waits).")
     # Retrieval and answers
     top_k: int = _opt(4, "Chunks retrieved for an answer when the request gives no top_k.")

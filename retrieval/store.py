@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -92,13 +93,23 @@ class DocState:
     chunk_count: int = 0
 
 
+@contextlib.contextmanager
+def _quiet_local_size() -> Iterator[None]:
+    """qdrant-client warns about local mode past 20,000 points because its own search slows down;
+    searches here go through the exact index instead, so the warning would only mislead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Local mode is not recommended", category=UserWarning)
+        yield
+
+
 def open_local_client(path: Path | None) -> QdrantClient:
     """The embedded store in ``path``; a folder held by another process raises :class:`StoreLocked`."""
     if path is None:
         raise RetrievalUnavailable("the embedded store needs a folder (or set a Qdrant server URL)")
     path.mkdir(parents=True, exist_ok=True)
     try:
-        return QdrantClient(path=str(path))
+        with _quiet_local_size():
+            return QdrantClient(path=str(path))
     except RuntimeError as exc:
         if "already accessed" in str(exc):
             raise StoreLocked(
@@ -201,7 +212,8 @@ class VectorStore:
         chunks = list(points)
         batch = [models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload()) for p in chunks]
         if batch:
-            self.client.upsert(self.collection, points=batch, wait=True)
+            with _quiet_local_size():
+                self.client.upsert(self.collection, points=batch, wait=True)
             index = self._index
             if index is not None:
                 index.add((p.id, p.doc_id, p.doc_version, p.vector) for p in chunks)

@@ -96,9 +96,12 @@ async def stats(state: State) -> schemas.Stats:
     body = runtime.stats.as_dict()
     body["grounding"] = runtime.grounding_report()
     model = runtime.answer_model
+    idle = model.times.idle if model else None
     body["admission"] = {
-        "service_s": round(model.times.service_s, 3) if model else 0.0,
-        "first_token_s": round(model.times.first_token_s, 3) if model else 0.0,
+        "service_s": round(idle.service_s, 3) if idle else 0.0,
+        "deviation_s": round(idle.deviation_s, 3) if idle else 0.0,
+        "first_token_s": round(idle.first_token_s, 3) if idle else 0.0,
+        "typing_service_s": round(model.times.typing.service_s, 3) if model and model.times.typing.measured else None,
         "predicted_wait_s": round(model.predicted_wait_s(), 3) if model else 0.0,
         "budget_s": runtime.settings.answer_wait_budget_s, "waiting": model.waiting if model else 0,
     }

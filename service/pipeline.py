@@ -16,7 +16,7 @@ from retrieval.settings import Settings
 from service.autocomplete import Typist
 from service.llm.base import GenerationStats
 from service.llm.local import Reservation
-from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, answer_prompt, answer_prompt_marks, large_prompt
+from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, answer_prompt, large_prompt
 from service.llm.remote import LargeUnavailable
 from service.protocol import Ask, Complete, source_entry
 from service.router import Route, choose_tier
@@ -324,14 +324,13 @@ async def _answer_small(
         await req.pump(send, _fixed_text(NOT_COVERED if not continuing else "", stats))
         return stats.finish
     evidence = grounding.evidence
-    sources = evidence.windows(settings.evidence_windows)
-    prompt = answer_prompt(sources, msg.question) + continuing
+    prompt = answer_prompt(evidence.windows(settings.evidence_windows), msg.question) + continuing
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
     await req.pump(send, runtime.answer_model.stream(
         prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
         temperature=settings.answer_temperature, stats=stats, reservation=reservation,
-        save_at=answer_prompt_marks(sources),
+        save_at=(len(prompt),),
     ))
     finish = stats.finish
     small_answer = req.text[offset:]

@@ -92,7 +92,9 @@ class Admission(Shape):
     """The small answer model's measured service times and the wait they predict for a new answer."""
 
     service_s: float
+    deviation_s: float
     first_token_s: float
+    typing_service_s: float | None
     predicted_wait_s: float
     budget_s: float
     waiting: int

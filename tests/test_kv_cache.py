@@ -1,5 +1,5 @@
-"""Saved KV states of answer-prompt prefixes: the byte-bounded LRU, and on the real model, that a
-prompt starting with a saved prefix evaluates only the rest and answers as a cold prefill does."""
+"""Saved KV states of answer prompts: the byte-bounded LRU, and on the real model, that a repeated
+prompt restores its state, prefills nothing and answers exactly as its first prefill did."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from service.llm.base import GenerationStats
 from service.llm.kv_cache import PrefixCache
-from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
-from service.llm.prompts import ANSWER_STOPS, answer_prompt, answer_prompt_marks
+from service.llm.local import LocalBackend, bundled_model_path
+from service.llm.prompts import ANSWER_STOPS, answer_prompt
 from service.scheduler import CpuScheduler, Priority
 
 MUSEUM = ("[1] Harbor Lighthouse › Visiting\nThe lighthouse museum opens at 9:00 and closes at 17:00 from April to "
@@ -45,14 +45,6 @@ def test_the_cache_stays_within_its_byte_budget_least_recently_used_first() -> N
     assert not cache.holds([11]) and len(cache) == 3
 
 
-def test_marks_fall_after_the_frame_the_first_source_and_all_sources() -> None:
-    prompt = answer_prompt(MUSEUM, "When does the museum close?")
-    frame, first, everything = answer_prompt_marks(MUSEUM)
-    assert prompt[:frame].endswith("Sources:\n<<<\n") and prompt[frame:].startswith("[1] Harbor")
-    assert prompt[:first].endswith("April to October. Tickets cost 6 euros.")
-    assert prompt[:everything].endswith("pier 3.") and prompt[everything:].startswith("\n>>>\nQuestion:")
-
-
 @pytest.fixture(scope="module")
 def backends(scheduler: CpuScheduler) -> Iterator[tuple[LocalBackend, LocalBackend]]:
     async def load() -> tuple[LocalBackend, LocalBackend]:
@@ -66,49 +58,39 @@ async def answer(model: LocalBackend, sources: str, question: str) -> tuple[str,
     """The greedy answer, the prompt tokens that prefill evaluated, and the stats."""
     stats = GenerationStats()
     before = model.prefilled_tokens
-    pieces = [p async for p in model.stream(answer_prompt(sources, question), max_tokens=24, stop=ANSWER_STOPS,
-                                            stats=stats, save_at=answer_prompt_marks(sources))]
+    prompt = answer_prompt(sources, question)
+    pieces = [p async for p in model.stream(prompt, max_tokens=24, stop=ANSWER_STOPS, stats=stats, save_at=(len(prompt),))]
     return "".join(pieces), model.prefilled_tokens - before, stats
 
 
-def test_a_repeated_prompt_prefills_only_its_question_and_answers_the_same(backends) -> None:
+def test_a_repeated_prompt_prefills_nothing_and_answers_the_same(backends) -> None:
     cached, plain = backends
     question = "When does the museum close?"
 
     async def scenario(model: LocalBackend) -> list[tuple[str, int, GenerationStats]]:
         first = await answer(model, MUSEUM, question)
-        await answer(model, BREAD, "How long should the dough be kneaded?")  # the KV now holds other sources
+        await answer(model, BREAD, "How long should the dough be kneaded?")  # the KV now holds another prompt
         return [first, await answer(model, MUSEUM, question)]
 
     (cold_text, cold_prefill, cold_stats), (again_text, again_prefill, again_stats) = asyncio.run(scenario(cached))
     assert again_text == cold_text and "17:00" in cold_text
-    question_tokens = again_stats.prompt_tokens - again_stats.cached_tokens
-    assert again_prefill == question_tokens - 1  # the last prompt token is evaluated by the first step
-    assert again_stats.cached_tokens > cold_stats.prompt_tokens - 20 and question_tokens < 20
-    assert cold_prefill == cold_stats.prompt_tokens - 1 - cold_stats.cached_tokens
+    assert again_prefill == 0 and again_stats.cached_tokens == again_stats.prompt_tokens - 1
+    assert cold_prefill == cold_stats.prompt_tokens - 1 - cold_stats.cached_tokens > 50
     # Without saved states only the frame is shared with the prompt in the KV: the sources are prefilled again.
-    (_, _, _), (plain_text, plain_prefill, _) = asyncio.run(scenario(plain))
-    assert plain_text == cold_text and plain_prefill > 5 * again_prefill
+    (_, _, _), (plain_text, plain_prefill, plain_stats) = asyncio.run(scenario(plain))
+    assert plain_text == cold_text and plain_prefill == plain_stats.prompt_tokens - 1 - plain_stats.cached_tokens > 50
 
 
-def test_a_new_question_reuses_the_saved_sources_it_shares(backends) -> None:
-    cached, _ = backends
-    other = MUSEUM.split("\n\n")[0] + "\n\n[2] Bus › Timetable\nThe number 7 bus stops at the lighthouse every hour."
-    count = Tokenizer(bundled_model_path()).count
+def test_new_prompts_answer_exactly_as_without_saved_states(backends) -> None:
+    """Saving never cuts a prefill into other batches than it would have had (llama.cpp's results
+    depend slightly on the cut), so prompts that restore nothing come out the same to the token."""
+    cached, plain = backends
+    questions = [(MUSEUM, "How often does the ferry leave?"), (BREAD, "When should roses be pruned?"),
+                 (MUSEUM, "How much is a ticket?"), (BREAD, "How long does the dough rest?")]
 
-    def tokens_through(sources: str, mark: int) -> int:
-        return count(answer_prompt(sources, "x")[: answer_prompt_marks(sources)[mark]]) + 1  # + BOS
+    async def scenario(model: LocalBackend) -> list[tuple[str, int]]:
+        return [(text, stats.cached_tokens) for text, _, stats in [await answer(model, *q) for q in questions]]
 
-    async def scenario() -> tuple[GenerationStats, GenerationStats]:
-        await answer(cached, MUSEUM, "When does the museum close?")
-        await answer(cached, BREAD, "How long should the dough be kneaded?")
-        bus = (await answer(cached, other, "How often does the bus stop at the lighthouse?"))[2]
-        return bus, (await answer(cached, BREAD, "When should roses be pruned?"))[2]
-
-    bus, roses = asyncio.run(scenario())
-    # MUSEUM's first source block is restored for a prompt that starts with it (a merge of the
-    # boundary's tokens may cost one), not only the frame that every prompt shares.
-    assert bus.cached_tokens >= tokens_through(MUSEUM, 1) - 1 > tokens_through(MUSEUM, 0) + 10
-    # BREAD's sources were saved whole on its first use: a new question on them prefills itself only.
-    assert roses.cached_tokens >= tokens_through(BREAD, 2) - 1
+    with_states, without = asyncio.run(scenario(cached)), asyncio.run(scenario(plain))
+    assert with_states == without
     assert cached.prefixes is not None and 0 < cached.prefixes.bytes <= cached.prefixes.budget_bytes

@@ -11,31 +11,55 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from service.llm.admission import ServiceTimes
+from service.llm.admission import DEVIATIONS, TYPING_SLOWDOWN, LoadTimes, ServiceTimes
 from tests.conftest import Server, serve_fixture_corpus, stand_in_large_tier
 from tests.test_service import connected, of, recv
 
 GROUNDED = "When does the lighthouse museum close?"
-BUDGET_S = 3.0  # with the priors (1.5 s a request, 0.5 s to the first token): two answers fit, a third does not
+# With the priors (3 s counted for each request ahead, 0.5 s to the first token) an idle model
+# predicts 0.5 s and one request ahead 3.5 s, both within the budget; two ahead predict 6.5 s.
+BUDGET_S = 5.0
 
 
 def test_predicted_wait_counts_the_holder_the_queue_and_the_prefill() -> None:
     times = ServiceTimes()
+    per = times.per_request_s()
+    assert per == pytest.approx(times.service_s + DEVIATIONS * times.deviation_s)
     idle = times.predicted_first_token_s(waiting=0, holder_elapsed_s=None)
     assert idle == times.first_token_s
     held = times.predicted_first_token_s(waiting=0, holder_elapsed_s=0.0)
-    assert held == pytest.approx(times.service_s + times.first_token_s)
-    assert times.predicted_first_token_s(waiting=3, holder_elapsed_s=0.0) == pytest.approx(held + 3 * times.service_s)
-    # A holder past the average length is counted as about to finish, never as negative time.
-    assert times.predicted_first_token_s(0, holder_elapsed_s=99.0) == idle
+    assert held == pytest.approx(per + times.first_token_s)
+    assert times.predicted_first_token_s(waiting=3, holder_elapsed_s=0.0) == pytest.approx(held + 3 * per)
+    # A holder that has run longer than the estimate says the model is slow now: each request
+    # ahead counts as long as it has taken so far.
+    assert times.predicted_first_token_s(2, holder_elapsed_s=99.0) == pytest.approx(2 * 99.0 + times.first_token_s)
 
 
-def test_the_first_measurement_replaces_the_prior_and_later_ones_are_smoothed() -> None:
+def test_the_first_measurement_replaces_the_prior_and_uneven_ones_widen_the_estimate() -> None:
     times = ServiceTimes()
     times.observe(4.0, 1.0)
     assert (times.service_s, times.first_token_s) == (4.0, 1.0)
-    times.observe(2.0, None)  # no token: the first-token average stays
-    assert 2.0 < times.service_s < 4.0 and times.first_token_s == 1.0
+    steady = ServiceTimes()
+    for _ in range(20):
+        steady.observe(2.0, 0.5)
+    uneven = ServiceTimes()
+    for i in range(20):
+        uneven.observe(1.0 if i % 2 else 3.0, 0.5)
+    assert steady.per_request_s() < 2.1 < uneven.per_request_s()
+    uneven.observe(2.0, None)  # no token: the first-token average stays
+    assert uneven.first_token_s == pytest.approx(0.5)
+
+
+def test_while_someone_types_the_prediction_uses_the_times_measured_under_typing() -> None:
+    times = LoadTimes()
+    times.observe(1.0, 0.2, typed=False)
+    idle = times.predicted_first_token_s(2, None, typing=False)
+    assert idle == pytest.approx(2 * times.idle.per_request_s() + 0.2)
+    # Nothing measured under typing yet: the idle times, as many times longer as keystrokes may take.
+    assert times.predicted_first_token_s(2, None, typing=True) == pytest.approx(TYPING_SLOWDOWN * idle)
+    times.observe(6.0, 2.0, typed=True)
+    assert times.predicted_first_token_s(1, None, typing=True) == pytest.approx(times.typing.per_request_s() + 2.0)
+    assert times.predicted_first_token_s(2, None, typing=False) == pytest.approx(idle)  # kept apart
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from retrieval.errors import Busy, ConfigError, UpstreamError
-from service.llm.admission import ServiceTimes
+from service.llm.admission import LoadTimes
 from service.llm.base import GenerationStats, StopMatcher
 from service.llm.kv_cache import PrefixCache
 from service.scheduler import CpuScheduler, Priority
@@ -93,7 +93,7 @@ class LocalBackend:
         self._waiting = 0
         self._reserved = 0  # admitted requests still retrieving: they will queue here
         self._holder_since: float | None = None
-        self.times = ServiceTimes()
+        self.times = LoadTimes()
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.prefilled_tokens = 0  # prompt tokens evaluated by prefill steps since load (restored ones excluded)
         self.n_ctx: int = llama.n_ctx()
@@ -108,7 +108,7 @@ class LocalBackend:
         """Seconds until a request admitted now would see its first token, from measured service times."""
         since = self._holder_since
         held_for = None if since is None else time.perf_counter() - since
-        return self.times.predicted_first_token_s(self.waiting, held_for)
+        return self.times.predicted_first_token_s(self.waiting, held_for, typing=self.yield_to())
 
     def admit(self, budget_s: float) -> Reservation:
         """A place in the queue when the predicted wait fits ``budget_s``, else ``Busy`` at once,
@@ -124,7 +124,7 @@ class LocalBackend:
 
     def _full(self) -> Busy:
         return Busy(f"the {self.name} model has {self.waiting} requests waiting; try again shortly",
-                    retry_after_ms=max(100, int(self.times.service_s * 1000)))
+                    retry_after_ms=max(100, int(self.times.per_request_s(self.yield_to()) * 1000)))
 
     @classmethod
     async def load(
@@ -167,7 +167,8 @@ class LocalBackend:
                 if have != want:
                     break
                 shared += 1
-            if cached < shared < len(tokens) - 1 and not self.prefixes.holds(tokens[:shared]):
+            shared = min(shared, len(tokens) - 1)  # the last prompt token is evaluated by the first step
+            if cached < shared and not self.prefixes.holds(tokens[:shared]):
                 points.add(shared)
         return tokens, cached, sorted(points)
 
@@ -241,6 +242,7 @@ class LocalBackend:
             self._waiting -= 1
         held_from = self._holder_since = time.perf_counter()
         first_token_s: float | None = None
+        typed = False  # whether someone typed while this request held the model
         try:
             stats.queue_ms = (time.perf_counter() - queued) * 1000
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
@@ -253,7 +255,9 @@ class LocalBackend:
                 if cancel is not None and cancel.is_set():
                     stats.finish = "cancelled"
                     return
-                step = YIELDING_PREFILL_STEP if self.yield_to() else self._prefill_step
+                typing = self.yield_to()
+                typed = typed or typing
+                step = YIELDING_PREFILL_STEP if typing else self._prefill_step
                 end = min(start + step, len(tokens) - 1)
                 while save_points and save_points[0] <= start:
                     save_points.pop(0)
@@ -271,6 +275,7 @@ class LocalBackend:
                 if cancel is not None and cancel.is_set():
                     stats.finish = "cancelled"
                     return
+                typed = typed or self.yield_to()
                 try:
                     piece, end = await run(self._priority, self._step, generator)
                 except RuntimeError as exc:
@@ -297,5 +302,5 @@ class LocalBackend:
         finally:
             self._holder_since = None
             if stats.finish != "cancelled":  # a cancelled request says nothing of a whole one's length
-                self.times.observe(time.perf_counter() - held_from, first_token_s)
+                self.times.observe(time.perf_counter() - held_from, first_token_s, typed)
             self._lock.release()

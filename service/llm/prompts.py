@@ -36,19 +36,6 @@ def answer_prompt(sources: str, question: str) -> str:
     return _ANSWER_FRAME.format(sources=sources.strip() or _NO_SOURCES, question=" ".join(question.split()))
 
 
-def answer_prompt_marks(sources: str) -> tuple[int, ...]:
-    """Character offsets in :func:`answer_prompt`'s text where a saved KV state pays: after the
-    fixed frame, after the first source block (blocks are separated by blank lines), and after
-    all the sources (a repeated question then prefills only itself)."""
-    frame_end = _ANSWER_FRAME.index("{sources}")
-    text = sources.strip() or _NO_SOURCES
-    first_block = text.find("\n\n")
-    marks = [frame_end, frame_end + len(text)]
-    if first_block > 0:
-        marks.insert(1, frame_end + first_block)
-    return tuple(marks)
-
-
 def complete_window_start(length: int, window_chars: int = 1500, step_chars: int = 500) -> int:
     """Where the continued text starts: its last ``window_chars`` or fewer, cut at a position
     that moves in steps of ``step_chars``.
