@@ -89,6 +89,7 @@ def test_new_prompts_answer_exactly_as_without_saved_states(backends) -> None:
                  (MUSEUM, "How much is a ticket?"), (BREAD, "How long does the dough rest?")]
 
     async def scenario(model: LocalBackend) -> list[tuple[str, int]]:
+        await answer(model, "[1] Weather\nIt rains.", "Does it rain?")  # both start from the same KV contents
         return [(text, stats.cached_tokens) for text, _, stats in [await answer(model, *q) for q in questions]]
 
     with_states, without = asyncio.run(scenario(cached)), asyncio.run(scenario(plain))
