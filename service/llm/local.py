@@ -56,6 +56,16 @@ class Tokenizer:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
+def _shared_prefix(have: Sequence[int], want: Sequence[int]) -> int:
+    """How many leading tokens two sequences share."""
+    shared = 0
+    for a, b in zip(have, want):
+        if a != b:
+            break
+        shared += 1
+    return shared
+
+
 class Reservation:
     """A place in a model's queue, held from admission until the request streams (or gives up)."""
 
@@ -147,12 +157,7 @@ class LocalBackend:
         truncated = len(tokens) > room
         if truncated:
             tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
-        cached = 0
-        for have, want in zip(llama.input_ids[: llama.n_tokens], tokens):
-            if have != want:
-                break
-            cached += 1
-        cached = min(cached, len(tokens) - 1)  # the last prompt token is always evaluated for fresh logits
+        cached = min(_shared_prefix(llama.input_ids[: llama.n_tokens], tokens), len(tokens) - 1)  # the last prompt token is always evaluated for fresh logits
         llama.n_tokens = cached  # the next eval drops KV entries from here on
         if self.prefixes is None or truncated:  # a truncated prompt's positions match no saved state
             return tokens, cached, []
@@ -161,12 +166,10 @@ class LocalBackend:
             cached = found[0]
         points = set()
         for offset in save_at:
-            head = llama.tokenize(prompt[:offset].encode("utf-8"), add_bos=True, special=False)
-            shared = 0
-            for have, want in zip(head, tokens):
-                if have != want:
-                    break
-                shared += 1
+            if offset >= len(prompt):  # the whole prompt: no second tokenization
+                shared = len(tokens)
+            else:
+                shared = _shared_prefix(llama.tokenize(prompt[:offset].encode("utf-8"), add_bos=True, special=False), tokens)
             shared = min(shared, len(tokens) - 1)  # the last prompt token is evaluated by the first step
             if cached < shared and not self.prefixes.holds(tokens[:shared]):
                 points.add(shared)
