@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch; installed first so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$($(MAKE) -s llama-wheel)"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,distill]'
 	# The int8 ONNX copy of the embedding model, made once per machine (see retrieval/onnx_export.py).
 	$(BIN)/python -m retrieval.onnx_export
 	touch $(STAMP)

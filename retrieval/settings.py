@@ -70,6 +70,8 @@ class Settings:
     complete_context_tokens: int = _opt(120, "Model tokens of the retrieved passage in front of the typed text.")
     complete_prefix_reuse: bool = _opt(True, "Reuse the KV prefix and cached retrieval between keystrokes (off: every keystroke retrieves and prefills from scratch, a baseline for benchmarks).")
     answer_kv_cache_mb: float = _opt(256.0, "Saved KV states of whole answer prompts: the same question on the same sources, asked again later, prefills nothing; least recently used out first; 0 turns it off.")
+    adapter_path: Path | None = _opt(None, "Folder written by `smallfirst distill`: its accepted LoRA adapter is applied to the small tier's answers.")
+    complete_adapter: bool = _opt(False, "Apply the adapter to autocomplete too (off: suggestions stay on the base model).")
     prefill_step_tokens: int = _opt(32, "Prompt tokens evaluated per scheduler step (bounds how long a keystroke waits).")
     # Retrieval and answers
     top_k: int = _opt(4, "Chunks retrieved for an answer when the request gives no top_k.")
@@ -103,7 +105,7 @@ class Settings:
     small_price_out_per_m: float = _opt(0.0, "Small tier: USD per million generated tokens.")
     large_price_in_per_m: float = _opt(2.5, "Large tier: USD per million prompt tokens.")
     large_price_out_per_m: float = _opt(10.0, "Large tier: USD per million generated tokens.")
-    distill_log: Path | None = _opt(None, "Append every escalated request to this JSONL file (the next small model's training set).")
+    distill_log: Path | None = _opt(None, "Append every large-tier answer (escalated or forced) with its sources to this JSONL file: teacher data for `smallfirst distill`.")
     distill_max_bytes: int = _opt(50_000_000, "Rotate the distillation log past this size.")
     distill_backups: int = _opt(5, "Rotated distillation logs kept.")
     # Limits

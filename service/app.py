@@ -85,6 +85,7 @@ async def readyz(state: State) -> Response[schemas.Readiness]:
     body = schemas.Readiness(status=runtime.state, error=runtime.error or None)
     if runtime.ready:
         body.model = runtime.model_name
+        body.adapter = runtime.adapter.name if runtime.adapter is not None else None
         body.load_seconds = round(runtime.load_seconds, 2)
     return Response(body, status_code=200 if runtime.ready else 503)
 
@@ -113,6 +114,8 @@ async def stats(state: State) -> schemas.Stats:
     )
     if runtime.distill is not None:
         body["distill"] = {"written": runtime.distill.written, "dropped": runtime.distill.dropped}
+    if runtime.adapter is not None:
+        body["adapter"] = runtime.adapter.describe()
     return schemas.shaped(schemas.Stats, body)
 
 

@@ -107,8 +107,9 @@ class Autocompleter:
 
     @classmethod
     async def load(cls, scheduler: CpuScheduler, model_path: Path, n_slots: int, slot_ctx: int, threads: int,
-                   search: Search | None, **options: Any) -> "Autocompleter":
-        slots = await scheduler.run(Priority.CONTROL, SlotContext, model_path, n_slots, slot_ctx, threads)
+                   search: Search | None, lora_path: Path | None = None, **options: Any) -> "Autocompleter":
+        slots = await scheduler.run(
+            Priority.CONTROL, lambda: SlotContext(model_path, n_slots, slot_ctx, threads, lora_path=lora_path))
         return cls(slots, scheduler, search, **options)
 
     # Typists ---------------------------------------------------------------------------

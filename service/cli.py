@@ -1,4 +1,4 @@
-"""The ``smallfirst`` command: ``serve`` and ``ingest``."""
+"""The ``smallfirst`` command: ``serve``, ``ingest``, ``calibrate``, ``eval``, ``loadtest`` and ``distill``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from ingest import cli as ingest_cli
 from service import calibrate
 from service import eval as evaluation
+from service.distill import command as distill_command
 from service.loadtest import cli as loadtest_cli
 from retrieval.errors import SmallfirstError
 from retrieval.settings import Settings, SettingsError, add_arguments, from_args
@@ -18,6 +19,17 @@ def _check_store_free(settings: Settings) -> None:
     """Fail fast, with a clear message, when another process holds the embedded store."""
     if not settings.qdrant_url:
         open_local_client(settings.qdrant_path).close()
+
+
+def _check_adapter(settings: Settings) -> None:
+    """Fail fast when the configured adapter cannot be served (missing, refused, another base model)."""
+    if settings.adapter_path is not None:
+        from pathlib import Path
+
+        from service.distill.adapter import load_adapter
+        from service.llm.local import bundled_model_path
+
+        load_adapter(settings.adapter_path, Path(settings.model_path) if settings.model_path else bundled_model_path())
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -35,6 +47,7 @@ def serve(args: argparse.Namespace) -> int:
             raise SettingsError(f"refusing to listen on {settings.host} without a token: "
                                 "turn SMALLFIRST_REQUIRE_TOKEN back on (a token is generated when none is set)")
         _check_store_free(settings)
+        _check_adapter(settings)
     except SettingsError as exc:
         print(f"smallfirst serve: {exc}", file=sys.stderr)
         return 2
@@ -82,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(time to sources, first token, between tokens, end to end) as users feel it.")
     loadtest_cli.configure_parser(load_parser)
     load_parser.set_defaults(handler=loadtest_cli.run)
+    distill_parser = commands.add_parser(
+        "distill", help="Train a LoRA adapter for the small model on logged large-tier answers.",
+        description="Turn distillation logs (SMALLFIRST_DISTILL_LOG) into a LoRA adapter for the small model, "
+        "evaluate it against the base model, and keep it only if it does at least as well. Needs the "
+        "'distill' extra; training uses every core, so run it when traffic is low or on another machine.")
+    distill_command.configure_parser(distill_parser)
+    distill_parser.set_defaults(handler=distill_command.run)
     return parser
 
 

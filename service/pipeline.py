@@ -14,9 +14,10 @@ from retrieval.support import check_answer, quote_evidence
 from retrieval.errors import Busy, SmallfirstError, UpstreamTimeout
 from retrieval.settings import Settings
 from service.autocomplete import Typist
+from service.distill.log import DISTILL_LOG_VERSION, hit_record
 from service.llm.base import GenerationStats
 from service.llm.local import Reservation
-from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, answer_prompt, large_prompt
+from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_prompt, large_prompt
 from service.llm.remote import LargeUnavailable
 from service.protocol import Ask, Complete, source_entry
 from service.router import Route, choose_tier
@@ -285,10 +286,12 @@ async def _stream_large(runtime: Runtime, msg: Ask, send: Send, req: Request, gr
         return fallback
     req.finish_reason = stats.finish
     if runtime.distill is not None:
+        # Teacher data: the answer and every input of the small tier's prompt (its sources).
         runtime.distill.record({
-            "ts": time.time(), "id": msg.id, "question": msg.question, "reason": reason,
-            "context_ids": [h.id for h in context.sources], "context": context.text if settings.large_send_context else "",
-            "answer": req.text, "latency_ms": _ms(time.perf_counter() - started),
+            "v": DISTILL_LOG_VERSION, "ts": time.time(), "id": msg.id, "question": msg.question,
+            "reason": reason or "forced", "forced": msg.tier == "large", "collection": msg.collection,
+            "sources": [hit_record(h) for h in context.sources], "sent_context": settings.large_send_context,
+            "answer": req.text, "finish": stats.finish, "latency_ms": _ms(time.perf_counter() - started),
             "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens},
             "cost_usd": req.cost_usd(), "model": settings.large_model,
         })
@@ -324,7 +327,7 @@ async def _answer_small(
         await req.pump(send, _fixed_text(NOT_COVERED if not continuing else "", stats))
         return stats.finish
     evidence = grounding.evidence
-    prompt = answer_prompt(evidence.windows(settings.evidence_windows), msg.question) + continuing
+    prompt = evidence_prompt(evidence, msg.question, settings.evidence_windows) + continuing
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
     await req.pump(send, runtime.answer_model.stream(

@@ -161,9 +161,10 @@ def encode(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
-def ready_frame(settings: Settings, model: str) -> dict[str, Any]:
+def ready_frame(settings: Settings, model: str, adapter: str | None = None) -> dict[str, Any]:
+    """The first frame of a connection; ``adapter`` names the distilled adapter the answers use, if any."""
     return {
-        "type": "ready", "protocol": PROTOCOL_VERSION, "model": model,
+        "type": "ready", "protocol": PROTOCOL_VERSION, "model": model, "adapter": adapter,
         "limits": {
             "max_frame_bytes": settings.max_frame_bytes, "max_question_chars": settings.max_question_chars,
             "max_text_chars": settings.max_text_chars, "max_top_k": settings.max_top_k,

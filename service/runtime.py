@@ -21,7 +21,8 @@ from retrieval.errors import BadRequest, Busy, RetrievalUnavailable, SmallfirstE
 from retrieval.settings import Settings
 from retrieval.store import Hit, VectorStore
 from service.autocomplete import Autocompleter
-from service.distill import DistillLog
+from service.distill.adapter import Adapter, load_adapter
+from service.distill.log import DistillLog
 from service.llm.breaker import CircuitBreaker
 from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
 from service.llm.remote import RemoteBackend
@@ -64,6 +65,7 @@ class Runtime:
         self.state = "loading"
         self.error: str | None = None
         self.model_name = ""
+        self.adapter: Adapter | None = None
         self.store: VectorStore | None = None
         self.embedder: Embedder | None = None
         self.tokenizer: Tokenizer | None = None
@@ -100,6 +102,9 @@ class Runtime:
         try:
             model_path = Path(s.model_path) if s.model_path else await asyncio.to_thread(bundled_model_path)
             self.model_name = model_path.name
+            if s.adapter_path is not None:
+                self.adapter = await asyncio.to_thread(load_adapter, s.adapter_path, model_path)
+            answer_lora = self.adapter.path if self.adapter is not None else None
             threads = s.model_threads
             self.embedder = await self.scheduler.run(
                 Priority.CONTROL, lambda: Embedder(s.embed_model, s.query_cache_size, threads, s.embed_backend, s.embed_cache_dir)
@@ -111,11 +116,12 @@ class Runtime:
                 self.scheduler, model_path, s.complete_slots, s.complete_ctx, threads,
                 self._grounding_hits if s.complete_grounding else None,
                 context_tokens=s.complete_context_tokens, min_score=s.min_score, prefix_reuse=s.complete_prefix_reuse,
+                lora_path=answer_lora if s.complete_adapter else None,
             )
             self.answer_model = await LocalBackend.load(
                 "small", model_path, s.answer_ctx, threads, self.scheduler, Priority.ANSWER,
                 prefill_step=s.prefill_step_tokens, queue_limit=s.answer_queue_limit,
-                prefix_cache_bytes=int(s.answer_kv_cache_mb * 1024 * 1024),
+                prefix_cache_bytes=int(s.answer_kv_cache_mb * 1024 * 1024), lora_path=answer_lora,
             )
             self.answer_model.yield_to = lambda: self.autocomplete is not None and self.autocomplete.active
             self.classifier = HardQueryClassifier.load()
@@ -134,7 +140,8 @@ class Runtime:
                 write_service_file(s)
             self.load_seconds = time.perf_counter() - started
             self.state = "ready"
-            log.info("ready in %.1f s: model %s, collection %r", self.load_seconds, model_path, s.collection)
+            log.info("ready in %.1f s: model %s%s, collection %r", self.load_seconds, model_path,
+                     f" with the adapter {self.adapter.name}" if self.adapter is not None else "", s.collection)
             self.schedule_calibration(s.collection)
         except SmallfirstError as exc:
             self._fail(exc.message)

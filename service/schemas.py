@@ -27,6 +27,7 @@ class Readiness(Shape, omit_defaults=True):
     status: str
     error: str | None = None
     model: str | None = None
+    adapter: str | None = None
     load_seconds: float | None = None
 
 
@@ -88,6 +89,15 @@ class DistillCounts(Shape):
     dropped: int
 
 
+class AdapterInfo(Shape):
+    """The distilled LoRA adapter the small tier's answers use (``smallfirst distill``)."""
+
+    name: str
+    created: str | None
+    train_examples: int
+    bytes: int
+
+
 class Admission(Shape):
     """The small answer model's measured service times and the wait they predict for a new answer."""
 
@@ -116,6 +126,7 @@ class Stats(Shape, omit_defaults=True):
     large_tier: LargeTier
     answer_kv_cache: dict[str, int] | None = None
     distill: DistillCounts | None = None
+    adapter: AdapterInfo | None = None
 
 
 class ErrorBody(Shape, omit_defaults=True):

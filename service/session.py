@@ -96,7 +96,9 @@ class Session:
     async def run(self) -> None:
         logs.connection_id.set(self.watch.connection_id)  # inherited by every request task of this connection
         await self.socket.accept(subprotocols=self.subprotocol)
-        await self.send(ready_frame(self.settings, self.runtime.model_name or "loading"))
+        adapter = self.runtime.adapter
+        await self.send(ready_frame(self.settings, self.runtime.model_name or "loading",
+                                    adapter.name if adapter is not None else None))
         try:
             while not self.closed:
                 try:

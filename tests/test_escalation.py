@@ -257,8 +257,11 @@ def test_distillation_log_lines(escalating: Server, proxy: FaultProxy) -> None:
             break
         time.sleep(0.1)
     entry = [line for line in lines if line["question"] == "Who was the first person to walk on the moon?"][-1]
-    assert {"question", "context_ids", "context", "answer", "latency_ms", "cost_usd", "reason"} <= set(entry)
+    assert {"v", "question", "sources", "answer", "latency_ms", "cost_usd", "reason", "forced"} <= set(entry)
     assert entry["answer"] == answer and entry["cost_usd"] == frames[-1]["cost_usd"]
+    assert entry["reason"] == frames[[f["type"] for f in frames].index("escalated")]["reason"] and entry["forced"] is False
+    sent = [s["title"] for s in frames[0]["sources"]]
+    assert [s["title"] for s in entry["sources"]] == sent[:len(entry["sources"])]
 
 
 @pytest.mark.slow

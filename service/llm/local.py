@@ -29,8 +29,8 @@ def bundled_model_path() -> Path:
     return Path(assemble())
 
 
-def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = False) -> Any:
-    """Open a GGUF file as a llama.cpp context (or only its vocabulary)."""
+def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = False, lora_path: Path | None = None) -> Any:
+    """Open a GGUF file as a llama.cpp context (or only its vocabulary), with a LoRA adapter when given."""
     from llama_cpp import Llama
 
     if not model_path.is_file():
@@ -40,10 +40,11 @@ def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = Fa
         return Llama(
             str(model_path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads,
             n_threads_batch=threads, swa_full=True, flash_attn=True, vocab_only=vocab_only,
-            verbose=False,
+            lora_path=str(lora_path) if lora_path is not None else None, verbose=False,
         )
     except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cannot load the model {model_path}: {exc}") from exc
+        what = f"the model {model_path}" + (f" with the adapter {lora_path.name}" if lora_path is not None else "")
+        raise ConfigError(f"cannot load {what}: {exc}") from exc
 
 
 class Tokenizer:
@@ -140,9 +141,10 @@ class LocalBackend:
     async def load(
         cls, name: str, model_path: Path, n_ctx: int, threads: int, scheduler: CpuScheduler,
         priority: Priority, prefill_step: int, queue_limit: int, prefix_cache_bytes: int = 0,
+        lora_path: Path | None = None,
     ) -> "LocalBackend":
-        """Load the context on the scheduler thread, which then owns it."""
-        llama = await scheduler.run(Priority.CONTROL, load_llama, model_path, n_ctx, threads)
+        """Load the context (and its LoRA adapter, if any) on the scheduler thread, which then owns it."""
+        llama = await scheduler.run(Priority.CONTROL, lambda: load_llama(model_path, n_ctx, threads, lora_path=lora_path))
         return cls(name, llama, scheduler, priority, prefill_step, queue_limit, prefix_cache_bytes)
 
     # Steps run on the scheduler thread -------------------------------------------------

@@ -7,6 +7,11 @@ sources, then the question. Retrieved text is fenced between ``<<<`` and ``>>>``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retrieval.evidence import EvidenceSet
+
 ANSWER_STOPS = ("\n\n", "\nQuestion:", "\nSources:", "<<<", ">>>")
 
 _ANSWER_FRAME = """Below are questions answered from numbered sources. Each answer uses only facts stated in the sources, cites them like [1], and says "The documents do not say." when the sources do not contain the answer.
@@ -34,6 +39,12 @@ _NO_SOURCES = "(no sources matched the question)"
 def answer_prompt(sources: str, question: str) -> str:
     """The few-shot frame for a grounded answer."""
     return _ANSWER_FRAME.format(sources=sources.strip() or _NO_SOURCES, question=" ".join(question.split()))
+
+
+def evidence_prompt(evidence: EvidenceSet, question: str, windows: int) -> str:
+    """The small tier's answer prompt: the ``windows`` best evidence sentences in the frame.
+    The service and distillation's training data both build it here."""
+    return answer_prompt(evidence.windows(windows), question)
 
 
 def complete_window_start(length: int, window_chars: int = 1500, step_chars: int = 500) -> int:

@@ -34,7 +34,8 @@ class Row:
 class SlotContext:
     """A unified KV cache shared by ``n_slots`` sequences of up to ``slot_ctx`` tokens each."""
 
-    def __init__(self, model_path: Path, n_slots: int, slot_ctx: int, threads: int, batch_tokens: int = 64) -> None:
+    def __init__(self, model_path: Path, n_slots: int, slot_ctx: int, threads: int, batch_tokens: int = 64,
+                 lora_path: Path | None = None) -> None:
         from llama_cpp import _internals, _logger
         from llama_cpp import llama_cpp as lib
 
@@ -57,6 +58,9 @@ class SlotContext:
             self._context = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot load the model {model_path}: {exc}") from exc
+        self._adapter = None
+        if lora_path is not None:
+            self._set_adapter(lora_path)
         self._memory = lib.llama_get_memory(self._context.ctx)
         self._batch = lib.llama_batch_init(batch_tokens, 0, 1)
         self._vocab = self._model.vocab
@@ -67,11 +71,26 @@ class SlotContext:
         self.tokens: list[list[int]] = [[] for _ in range(n_slots)]
         self.evaluated = 0  # tokens run through the model, all slots together
 
+    def _set_adapter(self, lora_path: Path) -> None:
+        """Apply a LoRA adapter (scale 1) to every slot's computation."""
+        lib = self._lib
+        self._adapter = lib.llama_adapter_lora_init(self._model.model, str(lora_path).encode("utf-8"))
+        if not self._adapter:
+            self._adapter = None
+            raise ConfigError(f"cannot load the adapter {lora_path.name} for autocomplete")
+        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+        scales = (ctypes.c_float * 1)(1.0)
+        if lib.llama_set_adapters_lora(self._context.ctx, adapters, 1, scales):
+            raise ConfigError(f"cannot apply the adapter {lora_path.name} for autocomplete")
+
     def close(self) -> None:
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
         self._context.close()
+        if self._adapter is not None:
+            self._lib.llama_adapter_lora_free(self._adapter)
+            self._adapter = None
         self._model.close()
 
     # Vocabulary (any thread) -----------------------------------------------------------

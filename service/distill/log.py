@@ -1,4 +1,4 @@
-"""Distillation capture: escalated requests appended to a size-rotated JSONL file, off the hot path."""
+"""Teacher data: every answer of the large tier appended to a size-rotated JSONL file, off the hot path."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from typing import Any
 import orjson
 
 log = logging.getLogger(__name__)
+
+DISTILL_LOG_VERSION = 2  # 2: each line carries its sources (hit_record), so the small prompt can be rebuilt
+HIT_FIELDS = ("id", "score", "doc_id", "doc_version", "chunk_index", "title", "uri", "text", "page", "language")
+
+
+def hit_record(hit: Any) -> dict[str, Any]:
+    """A source as the log stores it: enough to rebuild the small tier's prompt for it later."""
+    return {name: getattr(hit, name) for name in HIT_FIELDS}
 
 
 class DistillLog:
