@@ -8,17 +8,17 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Any, Callable
 
 _QUESTION = re.compile(r"Question:\s*(.+?)\s*$", re.S)
 UNKNOWN = "The documents do not say."
 
 
 class TeacherServer:
-    """Streams ``answers[question]`` (or :data:`UNKNOWN`) as chat-completion chunks; counts requests."""
+    """Streams ``answer(question, user_message)`` as chat-completion chunks; counts requests."""
 
-    def __init__(self, answers: Mapping[str, str]) -> None:
-        self.answers = dict(answers)
+    def __init__(self, answer: Callable[[str, str], str]) -> None:
+        self.answer = answer
         self.requests = 0
         teacher = self
 
@@ -34,7 +34,7 @@ class TeacherServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
                 user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
                 match = _QUESTION.search(user)
-                answer = teacher.answers.get(match.group(1) if match else "", UNKNOWN)
+                answer = teacher.answer(match.group(1) if match else "", user)
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")

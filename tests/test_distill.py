@@ -20,7 +20,7 @@ from service.distill.examples import collect
 from service.llm.local import bundled_model_path
 from service.llm.slots import Row, SlotContext
 from tests.conftest import Server, smallfirst
-from tests.teacher_server import TeacherServer
+from tests.teacher_server import UNKNOWN, TeacherServer
 from tests.test_escalation import ask
 from tests.test_service import recv
 
@@ -99,7 +99,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     result = smallfirst("ingest", str(root / "docs"), "--no-progress", env=env)
     assert result.returncode == 0, result.stderr
     log = root / "teacher.jsonl"
-    with TeacherServer({f.question: f.teacher for f in facts}) as teacher:
+    answers = {f.question: f.teacher for f in facts}
+    with TeacherServer(lambda question, _: answers.get(question, UNKNOWN)) as teacher:
         base = Server(root / "data", {"SMALLFIRST_LARGE_URL": teacher.url, "SMALLFIRST_LARGE_MODEL": "teacher",
                                       "SMALLFIRST_DISTILL_LOG": str(log)}).start()
         try:

@@ -105,13 +105,17 @@ def test_answer_scores() -> None:
     assert claims_kept("It keeps 37 trucks.", "37 [1].") and not claims_kept("It keeps 38 trucks.", "37 [1].")
 
 
-def test_the_adapter_is_kept_only_if_closer_to_the_teacher_and_no_qa_accuracy_is_lost() -> None:
+def test_the_adapter_is_kept_only_if_closer_to_the_teacher_and_no_qa_accuracy_or_check_precision_is_lost() -> None:
     base = {"held_out": Scores(n=10, f1=0.4), "docs": Scores(n=12, accuracy=0.5)}
     assert verdict(base, {"held_out": Scores(n=10, f1=0.6), "docs": Scores(n=12, accuracy=0.5)})[0]
     kept, why = verdict(base, {"held_out": Scores(n=10, f1=0.6), "docs": Scores(n=12, accuracy=0.42)})
     assert not kept and "docs accuracy" in why
     assert not verdict(base, {"held_out": Scores(n=10, f1=0.3), "docs": Scores(n=12, accuracy=0.6)})[0]
     assert not verdict(base, {"held_out": Scores(n=10, f1=0.4), "docs": Scores(n=12, accuracy=0.6)})[0]  # no gain
+    # Right as often, but its wrong answers now pass the support check: refused.
+    base["docs"].check_precision = 1.0
+    kept, why = verdict(base, {"held_out": Scores(n=10, f1=0.6), "docs": Scores(n=12, accuracy=0.5, check_precision=0.4)})
+    assert not kept and "docs check precision 0.400 < base 1.000" in why
 
 
 def test_the_service_serves_only_an_accepted_adapter_for_its_own_model(tmp_path: Path) -> None:
@@ -136,3 +140,15 @@ def test_the_service_serves_only_an_accepted_adapter_for_its_own_model(tmp_path:
     other.write_bytes(b"0" * 99)
     with pytest.raises(ConfigError, match="trained for"):
         load_adapter(folder, other)
+
+
+def test_qa_scores_count_accuracy_and_the_checks_precision() -> None:
+    from service.distill.evaluate import QAItem, score_qa
+
+    items = [QAItem("q1", ("220",), "p1", lambda a: True), QAItem("q2", ("8",), "p2", lambda a: True),
+             QAItem("q3", ("sys.path",), "p3", lambda a: False)]
+    answers = {"p1": "A chunk is 220 tokens [1].", "p2": "There are 10 slots.", "p3": "It is sys.path [2]."}
+    scores, said = score_qa(answers.__getitem__, items)
+    assert said == [answers["p1"], answers["p2"], answers["p3"]]
+    assert scores.accuracy == pytest.approx(2 / 3) and scores.supported == pytest.approx(2 / 3)
+    assert scores.check_precision == pytest.approx(0.5)

@@ -10,6 +10,7 @@ says what happened either way. An interrupted run leaves no adapter behind.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -44,8 +45,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="Passes over the training examples (default 3).")
     parser.add_argument("--max-examples", type=int, default=None, metavar="N", help="Use at most N examples.")
     parser.add_argument("--eval", dest="evals", action="append", type=Path, default=[], metavar="QA.jsonl",
-                        help="A QA file (see `smallfirst eval`) whose grounded questions base and adapter must answer; "
-                        "its documents must be ingested in the store (stop a service that holds the embedded store).")
+                        help="A QA file (see `smallfirst eval`) whose grounded questions base and adapter must answer "
+                        "(repeat for several); its documents must be in the store, in --collection or in the collection "
+                        "a line names (\"collection\"); stop a service that holds the embedded store.")
     parser.add_argument("--holdout", type=float, default=0.2, help="Share of questions held out for evaluation (default 0.2).")
     parser.add_argument("--learning-rate", type=float, default=5e-4, help="AdamW learning rate (default 5e-4).")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8).")
@@ -97,6 +99,15 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
         return {}
     store = VectorStore.open(settings.collection, embedder.dimension, path=settings.qdrant_path,
                              url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+
+    def collection(name: str | None) -> Any:
+        if name is None or name == store.collection:
+            return store
+        other = store.with_collection(str(name))
+        if not other.exists():
+            raise DistillError(f"the QA file names the collection {name!r}, which the store does not hold")
+        return other
+
     try:
         out: dict[str, list[QAItem]] = {}
         for path in paths:
@@ -107,7 +118,7 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
             items = []
             for row in rows:
                 question = row["question"]
-                hits = store.search(embedder.embed_query(question), settings.top_k)
+                hits = collection(row.get("collection")).search(embedder.embed_query(question), settings.top_k)
                 context = assemble_context(hits, settings.context_tokens, count_tokens, settings.min_score)
                 evidence = find_evidence(question, context.sources, embedder.token_vectors)
                 texts = [h.text for h in context.sources]
@@ -188,6 +199,8 @@ def distill(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          rank=args.rank, alpha=2.0 * args.rank, seed=args.seed, threads=threads)
     rows = rows_for(train, vocab, settings.answer_ctx)
+    if not rows:
+        raise DistillError(f"every training example is longer than SMALLFIRST_ANSWER_CTX ({settings.answer_ctx} tokens)")
     print(f"distill: training on {len(rows)} examples ({config.epochs} epochs); the model loads for training first",
           file=sys.stderr)
     update, close_bar = _progress(not args.no_progress)
@@ -207,13 +220,7 @@ def distill(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "base_model": base_model_identity(model_path),
             "data": {**tally.as_dict(), "train": len(train), "held_out": len(held), "logs": [str(p) for p in args.logs]},
-            "training": {
-                "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                "rank": config.rank, "alpha": config.alpha, "seed": config.seed, "threads": threads,
-                "steps": result.steps, "seconds": round(result.seconds, 1), "seconds_per_step": round(result.seconds_per_step, 3),
-                "load_seconds": round(result.load_seconds, 1), "first_loss": round(result.first_loss, 4),
-                "last_loss": round(result.last_loss, 4),
-            },
+            "training": {**dataclasses.asdict(config), **result.figures()},
             "evaluation": {name: {"base": base[name].as_dict(), "adapter": tuned[name].as_dict()} for name in base},
             "samples": [{"question": e.question, "teacher": e.target, "base": b, "adapter": a}
                         for e, b, a in list(zip(held, base_answers, tuned_answers))[:10]],
@@ -235,7 +242,10 @@ def summary(report: dict[str, Any]) -> str:
              f"same form {held['base']['same_form']:.2f} -> {held['adapter']['same_form']:.2f}"]
     for name, scores in report["evaluation"].items():
         if name != "held_out":
-            parts.append(f"{name} accuracy {scores['base']['accuracy']:.2f} -> {scores['adapter']['accuracy']:.2f}")
+            b, a = scores["base"], scores["adapter"]
+            precision = "/".join("-" if x.get("check_precision") is None else f"{x['check_precision']:.2f}" for x in (b, a))
+            parts.append(f"{name} accuracy {b['accuracy']:.2f} -> {a['accuracy']:.2f}, "
+                         f"check precision {precision.replace('/', ' -> ')}")
     training = report["training"]
     head = "adapter accepted" if report["accepted"] else "adapter REFUSED"
     size = f", {report['adapter_bytes'] / 1e6:.1f} MB" if report["adapter_bytes"] else ""

@@ -56,6 +56,7 @@ class Scores:
     same_form: float | None = None  # ...the teacher's words exactly
     claims_kept: float | None = None  # ...every value of the teacher's answer
     accuracy: float | None = None  # QA files: an accepted answer string in the answer
+    check_precision: float | None = None  # ...and the share of supported answers that are right
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items() if v is not None}
@@ -95,9 +96,11 @@ def _accepted(answer: str, accepted: Iterable[str]) -> bool:
 def score_qa(generate: Generate, items: Sequence[QAItem]) -> tuple[Scores, list[str]]:
     """A model's answers to a QA file's grounded questions: accepted-string accuracy and the check."""
     answers = [generate(item.prompt) for item in items]
-    n = max(1, len(items))
-    out = Scores(n=len(items), accuracy=sum(_accepted(a, i.accepted) for i, a in zip(items, answers)) / n,
-                 supported=sum(i.check(a) for i, a in zip(items, answers)) / n)
+    right = [_accepted(a, i.accepted) for i, a in zip(items, answers)]
+    supported = [i.check(a) for i, a in zip(items, answers)]
+    n, passed = max(1, len(items)), sum(supported)
+    out = Scores(n=len(items), accuracy=sum(right) / n, supported=passed / n,
+                 check_precision=sum(r and s for r, s in zip(right, supported)) / passed if passed else None)
     return out, answers
 
 
@@ -120,15 +123,23 @@ class Generator:
         self._llama.close()
 
 
+def _precision(scores: Scores) -> float:
+    """The check's precision; with no answer passing it, nothing wrong was passed either."""
+    return 1.0 if scores.check_precision is None else scores.check_precision
+
+
 def verdict(base: dict[str, Scores], tuned: dict[str, Scores]) -> tuple[bool, str]:
     """Keep the adapter only if it answers the held-out pairs more like the teacher (word F1)
-    than the base model does, and loses no accuracy on any QA file."""
+    than the base model does, and loses neither accuracy nor the support check's precision on
+    any QA file: an adapter whose wrong answers pass the check would cost trust, not just points."""
     b, t = base["held_out"], tuned["held_out"]
     worse = [] if (t.f1 or 0.0) > (b.f1 or 0.0) else [f"held-out F1 {t.f1 or 0.0:.3f}, base {b.f1 or 0.0:.3f}"]
     for name, b in base.items():
         t = tuned[name]
         if b.accuracy is not None and t.accuracy is not None and t.accuracy < b.accuracy:
             worse.append(f"{name} accuracy {t.accuracy:.3f} < base {b.accuracy:.3f}")
+        if b.accuracy is not None and _precision(t) < _precision(b):
+            worse.append(f"{name} check precision {_precision(t):.3f} < base {_precision(b):.3f}")
     if worse:
         return False, "no better than the base model: " + "; ".join(worse)
-    return True, "closer to the teacher than the base model, and no QA accuracy lost"
+    return True, "closer to the teacher than the base model, and no QA accuracy or check precision lost"

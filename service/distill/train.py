@@ -53,6 +53,12 @@ class TrainResult:
     def seconds_per_step(self) -> float:
         return self.seconds / self.steps if self.steps else 0.0
 
+    def figures(self) -> dict[str, float | int]:
+        """What a report says of the run (everything but the weights)."""
+        return {"steps": self.steps, "seconds": round(self.seconds, 1), "seconds_per_step": round(self.seconds_per_step, 3),
+                "load_seconds": round(self.load_seconds, 1), "first_loss": round(self.first_loss, 4),
+                "last_loss": round(self.last_loss, 4)}
+
 
 ANSWER_END = "\n\n"  # the service's first answer stop: learning it teaches the adapter to end its answer
 
