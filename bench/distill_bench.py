@@ -34,24 +34,34 @@ sys.path.insert(0, str(ROOT))
 from tests.teacher_server import UNKNOWN, TeacherServer  # noqa: E402
 
 _SOURCE_HEAD = re.compile(r"^\[(\d+)\] .*$", re.M)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 LONGEST_SENTENCE = 300
 
 
 def extractive_teacher(accepted: dict[str, list[str]]):
-    """A teacher that answers with the first source sentence holding an accepted string, cited."""
+    """A teacher that answers with the source sentence that holds an accepted string and shares
+    the most terms with the question (headings left out), cited."""
+    from retrieval.evidence import content_words, split_sentences
 
     def answer(question: str, message: str) -> str:
         strings = [a.lower() for a in accepted.get(question, [])]
         if not strings or "<<<" not in message:
             return UNKNOWN
+        asked = set(content_words(question))
         body = message.split("<<<", 1)[1].split(">>>", 1)[0]
         parts = _SOURCE_HEAD.split(body)  # text before the first source, then (number, text) pairs
+        best: tuple[int, str, str] | None = None
         for number, text in zip(parts[1::2], parts[2::2]):
-            for sentence in _SENTENCE_END.split(" ".join(text.split())):
-                if len(sentence) <= LONGEST_SENTENCE and any(a in sentence.lower() for a in strings):
-                    return f"{sentence.rstrip('.')} [{number}]."
-        return UNKNOWN
+            for sentence in split_sentences(text.strip()):
+                said = " ".join(sentence.text.split())
+                if (sentence.text.strip() == sentence.label or len(said) > LONGEST_SENTENCE
+                        or not any(a in said.lower() for a in strings)):
+                    continue
+                overlap = len(asked & set(content_words(f"{sentence.label} {said}")))
+                if best is None or overlap > best[0]:
+                    best = (overlap, said, number)
+        if best is None:
+            return UNKNOWN
+        return f"{best[1].rstrip('.')} [{best[2]}]."
 
     return answer
 
@@ -103,7 +113,7 @@ def main() -> int:
         out = args.out or work / "adapter"
         result = subprocess.run(
             [str(BIN / "smallfirst"), "distill", "--log", str(log), "--out", str(out), "--eval", str(held_qa),
-             "--eval", str(docs_qa), "--epochs", str(args.epochs), "--holdout", "0.15", "--no-progress"],
+             "--eval", str(docs_qa), "--epochs", str(args.epochs), "--holdout", "0.2", "--no-progress"],
             env=env, capture_output=True, text=True,
         )
         sys.stderr.write("\n".join(line for line in result.stderr.splitlines() if line.startswith(("distill", "training"))))

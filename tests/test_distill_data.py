@@ -152,3 +152,9 @@ def test_qa_scores_count_accuracy_and_the_checks_precision() -> None:
     assert said == [answers["p1"], answers["p2"], answers["p3"]]
     assert scores.accuracy == pytest.approx(2 / 3) and scores.supported == pytest.approx(2 / 3)
     assert scores.check_precision == pytest.approx(0.5)
+
+
+def test_max_examples_caps_what_is_built_and_counts_the_rest(tmp_path: Path) -> None:
+    lines = [entry(question=f"When does ferry {i} leave on Sundays?") for i in range(3)]
+    examples, tally = collect([write_log(tmp_path / "log.jsonl", *lines)], None, windows=3, max_examples=1)
+    assert len(examples) == 1 and tally.dropped == {"over_max_examples": 2}

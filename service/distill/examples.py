@@ -124,12 +124,12 @@ def collect(paths: Sequence[Path], embed: EmbedTexts | None, windows: int, max_e
             tally.dropped["duplicate"] += 1
             continue
         seen.add(key)
+        if max_examples is not None and len(examples) >= max_examples:
+            tally.dropped["over_max_examples"] += 1  # counted, not built: the rest of a large log costs nothing
+            continue
         example, why = build_example(entry, embed, windows)
         if example is None:
             tally.dropped[why] += 1
-            continue
-        if max_examples is not None and len(examples) >= max_examples:
-            tally.dropped["over_max_examples"] += 1
             continue
         examples.append(example)
     tally.kept = len(examples)
