@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,7 +23,7 @@ from service.distill.evaluate import same_form
 from service.distill.examples import collect
 from service.llm.local import bundled_model_path
 from service.llm.slots import Row, SlotContext
-from tests.conftest import Server, smallfirst
+from tests.conftest import BIN, Server, smallfirst
 from tests.teacher_server import UNKNOWN, TeacherServer
 from tests.test_escalation import ask
 from tests.test_service import recv
@@ -122,6 +126,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         tuned.start()
     try:
         tuned_answers = [small_answer(tuned, f.question) for f in held] if tuned.alive() else []
+        (root / "answers.json").write_text(json.dumps(  # kept beside the run, for a look after a failure
+            [{"question": f.question, "teacher": f.teacher, "base": b, "adapter": a}
+             for f, b, a in zip(held, base_answers, tuned_answers)], indent=1))
         yield Loop(facts, log, logged, base_answers, out, distill, tuned, tuned_answers)
     finally:
         tuned.stop()
@@ -219,3 +226,22 @@ def test_autocomplete_contexts_apply_the_adapter_too_when_asked(loop: Loop) -> N
 
     assert same_form(continuation(loop.out / "adapter.gguf"), examples[0].target)
     assert not same_form(continuation(None), examples[0].target)
+
+
+def test_an_interrupted_run_leaves_no_adapter(loop: Loop, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([str(BIN / "smallfirst"), "distill", "--log", str(loop.log), "--out", str(out), "--epochs", "1",
+                             "--no-progress"], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:  # wait until training has started
+        seen.append(line)
+        if line.startswith("training: step") or time.monotonic() > deadline:
+            break
+    assert seen and seen[-1].startswith("training: step"), "".join(seen[-20:])
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(60) == 130, rest[-2000:]
+    assert "no adapter was written" in rest
+    assert not list(out.glob("*"))  # no adapter, no partial file, not even a report
