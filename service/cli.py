@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser = commands.add_parser(
         "distill", help="Train a LoRA adapter for the small model on logged large-tier answers.",
         description="Turn distillation logs (SMALLFIRST_DISTILL_LOG) into a LoRA adapter for the small model, "
-        "evaluate it against the base model, and keep it only if it does at least as well. Needs the "
+        "evaluate it against the base model, and keep it only if it answers held-out questions more like the "
+        "teacher and loses no accuracy or check precision on the --eval QA files. Needs the "
         "'distill' extra; training uses every core, so run it when traffic is low or on another machine.")
     distill_command.configure_parser(distill_parser)
     distill_parser.set_defaults(handler=distill_command.run)

@@ -1,7 +1,7 @@
 """The folder ``smallfirst distill`` writes, as the service reads it: the adapter GGUF and its report.
 
-Only an adapter the distill run accepted (it did at least as well as the base model) and trained
-for the very model file being served is loaded; anything else is a configuration error at start.
+Only an adapter that its distill run accepted, trained for the very model file being served, is
+loaded; anything else is a configuration error at start.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``smallfirst distill``: logged large-tier answers -> a LoRA adapter for the small model, kept
-only when it does at least as well as the base model.
+only when it beats the base model (see :func:`service.distill.evaluate.verdict`).
 
 Steps: read the logs and rebuild each example's small-tier prompt; hold out a share; measure
 the base model; train on the CPU; write the adapter GGUF beside a partial name; measure base +
@@ -128,7 +128,10 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
                 ))
             if not items:
                 raise DistillError(f"{path} has no grounded questions")
-            out[path.stem] = items
+            name = path.stem
+            while name in out or name == "held_out":  # two files of one name are reported apart
+                name += "+"
+            out[name] = items
         return out
     finally:
         store.close()
@@ -235,6 +238,10 @@ def distill(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         partial.unlink(missing_ok=True)
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summary(report: dict[str, Any]) -> str:
     """The one line a run ends with."""
     held = report["evaluation"]["held_out"]
@@ -243,9 +250,8 @@ def summary(report: dict[str, Any]) -> str:
     for name, scores in report["evaluation"].items():
         if name != "held_out":
             b, a = scores["base"], scores["adapter"]
-            precision = "/".join("-" if x.get("check_precision") is None else f"{x['check_precision']:.2f}" for x in (b, a))
             parts.append(f"{name} accuracy {b['accuracy']:.2f} -> {a['accuracy']:.2f}, "
-                         f"check precision {precision.replace('/', ' -> ')}")
+                         f"check precision {_share(b.get('check_precision'))} -> {_share(a.get('check_precision'))}")
     training = report["training"]
     head = "adapter accepted" if report["accepted"] else "adapter REFUSED"
     size = f", {report['adapter_bytes'] / 1e6:.1f} MB" if report["adapter_bytes"] else ""
@@ -270,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except SmallfirstError as exc:
         print(f"smallfirst distill: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"smallfirst distill: {exc}", file=sys.stderr)
         return 1
     print(summary(report))
     if not report["accepted"]:
