@@ -127,11 +127,42 @@ async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, 
     return out
 
 
+CALIBRATION_WAIT_S = 300.0
+
+
+async def wait_for_calibration(url: str, headers: dict[str, str] | None) -> None:
+    """Wait while the service calibrates a grounding threshold (it starts one for its collection as
+    it becomes ready). Until then it routes with the default threshold, so questions asked right
+    after a start would be routed unlike the rest, and two runs of one build would disagree."""
+    import httpx
+
+    base = url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).rsplit("/ws", 1)[0]
+    deadline = time.monotonic() + CALIBRATION_WAIT_S
+    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+        while True:
+            try:
+                response = await client.get(base + "/api/stats")
+            except httpx.HTTPError:
+                return  # the socket will say what is wrong
+            if response.status_code != 200:
+                print(f"smallfirst eval: cannot read /api/stats (HTTP {response.status_code}); "
+                      "not waiting for calibration", file=sys.stderr)
+                return
+            if not response.json().get("grounding", {}).get("calibrating"):
+                return
+            if time.monotonic() > deadline:
+                print("smallfirst eval: the grounding threshold is still being calibrated; evaluating anyway",
+                      file=sys.stderr)
+                return
+            await asyncio.sleep(0.5)
+
+
 async def run_all(url: str, rows: list[dict[str, Any]], tier: str, prices: tuple[float, float], token: str | None,
                   collection: str | None = None) -> list[Outcome]:
     import websockets
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
+    await wait_for_calibration(url, headers)
     outcomes = []
     async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
         ready = json.loads(await ws.recv())
