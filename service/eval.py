@@ -133,7 +133,7 @@ CALIBRATION_WAIT_S = 300.0
 async def wait_for_calibration(url: str, headers: dict[str, str] | None) -> None:
     """Wait while the service calibrates a grounding threshold (it starts one for its collection as
     it becomes ready). Until then it routes with the default threshold, so questions asked right
-    after a start would be routed unlike the rest, and two runs of one build would disagree."""
+    after a start would be routed unlike the rest."""
     import httpx
 
     base = url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).rsplit("/ws", 1)[0]
