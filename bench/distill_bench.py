@@ -40,7 +40,7 @@ LONGEST_SENTENCE = 300
 def extractive_teacher(accepted: dict[str, list[str]]):
     """A teacher that answers with the source sentence that holds an accepted string and shares
     the most terms with the question (headings left out), cited."""
-    from retrieval.evidence import content_words, split_sentences
+    from smallfirst.retrieval.evidence import content_words, split_sentences
 
     def answer(question: str, message: str) -> str:
         strings = [a.lower() for a in accepted.get(question, [])]

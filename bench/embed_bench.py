@@ -43,9 +43,9 @@ def questions(name: str) -> list[dict]:
 
 def measure(backend: str, stores: dict[str, Path]) -> tuple[dict, Any]:
     """Query latency and hit@4 for one backend over its own stores, and the embedder."""
-    from retrieval.embedder import Embedder
-    from retrieval.settings import Settings
-    from retrieval.store import VectorStore
+    from smallfirst.retrieval.embedder import Embedder
+    from smallfirst.settings import Settings
+    from smallfirst.retrieval.store import VectorStore
 
     embedder = Embedder(cache_size=1, backend=backend)
     embedder.embed_query("warm up")
@@ -86,8 +86,8 @@ def main() -> int:
         measured = {b: measure(b, stores[b]) for b in BACKENDS}
         results = {b: figures for b, (figures, _) in measured.items()}
         # The cosine of int8 to float vectors, over stored chunk texts.
-        from retrieval.settings import Settings
-        from retrieval.store import VectorStore
+        from smallfirst.settings import Settings
+        from smallfirst.retrieval.store import VectorStore
 
         store = VectorStore.open("docs", 384, path=Settings.load({"SMALLFIRST_DATA_DIR": str(stores["onnx"]["pydoc"])}).qdrant_path)
         texts = store.sample_texts(300)

@@ -18,7 +18,7 @@ import websockets
 
 from harness import ROOT, bench_env, ingest, service
 
-from service.percentiles import percentile
+from smallfirst.service.percentiles import percentile
 
 TYPED = "The scheduler runs every heavy computation on one worker thread, so keystrokes come first."
 COLD = [

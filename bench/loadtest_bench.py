@@ -43,13 +43,13 @@ def direct(data_dir: str) -> dict[str, float]:
     """The same prompts on llama-cpp-python, with the same context settings and prefix reuse."""
     from llama_cpp import Llama
 
-    from retrieval.context import assemble_context
-    from retrieval.embedder import Embedder
-    from retrieval.settings import Settings
-    from retrieval.store import VectorStore
-    from service.llm.local import Tokenizer, bundled_model_path
-    from service.llm.prompts import ANSWER_STOPS, answer_prompt
-    from service.loadtest.cli import DEFAULT_QUESTIONS
+    from smallfirst.retrieval.context import assemble_context
+    from smallfirst.retrieval.embedder import Embedder
+    from smallfirst.settings import Settings
+    from smallfirst.retrieval.store import VectorStore
+    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
+    from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt
+    from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS
 
     settings = Settings.load({"SMALLFIRST_DATA_DIR": data_dir})
     path = bundled_model_path()

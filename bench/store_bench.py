@@ -35,7 +35,7 @@ def pct(values: list[float], q: float) -> float:
 def run(size: int, folder: Path) -> dict[str, float]:
     import numpy as np
 
-    from retrieval.store import ChunkPoint, VectorStore, open_local_client
+    from smallfirst.retrieval.store import ChunkPoint, VectorStore, open_local_client
 
     rng = np.random.default_rng(size)
     vectors = rng.standard_normal((size, DIM)).astype(np.float32)

@@ -1,7 +1,7 @@
-"""``python -m ingest DIR``."""
+"""``python -m smallfirst.ingest DIR``."""
 
 import sys
 
-from ingest.cli import main
+from smallfirst.ingest.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""``smallfirst ingest DIR`` and ``python -m ingest DIR``."""
+"""``smallfirst ingest DIR`` and ``python -m smallfirst.ingest DIR``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Callable
 
 import httpx
 
-from ingest.loaders import SUPPORTED_SUFFIXES
-from ingest.lock import WriterLock
-from ingest.sync import ChunkingOptions, SyncSummary, sync_folder
-from retrieval.credentials import LOCAL_HEADER, client_token, local_key
-from retrieval.embedder import Embedder
-from retrieval.errors import SmallfirstError, StoreLocked
-from retrieval.settings import Settings, SettingsError, add_arguments, from_args
-from retrieval.store import VectorStore, open_local_client
+from smallfirst.ingest.loaders import SUPPORTED_SUFFIXES
+from smallfirst.ingest.lock import WriterLock
+from smallfirst.ingest.sync import ChunkingOptions, SyncSummary, sync_folder
+from smallfirst.credentials import LOCAL_HEADER, client_token, local_key
+from smallfirst.retrieval.embedder import Embedder
+from smallfirst.errors import SmallfirstError, StoreLocked
+from smallfirst.settings import Settings, SettingsError, add_arguments, from_args
+from smallfirst.retrieval.store import VectorStore, open_local_client
 
 INGEST_SETTINGS = (
     "data_dir", "qdrant_url", "qdrant_api_key", "collection", "embed_model", "embed_backend", "embed_batch_size",
@@ -199,5 +199,5 @@ def watch_folder(folder: Path, on_change: Callable[[], None], debounce_ms: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="python -m ingest", description="Ingest a folder of documents."))
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m smallfirst.ingest", description="Ingest a folder of documents."))
     return run(parser.parse_args(argv))

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ingest.loaders import SUPPORTED_SUFFIXES
+from smallfirst.ingest.loaders import SUPPORTED_SUFFIXES
 
 
 def discover(

@@ -10,7 +10,7 @@ from typing import Callable
 
 from bs4 import BeautifulSoup, UnicodeDammit
 
-from ingest.code import LANGUAGES
+from smallfirst.ingest.code import LANGUAGES
 
 _RST_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+<>:.])\1{2,}\s*$")
 _MD_TITLE = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)

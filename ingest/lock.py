@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from retrieval.errors import StoreLocked
+from smallfirst.errors import StoreLocked
 
 
 class WriterLock:

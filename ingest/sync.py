@@ -11,12 +11,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ingest.chunker import break_long_runs, cap_chars, chunk_document
-from ingest.code import chunk_code
-from ingest.discover import discover, inside, relative_name
-from ingest.loaders import LoadedDocument, LoadError, load_document
-from retrieval.settings import Settings
-from retrieval.store import ChunkPoint, DocState, VectorStore
+from smallfirst.ingest.chunker import break_long_runs, cap_chars, chunk_document
+from smallfirst.ingest.code import chunk_code
+from smallfirst.ingest.discover import discover, inside, relative_name
+from smallfirst.ingest.loaders import LoadedDocument, LoadError, load_document
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import ChunkPoint, DocState, VectorStore
 
 log = logging.getLogger(__name__)
 

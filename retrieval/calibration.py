@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import orjson
 
-from retrieval.evidence import STOPWORDS, split_sentences
+from smallfirst.retrieval.evidence import STOPWORDS, split_sentences
 
 OFFTOPIC_FILE = Path(__file__).resolve().parent / "data" / "offtopic_questions.jsonl"
 UNGROUNDED_QUANTILE = 0.99

@@ -3,7 +3,7 @@
 It flags questions a small model handles badly (maths, multi-step reasoning, writing code,
 open-ended creative writing) so they can go to the large tier before any small-model token
 is spent. Its weights ship in ``retrieval/data/hard_query_model.json``; ``python -m
-retrieval.train_classifier`` retrains them from ``retrieval/data/hard_queries.jsonl``.
+smallfirst.retrieval.train_classifier`` retrains them from ``retrieval/data/hard_queries.jsonl``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from retrieval.store import Hit
+from smallfirst.retrieval.store import Hit
 
 # Lines that could pose as the prompt frame's own structure are defused: retrieved text is data.
 _FRAME_LINE = re.compile(r"^\s*(#{3,}|question\s*:|answer\s*:|sources\s*:|\[\d+\])", re.IGNORECASE | re.MULTILINE)

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from retrieval.errors import ConfigError
+from smallfirst.errors import ConfigError
 
 BACKENDS = ("onnx", "torch")
 
@@ -47,7 +47,7 @@ class OnnxEncoder:
     def __init__(self, export_dir: Path, tokenizer: Any, threads: int) -> None:
         import onnxruntime as ort
 
-        from retrieval.onnx_export import INT8_FILE
+        from smallfirst.retrieval.onnx_export import INT8_FILE
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -128,7 +128,7 @@ class Embedder:
     """Turns text into unit-length vectors; thread-safe, but meant to run on one worker.
 
     ``backend`` "onnx" runs the int8 export (made and cached on first use, see
-    :mod:`retrieval.onnx_export`); "torch" runs sentence-transformers. A model whose pipeline is
+    :mod:`smallfirst.retrieval.onnx_export`); "torch" runs sentence-transformers. A model whose pipeline is
     not mean pooling plus normalisation always runs on torch."""
 
     def __init__(self, model_dir: str | Path | None = None, cache_size: int = 2048, threads: int = 0,
@@ -221,6 +221,6 @@ class Embedder:
 
 
 def _int8_export(model_dir: Path, cache_root: Path | None) -> Path:
-    from retrieval.onnx_export import int8_model
+    from smallfirst.retrieval.onnx_export import int8_model
 
     return int8_model(model_dir, cache_root)

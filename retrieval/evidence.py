@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retrieval.store import Hit
+from smallfirst.retrieval.store import Hit
 
 EmbedTexts = Callable[[Sequence[str]], np.ndarray]
 

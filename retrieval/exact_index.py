@@ -5,7 +5,7 @@ about 24 ms at 20k points and 230 ms at 100k on a 2-core machine. The same searc
 product over a contiguous matrix takes under a millisecond at 20k and a few at 100k, and it is
 exact (no recall lost to an approximate index, no index to build). The store stays the source of
 truth and the crash-safe copy on disk; this index is rebuilt from it at open and kept in step
-with every write made through :class:`retrieval.store.VectorStore`.
+with every write made through :class:`smallfirst.retrieval.store.VectorStore`.
 
 Not thread-safe: like the store's own client, it is used from one thread.
 """

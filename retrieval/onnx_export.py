@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from retrieval.errors import ConfigError
+from smallfirst.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,10 @@ def _fuse_bert(float_file: Path, config: object) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m retrieval.onnx_export``: make the int8 copy now (at install or image build)."""
+    """``python -m smallfirst.retrieval.onnx_export``: make the int8 copy now (at install or image build)."""
     import argparse
 
-    from retrieval.embedder import bundled_model_dir
+    from smallfirst.retrieval.embedder import bundled_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="Model folder (default: the bundled all-MiniLM-L6-v2).")

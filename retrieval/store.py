@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from retrieval.errors import RetrievalUnavailable, StoreLocked
-from retrieval.exact_index import ExactIndex
+from smallfirst.errors import RetrievalUnavailable, StoreLocked
+from smallfirst.retrieval.exact_index import ExactIndex
 
 log = logging.getLogger(__name__)
 

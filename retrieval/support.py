@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from retrieval.evidence import Evidence, content_words
+from smallfirst.retrieval.evidence import Evidence, content_words
 
 COVERAGE = 0.5  # share of the answer's new content words one window must hold
 WINDOWS = 3  # evidence windows (best first) an answer may be backed by

@@ -1,6 +1,6 @@
 """Retrain the hard-query classifier and print its held-out accuracy.
 
-    python -m retrieval.train_classifier [--data retrieval/data/hard_queries.jsonl] [--seed 0]
+    python -m smallfirst.retrieval.train_classifier [--data retrieval/data/hard_queries.jsonl] [--seed 0]
 
 Holds out a stratified quarter of the examples, reports accuracy, precision and recall of the
 "hard" label on it, then fits on all examples and writes ``retrieval/data/hard_query_model.json``.
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from retrieval.classifier import MODEL_FILE, TRAINING_FILE, train
-from retrieval.embedder import Embedder
+from smallfirst.retrieval.classifier import MODEL_FILE, TRAINING_FILE, train
+from smallfirst.retrieval.embedder import Embedder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
-"""``python -m service``: the same as the ``smallfirst`` command."""
+"""``python -m smallfirst.service``: the same as the ``smallfirst`` command."""
 
 import sys
 
-from service.cli import main
+from smallfirst.service.cli import main
 
 sys.exit(main())

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ingest import cli as ingest_cli
-from service import calibrate
-from service import eval as evaluation
-from service.distill import command as distill_command
-from service.loadtest import cli as loadtest_cli
-from retrieval.errors import SmallfirstError
-from retrieval.settings import Settings, SettingsError, add_arguments, from_args
-from retrieval.store import open_local_client
+from smallfirst.ingest import cli as ingest_cli
+from smallfirst.service.tools import calibrate
+from smallfirst.service.tools import eval as evaluation
+from smallfirst.service.distill import command as distill_command
+from smallfirst.service.tools.loadtest import cli as loadtest_cli
+from smallfirst.errors import SmallfirstError
+from smallfirst.settings import Settings, SettingsError, add_arguments, from_args
+from smallfirst.retrieval.store import open_local_client
 
 
 def _check_store_free(settings: Settings) -> None:
@@ -26,8 +26,8 @@ def _check_adapter(settings: Settings) -> None:
     if settings.adapter_path is not None:
         from pathlib import Path
 
-        from service.distill.adapter import load_adapter
-        from service.llm.local import bundled_model_path
+        from smallfirst.service.distill.adapter import load_adapter
+        from smallfirst.service.llm.local import bundled_model_path
 
         load_adapter(settings.adapter_path, Path(settings.model_path) if settings.model_path else bundled_model_path())
 
@@ -36,10 +36,10 @@ def serve(args: argparse.Namespace) -> int:
     """Run the service until interrupted."""
     import uvicorn
 
-    from service import logs
-    from service.app import create_app
-    from service.security import is_loopback
-    from service.server import header_timeout_protocol
+    from smallfirst.service.server import logs
+    from smallfirst.service.server.app import create_app
+    from smallfirst.service.server.security import is_loopback
+    from smallfirst.service.server.http import header_timeout_protocol
 
     try:
         settings = from_args(args)

@@ -15,7 +15,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from service.scheduler import CpuScheduler
+from smallfirst.service.scheduler import CpuScheduler
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,7 +35,7 @@ def scheduler() -> Iterator[CpuScheduler]:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from retrieval.embedder import Embedder
+    from smallfirst.retrieval.embedder import Embedder
 
     return Embedder(cache_size=64)
 
@@ -65,7 +65,7 @@ def smallfirst(*args: str, env: dict[str, str], timeout: float = 300) -> subproc
 def stand_in_large_tier(log: Path) -> Iterator[int]:
     """`python -m llama_cpp.server` on the bundled model under another name: a real
     OpenAI-compatible large tier on a free port (yielded once it answers)."""
-    from service.llm.local import bundled_model_path
+    from smallfirst.service.llm.local import bundled_model_path
 
     port = free_port()
     with open(log, "wb") as out:

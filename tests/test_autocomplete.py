@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from service.autocomplete import Autocompleter, Typist
-from service.llm.base import GenerationStats
-from service.llm.local import bundled_model_path
-from service.llm.slots import Row, SlotContext
-from service.scheduler import Priority
+from smallfirst.service.autocomplete.engine import Autocompleter, Typist
+from smallfirst.service.llm.base import GenerationStats
+from smallfirst.service.llm.local import bundled_model_path
+from smallfirst.service.llm.slots import Row, SlotContext
+from smallfirst.service.scheduler import Priority
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from service.llm.base import GenerationStats
-from service.llm.local import LocalBackend, bundled_model_path
-from service.scheduler import CpuScheduler, Priority
+from smallfirst.service.llm.base import GenerationStats
+from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+from smallfirst.service.scheduler import CpuScheduler, Priority
 
 pytestmark = pytest.mark.slow
 

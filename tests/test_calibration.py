@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.sync import ChunkingOptions, sync_folder
-from retrieval.calibration import calibrate, offtopic_questions, pseudo_questions
-from retrieval.settings import Settings
-from retrieval.store import VectorStore
+from smallfirst.ingest.sync import ChunkingOptions, sync_folder
+from smallfirst.retrieval.calibration import calibrate, offtopic_questions, pseudo_questions
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import VectorStore
 from tests.conftest import FIXTURE_DOCS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from ingest.chunker import chunk_document
+from smallfirst.ingest.chunker import chunk_document
 
 
 def words(text: str) -> int:
@@ -75,8 +75,8 @@ def test_sizes_with_the_real_tokenizer(embedder) -> None:
 
 
 def test_every_format_is_capped_in_characters() -> None:
-    from ingest.loaders import LoadedDocument
-    from ingest.sync import ChunkingOptions, chunk_loaded
+    from smallfirst.ingest.loaders import LoadedDocument
+    from smallfirst.ingest.sync import ChunkingOptions, chunk_loaded
 
     minified = "function a(){return 1};" * 800  # one 18,400-character line of code
     options = ChunkingOptions(max_chunk_chars=1000)

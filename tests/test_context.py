@@ -1,7 +1,7 @@
 """Context assembly: best first, numbered, within budget, deduplicated, defused."""
 
-from retrieval.context import assemble_context, defuse
-from retrieval.store import Hit
+from smallfirst.retrieval.context import assemble_context, defuse
+from smallfirst.retrieval.store import Hit
 
 
 def hit(text: str, score: float, title: str = "T") -> Hit:

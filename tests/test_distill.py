@@ -19,10 +19,10 @@ import httpx
 import pytest
 import websockets
 
-from service.distill.evaluate import same_form
-from service.distill.examples import collect
-from service.llm.local import bundled_model_path
-from service.llm.slots import Row, SlotContext
+from smallfirst.service.distill.evaluate import same_form
+from smallfirst.service.distill.examples import collect
+from smallfirst.service.llm.local import bundled_model_path
+from smallfirst.service.llm.slots import Row, SlotContext
 from tests.conftest import BIN, Server, smallfirst
 from tests.teacher_server import UNKNOWN, TeacherServer
 from tests.test_escalation import ask

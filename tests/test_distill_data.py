@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.errors import ConfigError
-from retrieval.evidence import find_evidence
-from retrieval.store import Hit
-from service.distill.adapter import base_model_identity, load_adapter
-from service.distill.adapter_gguf import gguf_tensors
-from service.distill.evaluate import Scores, claims_kept, same_form, token_f1, verdict
-from service.distill.examples import clean_target, collect, split
-from service.distill.log import hit_record
-from service.llm.prompts import evidence_prompt
+from smallfirst.errors import ConfigError
+from smallfirst.retrieval.evidence import find_evidence
+from smallfirst.retrieval.store import Hit
+from smallfirst.service.distill.adapter import base_model_identity, load_adapter
+from smallfirst.service.distill.adapter_gguf import gguf_tensors
+from smallfirst.service.distill.evaluate import Scores, claims_kept, same_form, token_f1, verdict
+from smallfirst.service.distill.examples import clean_target, collect, split
+from smallfirst.service.distill.log import hit_record
+from smallfirst.service.llm.prompts import evidence_prompt
 
 HIT = Hit(id="1", score=0.71, doc_id="docs-1/ferry.md", doc_version="v1", chunk_index=0, title="Ferry › Timetable",
           uri="ferry.md", text="The harbour ferry leaves at 07:30 on weekdays. On Sundays the first ferry leaves at 08:15. "
@@ -75,8 +75,8 @@ def test_the_split_is_by_question_and_the_same_on_every_run(tmp_path: Path) -> N
 
 
 def test_rows_are_the_served_tokens_then_the_answer_and_its_stop(tmp_path: Path) -> None:
-    from service.distill.train import rows_for
-    from service.llm.local import bundled_model_path, load_llama
+    from smallfirst.service.distill.train import rows_for
+    from smallfirst.service.llm.local import bundled_model_path, load_llama
 
     vocab = load_llama(bundled_model_path(), n_ctx=64, threads=1, vocab_only=True)
     examples, _ = collect([write_log(tmp_path / "log.jsonl", entry())], None, windows=3)
@@ -143,7 +143,7 @@ def test_the_service_serves_only_an_accepted_adapter_for_its_own_model(tmp_path:
 
 
 def test_qa_scores_count_accuracy_and_the_checks_precision() -> None:
-    from service.distill.evaluate import QAItem, score_qa
+    from smallfirst.service.distill.evaluate import QAItem, score_qa
 
     items = [QAItem("q1", ("220",), "p1", lambda a: True), QAItem("q2", ("8",), "p2", lambda a: True),
              QAItem("q3", ("sys.path",), "p3", lambda a: False)]

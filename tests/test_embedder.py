@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embedder import Embedder, bundled_model_dir
-from retrieval.onnx_export import INT8_FILE, int8_model, model_key
+from smallfirst.retrieval.embedder import Embedder, bundled_model_dir
+from smallfirst.retrieval.onnx_export import INT8_FILE, int8_model, model_key
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = [

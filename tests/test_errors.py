@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.errors import (BadRequest, Busy, ConfigError, Forbidden, RateLimited, RetrievalUnavailable, SmallfirstError,
+from smallfirst.errors import (BadRequest, Busy, ConfigError, Forbidden, RateLimited, RetrievalUnavailable, SmallfirstError,
                               StoreLocked, TooLarge, Unauthorized, UnsupportedMediaType, UpstreamError, UpstreamTimeout)
-from service.app import smallfirst_error
-from service.protocol import error_frame
+from smallfirst.service.server.app import smallfirst_error
+from smallfirst.service.server.protocol import error_frame
 
 
 @pytest.mark.parametrize(("error", "status"), [

@@ -12,9 +12,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from service.router import choose_tier
-from retrieval.settings import Settings
-from service.llm.breaker import CircuitBreaker
+from smallfirst.service.answer.router import choose_tier
+from smallfirst.settings import Settings
+from smallfirst.service.llm.breaker import CircuitBreaker
 from tests.conftest import Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
 from tests.fault_proxy import FaultProxy
 from tests.test_service import connected, of, until_done
@@ -106,7 +106,7 @@ def test_breaker_opens_then_half_opens() -> None:
 
 
 def test_classifier_flags_hard_queries(embedder) -> None:
-    from retrieval.classifier import HardQueryClassifier
+    from smallfirst.retrieval.classifier import HardQueryClassifier
 
     clf = HardQueryClassifier.load()
     hard = ["Write a JavaScript function that debounces another function.", "What is 128 times 47?"]

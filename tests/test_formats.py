@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from fpdf import FPDF
 
-from ingest.code import chunk_code
-from ingest.loaders import LoadError, load_document
-from ingest.sync import ChunkingOptions, sync_folder
-from retrieval.store import VectorStore
-from service.protocol import source_entry
+from smallfirst.ingest.code import chunk_code
+from smallfirst.ingest.loaders import LoadError, load_document
+from smallfirst.ingest.sync import ChunkingOptions, sync_folder
+from smallfirst.retrieval.store import VectorStore
+from smallfirst.service.server.protocol import source_entry
 
 PYTHON = '''"""Billing helpers."""
 import math

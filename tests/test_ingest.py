@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from ingest.sync import ChunkingOptions, document_id, sync_folder
-from retrieval.store import VectorStore, point_id
+from smallfirst.ingest.sync import ChunkingOptions, document_id, sync_folder
+from smallfirst.retrieval.store import VectorStore, point_id
 from tests.conftest import smallfirst
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_python_dash_m_ingest_works(tmp_path: Path, docs_dir: Path) -> None:
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "ingest", str(docs_dir), "--no-progress"],
+        [sys.executable, "-m", "smallfirst.ingest", str(docs_dir), "--no-progress"],
         env={**os.environ, "SMALLFIRST_DATA_DIR": str(tmp_path / "d")}, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

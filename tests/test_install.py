@@ -24,7 +24,7 @@ from tests.conftest import FIXTURE_DOCS, free_port
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ("pyproject.toml", "README.md", "service", "retrieval", "ingest", "web")
+SHIPPED = ("pyproject.toml", "README.md", "smallfirst", "service", "retrieval", "ingest", "web")
 
 
 def run(*cmd: str, env: dict[str, str], cwd: Path, timeout: float) -> str:
@@ -53,8 +53,12 @@ def test_a_non_editable_install_serves_the_page_and_answers(tmp_path: Path) -> N
     run(python, "-m", "pip", "install", "--quiet", "--no-deps", wheel, env=env, cwd=tmp_path, timeout=600)
     run(python, "-m", "pip", "install", "--quiet", str(source), env=env, cwd=tmp_path, timeout=1200)
     shutil.rmtree(source)  # from here on only the installed package exists
-    where = run(python, "-c", "import service.app as a; print(a.__file__); print(a.WEB_DIR)", env=env, cwd=tmp_path, timeout=120)
+    where = run(python, "-c", "import smallfirst.service.server.app as a; print(a.__file__); print(a.WEB_DIR)", env=env, cwd=tmp_path, timeout=120)
     assert all(line.startswith(str(venv)) for line in where.split()), where
+    site = Path(where.split()[0]).parents[3]  # .../site-packages/smallfirst/service/server/app.py
+    assert (site / "smallfirst" / "retrieval" / "data").is_dir() and (site / "smallfirst" / "service" / "web").is_dir()
+    generic = [name for name in ("service", "retrieval", "ingest", "web") if (site / name).exists()]
+    assert not generic, f"installed at the top of site-packages: {generic}"
 
     data = tmp_path / "data"
     docs = tmp_path / "docs"

@@ -8,11 +8,11 @@ from typing import Iterator
 
 import pytest
 
-from service.llm.base import GenerationStats
-from service.llm.kv_cache import PrefixCache
-from service.llm.local import LocalBackend, bundled_model_path
-from service.llm.prompts import ANSWER_STOPS, answer_prompt
-from service.scheduler import CpuScheduler, Priority
+from smallfirst.service.llm.base import GenerationStats
+from smallfirst.service.llm.kv_cache import PrefixCache
+from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt
+from smallfirst.service.scheduler import CpuScheduler, Priority
 
 MUSEUM = ("[1] Harbor Lighthouse › Visiting\nThe lighthouse museum opens at 9:00 and closes at 17:00 from April to "
           "October. Tickets cost 6 euros.\n\n[2] Ferry › Timetable\nThe harbor ferry leaves every 40 minutes from pier 3.")

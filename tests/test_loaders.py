@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.loaders import LoadError, load_document
+from smallfirst.ingest.loaders import LoadError, load_document
 
 FIXTURES = Path(__file__).parent / "fixtures" / "docs"
 

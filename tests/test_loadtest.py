@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import websockets
 
-from service.loadtest.samples import ProtocolChecker
-from service.loadtest.summary import failed_conditions, parse_condition, percentile
+from smallfirst.service.tools.loadtest.samples import ProtocolChecker
+from smallfirst.service.tools.loadtest.summary import failed_conditions, parse_condition, percentile
 from tests.conftest import Server, free_port, smallfirst
 
 

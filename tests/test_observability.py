@@ -13,7 +13,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import logs
+from smallfirst.service.server import logs
 from tests.conftest import Server, serve_fixture_corpus
 from tests.test_service import connected, of, until_done
 

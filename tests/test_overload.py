@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from service.llm.admission import DEVIATIONS, TYPING_SLOWDOWN, LoadTimes, ServiceTimes
+from smallfirst.service.llm.admission import DEVIATIONS, TYPING_SLOWDOWN, LoadTimes, ServiceTimes
 from tests.conftest import Server, serve_fixture_corpus, stand_in_large_tier
 from tests.test_service import connected, of, recv
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.loadtest.summary import distribution
-from service.percentiles import percentile
-from service.stats import Stats
+from smallfirst.service.tools.loadtest.summary import distribution
+from smallfirst.service.percentiles import percentile
+from smallfirst.service.server.stats import Stats
 
 VALUES = [float(v) for v in range(1, 21)]  # p95 is 19.05: nearest-rank definitions say 19 or 20
 

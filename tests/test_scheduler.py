@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from service.scheduler import CpuScheduler, Priority, SchedulerClosed
+from smallfirst.service.scheduler import CpuScheduler, Priority, SchedulerClosed
 
 
 def test_stop_fails_queued_jobs_and_lets_the_running_one_finish() -> None:

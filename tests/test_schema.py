@@ -6,7 +6,7 @@ import httpx
 import msgspec
 import pytest
 
-from service import schemas
+from smallfirst.service.server import schemas
 from tests.conftest import Server
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import websockets
 
-from retrieval.context import assemble_context
-from retrieval.store import Hit
+from smallfirst.retrieval.context import assemble_context
+from smallfirst.retrieval.store import Hit
 from tests.conftest import FIXTURE_DOCS, Server, smallfirst
 from tests.fault_proxy import FaultProxy
 from tests.test_service import connected, of, recv, until_done
@@ -31,10 +31,10 @@ pytestmark = pytest.mark.slow
 OFF_TOPIC = "Who painted the Mona Lisa?"
 GROUNDED = "When does the lighthouse museum close?"
 FAULT = '''
-import service.worker
+import smallfirst.service.server.worker
 def _broken_submit(self, *args, **kwargs):
     raise ZeroDivisionError("injected fault")
-service.worker.IngestWorker.submit = _broken_submit
+smallfirst.service.server.worker.IngestWorker.submit = _broken_submit
 '''
 
 

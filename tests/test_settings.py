@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.settings import Settings, SettingsError, add_arguments, from_args
+from smallfirst.settings import Settings, SettingsError, add_arguments, from_args
 
 
 def test_environment_values_are_typed() -> None:

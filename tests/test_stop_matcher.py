@@ -1,6 +1,6 @@
 """Stop strings are cut, and text that may begin one is held back until it is decided."""
 
-from service.llm.base import StopMatcher
+from smallfirst.service.llm.base import StopMatcher
 
 
 def feed_all(pieces: list[str], stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -9,8 +9,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from retrieval.exact_index import ExactIndex
-from retrieval.store import ChunkPoint, VectorStore, open_local_client
+from smallfirst.retrieval.exact_index import ExactIndex
+from smallfirst.retrieval.store import ChunkPoint, VectorStore, open_local_client
 
 DIM = 16
 

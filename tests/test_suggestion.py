@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.grounding import grounding_query
-from service.suggestion import WORD_GRACE, SuggestionCutter
+from smallfirst.service.autocomplete.grounding import grounding_query
+from smallfirst.service.autocomplete.suggestion import WORD_GRACE, SuggestionCutter
 
 
 def run(cutter: SuggestionCutter, pieces: list[str]) -> tuple[str, int]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.evidence import find_evidence, split_sentences
-from retrieval.store import Hit
-from retrieval.support import check_answer, claims, numbers
+from smallfirst.retrieval.evidence import find_evidence, split_sentences
+from smallfirst.retrieval.store import Hit
+from smallfirst.retrieval.support import check_answer, claims, numbers
 
 FERRY = (Path(__file__).parent / "fixtures" / "trust" / "ferry.md").read_text()
 SETTINGS = """Configuration › Limits

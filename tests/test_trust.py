@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from retrieval.support import numbers
+from smallfirst.retrieval.support import numbers
 from tests.conftest import Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
 from tests.test_escalation import ask, kinds
 from tests.test_service import of

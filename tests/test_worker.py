@@ -231,8 +231,8 @@ def test_uploaded_files_are_ingested(live: Server) -> None:
 
 
 def test_one_writer_at_a_time(tmp_path: Path) -> None:
-    from ingest.lock import WriterLock
-    from retrieval.errors import StoreLocked
+    from smallfirst.ingest.lock import WriterLock
+    from smallfirst.errors import StoreLocked
 
     with WriterLock(tmp_path):
         with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from retrieval.errors import ConfigError
+from smallfirst.errors import ConfigError
 
 ADAPTER_FILE = "adapter.gguf"
 REPORT_FILE = "report.json"

@@ -1,5 +1,5 @@
 """``smallfirst distill``: logged large-tier answers -> a LoRA adapter for the small model, kept
-only when it beats the base model (see :func:`service.distill.evaluate.verdict`).
+only when it beats the base model (see :func:`smallfirst.service.distill.evaluate.verdict`).
 
 Steps: read the logs and rebuild each example's small-tier prompt; hold out a share; measure
 the base model; train on the CPU; write the adapter GGUF beside a partial name; measure base +
@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import orjson
 
-from retrieval.errors import SmallfirstError
-from retrieval.settings import Settings, SettingsError, add_arguments, from_args
-from service.distill.adapter import ADAPTER_FILE, REPORT_FILE, REPORT_VERSION, base_model_identity
-from service.distill.evaluate import QAItem, Scores
+from smallfirst.errors import SmallfirstError
+from smallfirst.settings import Settings, SettingsError, add_arguments, from_args
+from smallfirst.service.distill.adapter import ADAPTER_FILE, REPORT_FILE, REPORT_VERSION, base_model_identity
+from smallfirst.service.distill.evaluate import QAItem, Scores
 
 TRAINING_PACKAGES = ("torch", "transformers", "peft", "gguf")
 SETTINGS_USED = (
@@ -88,12 +88,12 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_tokens: Any) -> dict[str, list[QAItem]]:
     """Each QA file's grounded questions with the prompt the service would build for them."""
-    from retrieval.context import assemble_context
-    from retrieval.evidence import find_evidence
-    from retrieval.store import VectorStore
-    from retrieval.support import check_answer
-    from service.eval import load_questions
-    from service.llm.prompts import evidence_prompt
+    from smallfirst.retrieval.context import assemble_context
+    from smallfirst.retrieval.evidence import find_evidence
+    from smallfirst.retrieval.store import VectorStore
+    from smallfirst.retrieval.support import check_answer
+    from smallfirst.service.tools.eval import load_questions
+    from smallfirst.service.llm.prompts import evidence_prompt
 
     if not paths:
         return {}
@@ -139,7 +139,7 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
 
 def _measure(model_path: Path, adapter: Path | None, settings: Settings, threads: int, held: Sequence[Any],
              qa: dict[str, list[QAItem]]) -> tuple[dict[str, Scores], list[str]]:
-    from service.distill.evaluate import Generator, score_pairs, score_qa
+    from smallfirst.service.distill.evaluate import Generator, score_pairs, score_qa
 
     generate = Generator(model_path, adapter, settings.answer_ctx, settings.answer_max_tokens, threads)
     try:
@@ -176,12 +176,12 @@ def _progress(enabled: bool) -> tuple[Any, Any]:
 
 def distill(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """The whole run; returns the report (also written to ``DIR/report.json``)."""
-    from retrieval.embedder import Embedder
-    from service.distill.adapter_gguf import write_adapter
-    from service.distill.evaluate import verdict
-    from service.distill.examples import collect, split
-    from service.distill.train import TrainConfig, rows_for, train_lora
-    from service.llm.local import bundled_model_path, load_llama
+    from smallfirst.retrieval.embedder import Embedder
+    from smallfirst.service.distill.adapter_gguf import write_adapter
+    from smallfirst.service.distill.evaluate import verdict
+    from smallfirst.service.distill.examples import collect, split
+    from smallfirst.service.distill.train import TrainConfig, rows_for, train_lora
+    from smallfirst.service.llm.local import bundled_model_path, load_llama
 
     _check_packages()
     started = time.perf_counter()

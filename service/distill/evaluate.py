@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from retrieval.support import check_answer, claims
-from service.distill.examples import Example
-from service.llm.prompts import ANSWER_STOPS
+from smallfirst.retrieval.support import check_answer, claims
+from smallfirst.service.distill.examples import Example
+from smallfirst.service.llm.prompts import ANSWER_STOPS
 
 Generate = Callable[[str], str]
 _WORD = re.compile(r"\w+")
@@ -108,7 +108,7 @@ class Generator:
     """Greedy answers from the small model, with or without an adapter (llama.cpp, as served)."""
 
     def __init__(self, model_path: Path, adapter: Path | None, n_ctx: int, max_tokens: int, threads: int) -> None:
-        from service.llm.local import load_llama
+        from smallfirst.service.llm.local import load_llama
 
         self._llama = load_llama(model_path, n_ctx, threads, lora_path=adapter)
         self._max_tokens = max_tokens

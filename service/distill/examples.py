@@ -16,10 +16,10 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
-from retrieval.evidence import EmbedTexts, EvidenceSet, find_evidence
-from retrieval.store import Hit
-from retrieval.support import check_answer
-from service.llm.prompts import ANSWER_STOPS, evidence_prompt
+from smallfirst.retrieval.evidence import EmbedTexts, EvidenceSet, find_evidence
+from smallfirst.retrieval.store import Hit
+from smallfirst.retrieval.support import check_answer
+from smallfirst.service.llm.prompts import ANSWER_STOPS, evidence_prompt
 
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from retrieval.errors import Busy, ConfigError, UpstreamError
-from service.llm.admission import LoadTimes
-from service.llm.base import GenerationStats, StopMatcher
-from service.llm.kv_cache import PrefixCache
-from service.scheduler import CpuScheduler, Priority
+from smallfirst.errors import Busy, ConfigError, UpstreamError
+from smallfirst.service.llm.admission import LoadTimes
+from smallfirst.service.llm.base import GenerationStats, StopMatcher
+from smallfirst.service.llm.kv_cache import PrefixCache
+from smallfirst.service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class LocalBackend:
 
     Only the scheduler's thread touches the context. One generation at a time holds it; the
     next prompt reuses the longest token prefix already in the KV cache, or a longer one saved
-    in ``prefixes`` (see :mod:`service.llm.kv_cache`), and evaluates only the rest, in steps of
+    in ``prefixes`` (see :mod:`smallfirst.service.llm.kv_cache`), and evaluates only the rest, in steps of
     ``prefill_step`` tokens so that more urgent work can slip between.
     """
 

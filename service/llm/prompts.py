@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from retrieval.evidence import EvidenceSet
+    from smallfirst.retrieval.evidence import EvidenceSet
 
 ANSWER_STOPS = ("\n\n", "\nQuestion:", "\nSources:", "<<<", ">>>")
 

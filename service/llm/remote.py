@@ -10,9 +10,9 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import httpx
 import orjson
 
-from retrieval.errors import UpstreamError, UpstreamTimeout
-from service.llm.base import GenerationStats, StopMatcher
-from service.llm.breaker import CircuitBreaker
+from smallfirst.errors import UpstreamError, UpstreamTimeout
+from smallfirst.service.llm.base import GenerationStats, StopMatcher
+from smallfirst.service.llm.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from retrieval.errors import ConfigError, UpstreamError
+from smallfirst.errors import ConfigError, UpstreamError
 
 COPY_GAIN = 8  # tokens a prefix copy from another slot must save over the slot's own prefix
 

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from retrieval.settings import Settings
+from smallfirst.settings import Settings
 
 LOCAL_HEADER = "x-smallfirst-local"
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
-from retrieval.store import Hit
+from smallfirst.retrieval.store import Hit
 
 QUERY_CHARS = 300
 MIN_QUERY_WORDS = 3

@@ -8,20 +8,20 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from retrieval.context import Context, assemble_context
-from retrieval.evidence import EvidenceSet
-from retrieval.support import check_answer, quote_evidence
-from retrieval.errors import Busy, SmallfirstError, UpstreamTimeout
-from retrieval.settings import Settings
-from service.autocomplete import Typist
-from service.distill.log import DISTILL_LOG_VERSION, hit_record
-from service.llm.base import GenerationStats
-from service.llm.local import Reservation
-from service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_prompt, large_prompt
-from service.llm.remote import LargeUnavailable
-from service.protocol import Ask, Complete, source_entry
-from service.router import Route, choose_tier
-from service.runtime import Runtime
+from smallfirst.retrieval.context import Context, assemble_context
+from smallfirst.retrieval.evidence import EvidenceSet
+from smallfirst.retrieval.support import check_answer, quote_evidence
+from smallfirst.errors import Busy, SmallfirstError, UpstreamTimeout
+from smallfirst.settings import Settings
+from smallfirst.service.autocomplete.engine import Typist
+from smallfirst.service.distill.log import DISTILL_LOG_VERSION, hit_record
+from smallfirst.service.llm.base import GenerationStats
+from smallfirst.service.llm.local import Reservation
+from smallfirst.service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_prompt, large_prompt
+from smallfirst.service.llm.remote import LargeUnavailable
+from smallfirst.service.server.protocol import Ask, Complete, source_entry
+from smallfirst.service.answer.router import Route, choose_tier
+from smallfirst.service.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

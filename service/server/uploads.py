@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, AsyncIterator
 
-from retrieval.errors import BadRequest, Forbidden, TooLarge
-from retrieval.settings import Settings
-from retrieval.store import COLLECTION_NAME
+from smallfirst.errors import BadRequest, Forbidden, TooLarge
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import COLLECTION_NAME
 
 MAX_PART_HEADER_BYTES = 16_384
 MAX_FIELD_BYTES = 1024

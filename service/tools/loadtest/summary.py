@@ -7,8 +7,8 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from service.loadtest.samples import Sample
-from service.percentiles import percentile  # the project's one definition (re-exported for callers here)
+from smallfirst.service.tools.loadtest.samples import Sample
+from smallfirst.service.percentiles import percentile  # the project's one definition (re-exported for callers here)
 
 PERCENTILES = (50, 95, 99)
 _CONDITION = re.compile(r"^\s*([a-z_.0-9]+)\s*(<=|>=|<|>|==)\s*(-?[0-9.]+)\s*$")

@@ -13,22 +13,22 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from retrieval.calibration import Calibration, calibrate, offtopic_questions, pseudo_questions
-from retrieval.classifier import HardQueryClassifier
-from retrieval.evidence import EvidenceSet, find_evidence
-from retrieval.embedder import Embedder
-from retrieval.errors import BadRequest, Busy, RetrievalUnavailable, SmallfirstError
-from retrieval.settings import Settings
-from retrieval.store import Hit, VectorStore
-from service.autocomplete import Autocompleter
-from service.distill.adapter import Adapter, load_adapter
-from service.distill.log import DistillLog
-from service.llm.breaker import CircuitBreaker
-from service.llm.local import LocalBackend, Tokenizer, bundled_model_path
-from service.llm.remote import RemoteBackend
-from service.scheduler import CpuScheduler, Priority
-from service.stats import Stats
-from service.worker import IngestWorker
+from smallfirst.retrieval.calibration import Calibration, calibrate, offtopic_questions, pseudo_questions
+from smallfirst.retrieval.classifier import HardQueryClassifier
+from smallfirst.retrieval.evidence import EvidenceSet, find_evidence
+from smallfirst.retrieval.embedder import Embedder
+from smallfirst.errors import BadRequest, Busy, RetrievalUnavailable, SmallfirstError
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import Hit, VectorStore
+from smallfirst.service.autocomplete.engine import Autocompleter
+from smallfirst.service.distill.adapter import Adapter, load_adapter
+from smallfirst.service.distill.log import DistillLog
+from smallfirst.service.llm.breaker import CircuitBreaker
+from smallfirst.service.llm.local import LocalBackend, Tokenizer, bundled_model_path
+from smallfirst.service.llm.remote import RemoteBackend
+from smallfirst.service.scheduler import CpuScheduler, Priority
+from smallfirst.service.server.stats import Stats
+from smallfirst.service.server.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
-"""Typed settings for every package: defaults, then ``SMALLFIRST_*`` variables, then CLI flags.
+"""Typed settings of the whole app: defaults, then ``SMALLFIRST_*`` variables, then CLI flags.
 
-They live at the base of the import graph (service -> retrieval, ingest -> retrieval) so that
-the service, the ingest CLI and the worker all read the one object.
+The service, the ingest CLI, the worker and the offline tools all read this one object.
 """
 
 from __future__ import annotations
@@ -135,6 +134,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = _opt((), "Host names the service answers besides localhost and --host (comma separated; '*.example.com' allowed).")
     allowed_origins: tuple[str, ...] = _opt((), "Browser origins allowed besides the service's own, on the WebSocket and the API (comma separated).")
     log_level: str = _opt("info", "Log level: debug, info, warning, error.")
+    thread_checks: bool = _opt(False, "Debug: fail every llama.cpp or embedding call made off the thread that owns the model (the scheduler thread in the service); the tests turn it on.")
     log_format: str = _opt("text", "Log format: text, or json (one object a line, with request and connection ids).")
 
     @property

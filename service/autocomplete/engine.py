@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from retrieval.errors import Busy, SmallfirstError, UpstreamError
-from retrieval.store import Hit
-from service.grounding import Grounder, Grounding, Search, grounding_query
-from service.llm.base import GenerationStats
-from service.llm.prompts import complete_prompt, complete_window_start
-from service.llm.slots import Row, SlotContext
-from service.scheduler import CpuScheduler, Priority
-from service.suggestion import SuggestionCutter
+from smallfirst.errors import Busy, SmallfirstError, UpstreamError
+from smallfirst.retrieval.store import Hit
+from smallfirst.service.autocomplete.grounding import Grounder, Grounding, Search, grounding_query
+from smallfirst.service.llm.base import GenerationStats
+from smallfirst.service.llm.prompts import complete_prompt, complete_window_start
+from smallfirst.service.llm.slots import Row, SlotContext
+from smallfirst.service.scheduler import CpuScheduler, Priority
+from smallfirst.service.autocomplete.suggestion import SuggestionCutter
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from retrieval.credentials import client_token
-from retrieval.settings import Settings
-from service.loadtest.report import render
-from service.loadtest.samples import ProtocolChecker, Sample
-from service.loadtest.summary import failed_conditions, flat_metrics, parse_condition, summarise
-from service.loadtest.workloads import TypingProfile, ask_session, type_session
+from smallfirst.credentials import client_token
+from smallfirst.settings import Settings
+from smallfirst.service.tools.loadtest.report import render
+from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample
+from smallfirst.service.tools.loadtest.summary import failed_conditions, flat_metrics, parse_condition, summarise
+from smallfirst.service.tools.loadtest.workloads import TypingProfile, ask_session, type_session
 
 DEFAULT_QUESTIONS = (
     "How long does the first install take?", "Which file formats can be ingested?",

@@ -1,6 +1,6 @@
 """The Litestar app: demo page, health, source files, ingest jobs and the WebSocket endpoint.
 
-Access, Origin and Host are checked in one place (:mod:`service.security`); each route only names
+Access, Origin and Host are checked in one place (:mod:`smallfirst.service.server.security`); each route only names
 its access level.
 """
 
@@ -24,27 +24,27 @@ from litestar.router import Router
 from litestar.response import File
 from litestar.static_files import create_static_files_router
 
-from retrieval.errors import BadRequest, Forbidden, SmallfirstError, TooLarge, UnsupportedMediaType
-from retrieval.settings import Settings
-from retrieval.store import COLLECTION_NAME
-from service import schemas, uploads
-from service.limits import TRY_AGAIN_LATER, ConnectionLimiter
-from service.metrics import CONTENT_TYPE, Metrics
-from service.runtime import Runtime
-from service.security import (
+from smallfirst.errors import BadRequest, Forbidden, SmallfirstError, TooLarge, UnsupportedMediaType
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import COLLECTION_NAME
+from smallfirst.service.server import schemas, uploads
+from smallfirst.service.server.limits import TRY_AGAIN_LATER, ConnectionLimiter
+from smallfirst.service.server.metrics import CONTENT_TYPE, Metrics
+from smallfirst.service.server.runtime import Runtime
+from smallfirst.service.server.security import (
     ACCESS, SESSION_COOKIE, SOURCE_CSP, Access, Policy, access_guard, allowed_hosts, chosen_subprotocol,
     redact_server_logs, security_headers,
 )
-from service.session import Session
-from service.worker import IngestWorker
+from smallfirst.service.server.session import Session
+from smallfirst.service.server.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
 def _web_dir() -> Path:
-    """``web/`` as installed package data (``service/web``), else the source tree's."""
-    here = Path(__file__).resolve().parent
-    installed = here / "web"
-    return installed if (installed / "index.html").is_file() else here.parent / "web"
+    """``web/`` as installed package data (``smallfirst/service/web``), else the source tree's."""
+    service = Path(__file__).resolve().parent.parent
+    installed = service / "web"
+    return installed if (installed / "index.html").is_file() else service.parent / "web"
 
 
 WEB_DIR = _web_dir()
@@ -324,7 +324,7 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[security_headers],
         exception_handlers={SmallfirstError: smallfirst_error, HTTPException: http_error, Exception: unhandled_error},
         request_max_body_size=settings.max_json_bytes,
-        # The root logger is the CLI's (service.logs): Litestar's records go there, in its format.
+        # The root logger is the CLI's (smallfirst.service.server.logs): Litestar's records go there, in its format.
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="never",
                                      loggers={"litestar": {"level": "INFO", "handlers": [], "propagate": True}}),
         openapi_config=OpenAPIConfig(

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ingest.sync import ChunkingOptions, sync_folder
-from retrieval.calibration import Calibration, best_threshold, calibrate, offtopic_questions, pseudo_questions
-from retrieval.embedder import Embedder
-from retrieval.settings import Settings, SettingsError, add_arguments, from_args
-from retrieval.store import VectorStore
+from smallfirst.ingest.sync import ChunkingOptions, sync_folder
+from smallfirst.retrieval.calibration import Calibration, best_threshold, calibrate, offtopic_questions, pseudo_questions
+from smallfirst.retrieval.embedder import Embedder
+from smallfirst.settings import Settings, SettingsError, add_arguments, from_args
+from smallfirst.retrieval.store import VectorStore
 
 SAMPLE_CHUNKS = 300
 

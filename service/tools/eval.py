@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.credentials import client_token
-from retrieval.settings import SettingsError, add_arguments, from_args
+from smallfirst.credentials import client_token
+from smallfirst.settings import SettingsError, add_arguments, from_args
 
 KINDS = ("grounded", "ungrounded", "hard")
 

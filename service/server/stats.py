@@ -6,7 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.percentiles import percentile
+from smallfirst.service.percentiles import percentile
 
 
 def _percentile(values: list[float], q: float) -> float | None:

@@ -6,7 +6,7 @@ import html
 import json
 from typing import Any
 
-from service.loadtest.samples import Sample
+from smallfirst.service.tools.loadtest.samples import Sample
 
 COLORS = {"ask": "#3a6ea5", "type": "#d9822b"}
 W, H, PAD = 720, 240, 40

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import websockets
 
-from service.loadtest.samples import ProtocolChecker, Sample
+from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample
 
 
 @dataclass(frozen=True)

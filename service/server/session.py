@@ -10,16 +10,17 @@ from typing import Any
 from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
-from retrieval.errors import BadRequest, Busy, RateLimited, SmallfirstError
-from retrieval.settings import Settings
-from service import logs, pipeline
-from service.autocomplete import Typist
-from service.protocol import (
+from smallfirst.errors import BadRequest, Busy, RateLimited, SmallfirstError
+from smallfirst.settings import Settings
+from smallfirst.service.server import logs
+from smallfirst.service.answer import pipeline
+from smallfirst.service.autocomplete.engine import Typist
+from smallfirst.service.server.protocol import (
     Ask, Cancel, Complete, FrameError, Ping, encode, error_frame, parse_frame, ready_frame,
 )
-from service.metrics import Metrics
-from service.observe import RequestWatch
-from service.runtime import Runtime
+from smallfirst.service.server.metrics import Metrics
+from smallfirst.service.server.observe import RequestWatch
+from smallfirst.service.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

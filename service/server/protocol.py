@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from retrieval.evidence import Evidence
-from retrieval.errors import BadRequest, SmallfirstError, TooLarge
-from retrieval.settings import Settings
-from retrieval.store import COLLECTION_NAME, Hit
+from smallfirst.retrieval.evidence import Evidence
+from smallfirst.errors import BadRequest, SmallfirstError, TooLarge
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import COLLECTION_NAME, Hit
 
 PROTOCOL_VERSION = 1
 MAX_ID_CHARS = 128

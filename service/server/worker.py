@@ -19,14 +19,14 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 
-from ingest.lock import WriterLock
-from ingest.sync import ChunkingOptions, sync_folder
-from retrieval.embedder import Embedder
-from retrieval.errors import BadRequest, Busy, SmallfirstError
-from retrieval.settings import Settings
-from retrieval.store import COLLECTION_NAME, ChunkPoint, DocState, VectorStore
-from service.ingest_roots import ingest_folder
-from service.scheduler import CpuScheduler, Priority
+from smallfirst.ingest.lock import WriterLock
+from smallfirst.ingest.sync import ChunkingOptions, sync_folder
+from smallfirst.retrieval.embedder import Embedder
+from smallfirst.errors import BadRequest, Busy, SmallfirstError
+from smallfirst.settings import Settings
+from smallfirst.retrieval.store import COLLECTION_NAME, ChunkPoint, DocState, VectorStore
+from smallfirst.service.server.ingest_roots import ingest_folder
+from smallfirst.service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class IngestWorker:
         """Ingest a watched folder now, then after each burst of changes to its documents."""
         from watchfiles import awatch
 
-        from ingest.loaders import SUPPORTED_SUFFIXES
+        from smallfirst.ingest.loaders import SUPPORTED_SUFFIXES
 
         try:
             self.submit(folder)
@@ -126,7 +126,7 @@ class IngestWorker:
 
     def submit(self, folder: str, collection: str | None = None, unrestricted: bool = False) -> IngestJob:
         """Queue a job for ``folder``, which must lie under an allowed root unless ``unrestricted``
-        (the local CLI user); see :mod:`service.ingest_roots`."""
+        (the local CLI user); see :mod:`smallfirst.service.server.ingest_roots`."""
         collection = collection or self._store.collection
         if not COLLECTION_NAME.match(collection):
             raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")

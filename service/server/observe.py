@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.metrics import Metrics
+from smallfirst.service.server.metrics import Metrics
 
 log = logging.getLogger("smallfirst.requests")
 

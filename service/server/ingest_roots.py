@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.errors import BadRequest, Forbidden
-from retrieval.settings import Settings
+from smallfirst.errors import BadRequest, Forbidden
+from smallfirst.settings import Settings
 
 
 def allowed_roots(settings: Settings) -> list[Path]:

@@ -1,7 +1,7 @@
 """Prometheus metrics, served at ``GET /metrics``.
 
 One :class:`Metrics` per app, each with its own registry (several apps in one process never
-clash). Requests are observed as they finish (:mod:`service.observe`); the scheduler reports
+clash). Requests are observed as they finish (:mod:`smallfirst.service.server.observe`); the scheduler reports
 each step; gauges and the ingest counters are read from the runtime at scrape time.
 """
 
@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.scheduler import Priority
+from smallfirst.service.scheduler import Priority
 
 if TYPE_CHECKING:
-    from service.limits import ConnectionLimiter
-    from service.runtime import Runtime
+    from smallfirst.service.server.limits import ConnectionLimiter
+    from smallfirst.service.server.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From a 20 ms keystroke suggestion to a 30 s escalated answer.

@@ -25,9 +25,9 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Message, Scope
 
-from retrieval.credentials import LOCAL_HEADER, new_local_key, server_token
-from retrieval.errors import Forbidden, Unauthorized
-from retrieval.settings import Settings
+from smallfirst.credentials import LOCAL_HEADER, new_local_key, server_token
+from smallfirst.errors import Forbidden, Unauthorized
+from smallfirst.settings import Settings
 
 ACCESS = "access"
 SESSION_COOKIE = "smallfirst_session"

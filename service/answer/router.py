@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retrieval.settings import Settings
+from smallfirst.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Grounded answers: route, retrieve, generate on the small tier, check, escalate to the large tier."""

@@ -1,0 +1,1 @@
+"""Offline commands around the service: eval, calibrate, loadtest."""
