@@ -16,7 +16,7 @@ from smallfirst.ingest.code import chunk_code
 from smallfirst.ingest.discover import discover, inside, relative_name
 from smallfirst.ingest.loaders import LoadedDocument, LoadError, load_document
 from smallfirst.settings import Settings
-from smallfirst.retrieval.store import ChunkPoint, DocState, VectorStore
+from smallfirst.retrieval.store import ChunkPoint, ChunkStore, DocState
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _complete(state: DocState) -> bool:
 
 def sync_folder(
     root: Path,
-    store: VectorStore,
+    store: ChunkStore,
     embed: Embed,
     count_tokens: CountTokens,
     options: ChunkingOptions = ChunkingOptions(),
@@ -171,7 +171,7 @@ def sync_folder(
 
 
 def _sync_file(
-    root: Path, path: Path, doc_id: str, versions: dict[str, DocState], store: VectorStore, embed: Embed,
+    root: Path, path: Path, doc_id: str, versions: dict[str, DocState], store: ChunkStore, embed: Embed,
     count_tokens: CountTokens, options: ChunkingOptions, batch_size: int, summary: SyncSummary,
 ) -> str:
     """Bring one file up to date; returns its outcome (added, changed, unchanged, failed)."""

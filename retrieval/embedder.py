@@ -17,6 +17,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from smallfirst.errors import ConfigError
+from smallfirst.threads import OwnerThread
 
 BACKENDS = ("onnx", "torch")
 
@@ -125,7 +126,8 @@ def _word_embeddings(model_dir: Path) -> np.ndarray:
 
 
 class Embedder:
-    """Turns text into unit-length vectors; thread-safe, but meant to run on one worker.
+    """Turns text into unit-length vectors. The thread that creates it runs the model (the
+    scheduler's, in the service); :meth:`cached` and :meth:`count_tokens` are safe anywhere.
 
     ``backend`` "onnx" runs the int8 export (made and cached on first use, see
     :mod:`smallfirst.retrieval.onnx_export`); "torch" runs sentence-transformers. A model whose pipeline is
@@ -133,6 +135,7 @@ class Embedder:
 
     def __init__(self, model_dir: str | Path | None = None, cache_size: int = 2048, threads: int = 0,
                  backend: str = "onnx", cache_root: Path | None = None) -> None:
+        self._owner = OwnerThread("Embedder")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if backend not in BACKENDS:
@@ -173,6 +176,7 @@ class Embedder:
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for many texts, shape (len(texts), dimension), float32, unit length."""
+        self._owner.check("embed_documents")
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return self._encoder.encode(texts, batch_size)
@@ -190,6 +194,7 @@ class Embedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         """Vector for one query, from the LRU cache when it was seen recently."""
+        self._owner.check("embed_query")
         found = self.cached(text)
         if found is not None:
             return found
@@ -208,6 +213,7 @@ class Embedder:
         """Cheap vectors for evidence sentences: the mean of the model's input token embeddings,
         unit length. Measured on both QA sets, they rank evidence as well as full sentence
         vectors at about 1/50 of the cost, which keeps ``sources`` fast."""
+        self._owner.check("token_vectors")
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         table = self._token_table
         if table.shape[1] != self.dimension:

@@ -9,7 +9,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -91,6 +91,17 @@ class DocState:
 
     points: int = 0
     chunk_count: int = 0
+
+
+class ChunkStore(Protocol):
+    """What the sync routine writes through: one collection's inventory, writes and deletes
+    (a :class:`VectorStore`, or the service worker's handle that runs each call on the store's thread)."""
+
+    def inventory(self) -> dict[str, dict[str, DocState]]: ...
+
+    def upsert(self, points: Iterable[ChunkPoint]) -> int: ...
+
+    def delete_doc(self, doc_id: str, keep_version: str | None = None) -> None: ...
 
 
 @contextlib.contextmanager
@@ -274,7 +285,7 @@ class VectorStore:
             raise RetrievalUnavailable(f"search failed: {exc}") from exc
         return [Hit.from_point(point) for point in result.points]
 
-    def top_scores(self, vectors: Sequence[Sequence[float]]) -> list[float]:
+    def top_scores(self, vectors: np.ndarray | Sequence[Sequence[float]]) -> list[float]:
         """The best hit's score for each vector (0 when the collection is empty), in one batch."""
         index = self._index
         if index is not None:

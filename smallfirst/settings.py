@@ -134,8 +134,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = _opt((), "Host names the service answers besides localhost and --host (comma separated; '*.example.com' allowed).")
     allowed_origins: tuple[str, ...] = _opt((), "Browser origins allowed besides the service's own, on the WebSocket and the API (comma separated).")
     log_level: str = _opt("info", "Log level: debug, info, warning, error.")
-    thread_checks: bool = _opt(False, "Debug: fail every llama.cpp or embedding call made off the thread that owns the model (the scheduler thread in the service); the tests turn it on.")
     log_format: str = _opt("text", "Log format: text, or json (one object a line, with request and connection ids).")
+    thread_checks: bool = _opt(False, "Debug: fail every llama.cpp or embedding call made off the thread that owns the model (the scheduler thread in the service); the tests turn it on.")
 
     @property
     def service_file(self) -> Path:

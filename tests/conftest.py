@@ -16,9 +16,13 @@ import httpx
 import pytest
 
 from smallfirst.service.scheduler import CpuScheduler
+from smallfirst.threads import enable_checks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every model call off its owner's thread fails, here and in every server and CLI the tests start.
+os.environ["SMALLFIRST_THREAD_CHECKS"] = "true"
+enable_checks(True)
 
 FIXTURE_DOCS = Path(__file__).parent / "fixtures" / "docs"
 BIN = Path(sys.executable).parent

@@ -1,5 +1,7 @@
 """The autocomplete engine on the real small model: per-typist slots, prefix reuse counted in
-evaluated tokens, supersession and cancellation within one step, batching, the baseline."""
+evaluated tokens, supersession and cancellation within one step, batching, the baseline.
+
+Thread checks are on (conftest): every model call made anywhere but the scheduler thread fails."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import pytest
 
 from smallfirst.service.autocomplete.engine import Autocompleter, Typist
+from smallfirst.service.autocomplete.runner import SlotRunner
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.local import bundled_model_path
 from smallfirst.service.llm.slots import Row, SlotContext
@@ -20,31 +23,46 @@ TYPED = "The weather station on the hill records temperature and wind every ten 
 
 @pytest.fixture(scope="module")
 def slots(scheduler):
+    """The slot context, created on the scheduler thread, which alone may call into it."""
     context = asyncio.run(scheduler.run(Priority.CONTROL, SlotContext, bundled_model_path(), 4, 1024, 0))
     yield context
-    context.close()
+    asyncio.run(scheduler.run(Priority.CONTROL, context.close))
+
+
+def clear_all(slots: SlotContext) -> None:
+    for slot in range(slots.n_slots):
+        slots.clear(slot)
 
 
 @pytest.fixture
 def engine(slots, scheduler):
-    def make(prefix_reuse: bool = True) -> Autocompleter:
-        for slot in range(slots.n_slots):
-            slots.clear(slot)
-        return Autocompleter(slots, scheduler, None, context_tokens=120, min_score=0.2, prefix_reuse=prefix_reuse)
+    async def make(prefix_reuse: bool = True) -> Autocompleter:
+        await scheduler.run(Priority.CONTROL, clear_all, slots)
+        return Autocompleter(SlotRunner(slots), slots.n_slots, scheduler, None, context_tokens=120, min_score=0.2,
+                             prefix_reuse=prefix_reuse)
     return make
 
 
 async def suggest(engine: Autocompleter, typist: Typist, text: str, max_tokens: int = 4) -> tuple[str, GenerationStats, int]:
     """The suggestion, its stats, and the tokens the model evaluated for it."""
-    before = engine.ctx.evaluated
+    before = engine.evaluated
     stats = GenerationStats()
     out = [p async for p in engine.suggest(typist, text, max_tokens, stats)]
-    return "".join(out), stats, engine.ctx.evaluated - before
+    return "".join(out), stats, engine.evaluated - before
+
+
+async def until(condition, what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 def test_each_keystroke_evaluates_only_the_new_tokens(engine) -> None:
     async def scenario():
-        ac = engine()
+        ac = await engine()
         typist = ac.typist()
         results = [await suggest(ac, typist, TYPED[:i]) for i in range(40, len(TYPED) + 1, 3)]
         await ac.close()
@@ -65,12 +83,10 @@ def test_a_prefix_longer_than_the_sliding_window_rolls_back_partway(slots, sched
     """Gemma 3 attends over a 512-token window in most layers; the slot cache is full size, so a
     rollback keeps the prefix, and the next token is the same as after a cold evaluation."""
     text = " ".join(f"Reading {i}: the wind at the station was {i % 7} metres per second." for i in range(45))
-    tokens = slots.tokenize(text, add_bos=True)
-    assert len(tokens) > 700
 
-    def scenario() -> tuple[int, int | None, int | None]:
-        for slot in range(slots.n_slots):
-            slots.clear(slot)
+    def scenario() -> tuple[int, int, int | None, int | None]:
+        tokens = slots.tokenize(text, add_bos=True)
+        clear_all(slots)
         for start in range(0, len(tokens), 48):
             slots.decode([Row(0, tokens[start:start + 48], False)])
         edited = tokens[:-3] + slots.tokenize(" 4 metres", add_bos=False)
@@ -79,9 +95,10 @@ def test_a_prefix_longer_than_the_sliding_window_rolls_back_partway(slots, sched
         for start in range(0, len(edited), 48):  # the same text, cold, in another slot
             chunk = edited[start:start + 48]
             cold = slots.decode([Row(1, chunk, start + 48 >= len(edited))])[0]
-        return kept, warm, cold
-    kept, warm, cold = asyncio.run(scheduler.run(Priority.CONTROL, scenario))
-    assert kept >= len(tokens) - 4
+        return len(tokens), kept, warm, cold
+    length, kept, warm, cold = asyncio.run(scheduler.run(Priority.CONTROL, scenario))
+    assert length > 700
+    assert kept >= length - 4
     assert warm is not None and warm == cold
 
 
@@ -89,7 +106,7 @@ def test_typists_keep_their_own_slots(engine) -> None:
     other = "Our bakery sells rye bread, sourdough loaves and cinnamon rolls every morning"
 
     async def scenario():
-        ac = engine()
+        ac = await engine()
         a, b = ac.typist(), ac.typist()
         out = []
         for i in range(50, 60, 2):  # interleaved keystrokes of two typists
@@ -105,7 +122,7 @@ def test_typists_keep_their_own_slots(engine) -> None:
 
 def test_a_new_keystroke_stops_the_previous_suggestion_within_one_step(engine) -> None:
     async def scenario():
-        ac = engine()
+        ac = await engine()
         typist = ac.typist()
         await suggest(ac, typist, TYPED[:30])
         stats = GenerationStats()
@@ -115,29 +132,32 @@ def test_a_new_keystroke_stops_the_previous_suggestion_within_one_step(engine) -
         second = await suggest(ac, typist, TYPED[:41])  # supersedes it
         async for piece in first:
             pieces.append(piece)
+        await ac.idle()
         await ac.close()
         return pieces, stats, second, ac.steps - steps
-    pieces, stats, second, _ = asyncio.run(scenario())
+    pieces, stats, second, steps = asyncio.run(scenario())
     assert pieces and len(pieces) == 1  # nothing of the old suggestion after the new keystroke
     assert stats.finish == "cancelled" and stats.completion_tokens <= 2
     assert second[0] and second[1].finish in ("stop", "length")
+    # The new suggestion's own steps (its prompt, then one a token after the first), plus at most
+    # the one step of the old suggestion already in flight when the keystroke came.
+    assert steps <= 1 + second[1].completion_tokens + 1, (steps, second[1])
 
 
 def test_cancelling_a_cold_prefill_stops_it_between_steps(engine) -> None:
     long_text = " ".join(f"Entry {i} of the harbour log notes the tide and the boats that left." for i in range(40))
 
     async def scenario():
-        ac = engine()
+        ac = await engine()
         typist = ac.typist()
         stats = GenerationStats()
-        before = ac.ctx.evaluated
+        before = ac.evaluated
         task = asyncio.ensure_future(_drain(ac.suggest(typist, long_text, 8, stats)))
-        while ac.steps == 0:
-            await asyncio.sleep(0.005)
+        await until(lambda: ac.steps > 0, "the first prefill step")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await asyncio.sleep(0.3)  # a step already running may finish; nothing after it
-        evaluated = ac.ctx.evaluated - before
+        await asyncio.wait_for(ac.idle(), 60)  # a step already in flight may finish; nothing after it
+        evaluated = ac.evaluated - before
         await ac.close()
         return stats, evaluated
     stats, evaluated = asyncio.run(scenario())
@@ -155,7 +175,7 @@ def test_concurrent_typists_share_steps(engine) -> None:
     texts = [TYPED, "Our bakery sells rye bread and sourdough", "The chess club meets on Tuesday evenings", "Lava flows from the crater"]
 
     async def scenario():
-        ac = engine()
+        ac = await engine()
         typists = [ac.typist() for _ in texts]
         for t, text in zip(typists, texts):  # warm each slot
             await suggest(ac, t, text[:20])
@@ -171,7 +191,7 @@ def test_concurrent_typists_share_steps(engine) -> None:
 
 def test_the_baseline_setting_turns_reuse_off(engine) -> None:
     async def scenario():
-        ac = engine(prefix_reuse=False)
+        ac = await engine(prefix_reuse=False)
         typist = ac.typist()
         results = [await suggest(ac, typist, TYPED[:i]) for i in (40, 41, 42)]
         await ac.close()
@@ -187,12 +207,12 @@ def test_the_next_text_window_is_prefilled_before_the_text_reaches_it(engine) ->
     assert len(long_text) > 1560
 
     async def scenario():
-        ac = engine()
+        ac = await engine()
         typist = ac.typist()
         results = []
         for length in range(1380, 1521, 10):  # a typist's pauses give the prefill its turn
             results.append((length, *(await suggest(ac, typist, long_text[:length]))))
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(ac.idle(), 60)
         await ac.close()
         return results
     results = asyncio.run(scenario())

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from smallfirst.retrieval.context import Context, assemble_context
+from smallfirst.retrieval.context import Context
 from smallfirst.retrieval.evidence import EvidenceSet
 from smallfirst.retrieval.support import check_answer, quote_evidence
 from smallfirst.errors import Busy, SmallfirstError, UpstreamTimeout
@@ -21,7 +21,7 @@ from smallfirst.service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_p
 from smallfirst.service.llm.remote import LargeUnavailable
 from smallfirst.service.server.protocol import Ask, Complete, source_entry
 from smallfirst.service.answer.router import Route, choose_tier
-from smallfirst.service.server.runtime import Runtime
+from smallfirst.service.server.components import Components
 
 log = logging.getLogger(__name__)
 
@@ -190,54 +190,48 @@ class Grounding:
     evidence: EvidenceSet
 
 
-async def answer(runtime: Runtime, msg: Ask, send: Send, req: Request) -> str:
+async def answer(components: Components, msg: Ask, send: Send, req: Request) -> str:
     """Retrieve, score evidence, route, send ``sources``, then stream the answer from the chosen
     tier. A small answer is checked against its sources; an unsupported one is replaced."""
-    runtime.require_ready()
-    settings = runtime.settings
-    assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
-    small_over_budget = _admit(runtime, msg, req)
+    small_over_budget = _admit(components, msg, req)
     try:
-        return await _answer(runtime, msg, send, req, small_over_budget)
+        return await _answer(components, msg, send, req, small_over_budget)
     finally:
         if req.reservation is not None:
             req.reservation.release()
 
 
-def _admit(runtime: Runtime, msg: Ask, req: Request) -> bool:
+def _admit(components: Components, msg: Ask, req: Request) -> bool:
     """Reserve the answer's place in the small model's queue before any retrieval, when its
     predicted wait fits the budget. Over budget, an answer that only the small tier could serve
     gets ``busy`` at once; else it is routed to the large tier (True)."""
-    assert runtime.answer_model is not None
     if msg.tier == "large":
         return False
     try:
-        req.reservation = runtime.answer_model.admit(runtime.settings.answer_wait_budget_s)
+        req.reservation = components.answer_model.admit(components.settings.answer_wait_budget_s)
     except Busy:
-        if runtime.large is None or msg.tier == "small":
-            runtime.stats.refused += 1
+        if components.large is None or msg.tier == "small":
+            components.stats.refused += 1
             raise
         return True
     return False
 
 
-async def _answer(runtime: Runtime, msg: Ask, send: Send, req: Request, small_over_budget: bool) -> str:
-    settings = runtime.settings
-    assert runtime.answer_model is not None and runtime.tokenizer is not None and runtime.classifier is not None
+async def _answer(components: Components, msg: Ask, send: Send, req: Request, small_over_budget: bool) -> str:
+    settings, retriever = components.settings, components.retriever
     t = time.perf_counter()
-    vector = await runtime.embed_query(msg.question)
+    vector = await retriever.embed_query(msg.question)
     req.timings["embed"] = _ms(time.perf_counter() - t)
     t = time.perf_counter()
-    hits = await runtime.search(vector, msg.top_k, msg.collection)
+    hits = await retriever.search(vector, msg.top_k, msg.collection)
     req.timings["search"] = _ms(time.perf_counter() - t)
-    context = assemble_context(hits, settings.context_tokens, runtime.tokenizer.count, settings.min_score)
     t = time.perf_counter()
-    evidence = await runtime.find_evidence(msg.question, context.sources)
+    context, evidence = await retriever.ground(msg.question, hits)
     req.timings["evidence"] = _ms(time.perf_counter() - t)
     route = choose_tier(
-        hits[0].score if hits else None, runtime.classifier.probability(vector), settings, msg.tier,
+        hits[0].score if hits else None, components.classifier.probability(vector), settings, msg.tier,
         small_saturated=small_over_budget,
-        grounding_threshold=runtime.grounding_threshold(msg.collection),
+        grounding_threshold=components.calibrator.threshold(msg.collection),
     )
     await send({"type": "sources", "id": msg.id, "sources": [
         source_entry(h, ev) for h, ev in zip(context.sources, evidence.best)]})
@@ -245,49 +239,51 @@ async def _answer(runtime: Runtime, msg: Ask, send: Send, req: Request, small_ov
     grounding = Grounding(context, evidence)
     try:
         if route.tier == "large":
-            finish = await _answer_large(runtime, msg, send, req, grounding, route)
+            finish = await _answer_large(components, msg, send, req, grounding, route)
         else:
-            finish = await _answer_small(runtime, msg, send, req, grounding, route)
+            finish = await _answer_small(components, msg, send, req, grounding, route)
     finally:
         await req.finish()
     return finish
 
 
-async def _escalate(runtime: Runtime, msg: Ask, send: Send, req: Request, reason: str, tier: str = "large") -> None:
+async def _escalate(components: Components, msg: Ask, send: Send, req: Request, reason: str, tier: str = "large") -> None:
     """Say why the answer goes to another tier; before the first token, or after a replaced answer."""
-    runtime.stats.escalations[reason] += 1
+    components.stats.escalations[reason] += 1
     await req.drain()
     await send({"type": "escalated", "id": msg.id, "reason": reason, "tier": tier})
 
 
-async def _fall_back(runtime: Runtime, msg: Ask, send: Send, req: Request, reason: str) -> None:
-    runtime.stats.fallbacks[reason] += 1
+async def _fall_back(components: Components, msg: Ask, send: Send, req: Request, reason: str) -> None:
+    components.stats.fallbacks[reason] += 1
     await req.drain()
     await send({"type": "fallback", "id": msg.id, "from": "large", "to": "small", "reason": reason})
 
 
-async def _stream_large(runtime: Runtime, msg: Ask, send: Send, req: Request, grounding: Grounding, reason: str | None) -> str | None:
+async def _stream_large(
+    components: Components, msg: Ask, send: Send, req: Request, grounding: Grounding, reason: str | None,
+) -> str | None:
     """Stream the large tier's answer; the fallback reason when it is unconfigured or fails, else None."""
-    settings = runtime.settings
-    if runtime.large is None:
-        await _fall_back(runtime, msg, send, req, "large_unconfigured")
+    settings = components.settings
+    if components.large is None:
+        await _fall_back(components, msg, send, req, "large_unconfigured")
         return "large_unconfigured"
     stats = req.segment("large")
     context = grounding.context
     prompt = large_prompt(context.text if settings.large_send_context else "", msg.question)
     started = time.perf_counter()
     try:
-        await req.pump(send, runtime.large.stream(prompt, max_tokens=settings.large_max_tokens,
+        await req.pump(send, components.large.stream(prompt, max_tokens=settings.large_max_tokens,
                                                   temperature=settings.large_temperature, stats=stats))
     except SmallfirstError as exc:
         fallback = _fallback_reason(exc)
         log.warning("large tier failed for %s (%s): %s", msg.id, fallback, exc.message)
-        await _fall_back(runtime, msg, send, req, fallback)
+        await _fall_back(components, msg, send, req, fallback)
         return fallback
     req.finish_reason = stats.finish
-    if runtime.distill is not None:
+    if components.distill is not None:
         # Teacher data: the answer and every input of the small tier's prompt (its sources).
-        runtime.distill.record({
+        components.distill.record({
             "v": DISTILL_LOG_VERSION, "ts": time.time(), "id": msg.id, "question": msg.question,
             "reason": reason or "forced", "forced": msg.tier == "large", "collection": msg.collection,
             "sources": [hit_record(h) for h in context.sources], "sent_context": settings.large_send_context,
@@ -298,20 +294,20 @@ async def _stream_large(runtime: Runtime, msg: Ask, send: Send, req: Request, gr
     return None
 
 
-async def _answer_large(runtime: Runtime, msg: Ask, send: Send, req: Request, grounding: Grounding, route: Route) -> str:
+async def _answer_large(components: Components, msg: Ask, send: Send, req: Request, grounding: Grounding, route: Route) -> str:
     """The router chose the large tier (or the client forced it). ``escalated`` always comes first,
     with or without a large tier, so a client always learns why; ``fallback`` follows when the
     large tier is unconfigured or fails, and the small tier takes over."""
     if not route.forced:
-        await _escalate(runtime, msg, send, req, route.reason or "forced")
-    failed = await _stream_large(runtime, msg, send, req, grounding, route.reason)
+        await _escalate(components, msg, send, req, route.reason or "forced")
+    failed = await _stream_large(components, msg, send, req, grounding, route.reason)
     if failed is None:
         return req.finish_reason
-    return await _answer_small(runtime, msg, send, req, grounding, route, continuing=req.text)
+    return await _answer_small(components, msg, send, req, grounding, route, continuing=req.text)
 
 
 async def _answer_small(
-    runtime: Runtime, msg: Ask, send: Send, req: Request, grounding: Grounding, route: Route, continuing: str = "",
+    components: Components, msg: Ask, send: Send, req: Request, grounding: Grounding, route: Route, continuing: str = "",
 ) -> str:
     """The small tier's answer, from the evidence-first prompt, then checked against the sources.
 
@@ -320,8 +316,7 @@ async def _answer_small(
     to the small tier, or forced there) that fails the check is replaced: by the large tier's
     answer where one is configured, else by the evidence itself, flagged.
     """
-    assert runtime.answer_model is not None
-    settings = runtime.settings
+    settings = components.settings
     stats = req.segment("small")
     if route.reason in ("no_context", "low_grounding") and not route.forced:
         await req.pump(send, _fixed_text(NOT_COVERED if not continuing else "", stats))
@@ -330,7 +325,7 @@ async def _answer_small(
     prompt = evidence_prompt(evidence, msg.question, settings.evidence_windows) + continuing
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
-    await req.pump(send, runtime.answer_model.stream(
+    await req.pump(send, components.answer_model.stream(
         prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
         temperature=settings.answer_temperature, stats=stats, reservation=reservation,
         save_at=(len(prompt),),
@@ -339,15 +334,15 @@ async def _answer_small(
     small_answer = req.text[offset:]
     verdict = check_answer(msg.question, small_answer, evidence.ranked, [h.text for h in evidence.hits])
     req.extra.update({**verdict.as_dict(), "small_answer": small_answer})
-    runtime.stats.checks["supported" if verdict.supported else "unsupported"] += 1
+    components.stats.checks["supported" if verdict.supported else "unsupported"] += 1
     grounded = route.tier == "small" and route.reason is None  # routed to the small tier, or forced there
     if verdict.supported or not grounded or continuing or finish == "cancelled":
         return finish
     # An unsupported grounded answer is never left standing as the answer.
     forced_small = route.forced
-    await _escalate(runtime, msg, send, req, "unsupported_answer", "small" if forced_small else "large")
+    await _escalate(components, msg, send, req, "unsupported_answer", "small" if forced_small else "large")
     req.restart_text()
-    if not forced_small and await _stream_large(runtime, msg, send, req, grounding, "unsupported_answer") is None:
+    if not forced_small and await _stream_large(components, msg, send, req, grounding, "unsupported_answer") is None:
         return req.finish_reason
     req.extra["flagged"] = True
     number = verdict.evidence.source + 1 if verdict.evidence is not None else None
@@ -355,18 +350,16 @@ async def _answer_small(
     return "stop"
 
 
-async def complete(runtime: Runtime, msg: Complete, send: Send, req: Request, typist: Typist) -> str:
+async def complete(components: Components, msg: Complete, send: Send, req: Request, typist: Typist) -> str:
     """Stream a suggestion for the typed text. A superseded suggestion sends nothing more: text
     still queued for the socket is dropped, not delivered late."""
-    runtime.require_ready()
-    assert runtime.autocomplete is not None
     if msg.collection is not None:
-        await runtime.collection(msg.collection)  # an unknown set is refused here too
+        await components.retriever.collection(msg.collection)  # an unknown set is refused here too
     if not msg.text.strip():
         return "stop"
     stats = req.segment("small")
     try:
-        await req.pump(send, runtime.autocomplete.suggest(typist, msg.text, msg.max_tokens, stats, msg.collection))
+        await req.pump(send, components.autocomplete.suggest(typist, msg.text, msg.max_tokens, stats, msg.collection))
     except asyncio.CancelledError:
         if req.writer is not None:
             req.writer.discard()

@@ -1,116 +1,87 @@
 """Autocomplete: one slot per typist in a shared llama.cpp context, batched steps, grounding
 refreshed in the background.
 
-The keystroke path does no retrieval and no tokenizer work beyond the typed tail: the
-request's prompt is the typist's current grounding block (tokenized once) plus the typed
-text; the slot already holds all but the last few tokens of it, so the first step evaluates
-only those and samples the first suggested token.
+The keystroke path does no retrieval: the request's prompt is the typist's current grounding
+block (tokenized once, when it was chosen) plus the typed text; the slot already holds all but
+the last few tokens of it, so the first step evaluates only those and samples the first
+suggested token.
 
-One engine loop drives the slots. Each step, built on the scheduler thread, takes
-- every new request's remaining prompt tokens (a cold prompt in chunks), then
-- one token for each suggestion being continued, up to ``MAX_ROWS`` sampled rows, or
-- when no typist waits, a chunk of a standby prefill (new grounding for a typist).
-Steps with a new request run at keystroke priority; continuing a suggestion or prefilling a
-standby runs at answer priority, so a streaming answer and a typist share the CPU fairly while
-a new keystroke always goes first.
+This module is the event-loop side. It owns every job and typist, asks the pure planner
+(:mod:`~smallfirst.service.autocomplete.planner`) what the next step evaluates, and sends the
+plan to the scheduler thread as a message; :class:`~smallfirst.service.autocomplete.runner.SlotRunner`
+tokenizes, decodes and samples there and answers through the step's future. Slot ownership is
+:mod:`~smallfirst.service.autocomplete.ownership`'s, keeping the grounding passage current is
+:mod:`~smallfirst.service.autocomplete.refresh`'s, and what of the output becomes a suggestion is
+:mod:`~smallfirst.service.autocomplete.suggestion`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
+import itertools
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from smallfirst.errors import Busy, SmallfirstError, UpstreamError
 from smallfirst.retrieval.store import Hit
 from smallfirst.service.autocomplete.grounding import Grounder, Grounding, Search, grounding_query
+from smallfirst.service.autocomplete.ownership import SlotOwners
+from smallfirst.service.autocomplete.planner import Limits, Plan, PlannedRow, next_step
+from smallfirst.service.autocomplete.refresh import GroundingRefresh
+from smallfirst.service.autocomplete.runner import Prepared, PrepareRequest, RowResult, SlotRunner, StepResult
+from smallfirst.service.autocomplete.suggestion import SuggestionCutter
+from smallfirst.service.autocomplete.typist import Job, Typist
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.prompts import complete_prompt, complete_window_start
-from smallfirst.service.llm.slots import Row, SlotContext
+from smallfirst.service.llm.slots import SlotContext
 from smallfirst.service.scheduler import CpuScheduler, Priority
-from smallfirst.service.autocomplete.suggestion import SuggestionCutter
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 4  # sampled rows per step: each adds ~9-13 ms to the step on the reference machine
-STEP_TOKENS = 16  # prompt tokens per step while other typists may be waiting
-ALONE_STEP_TOKENS = 48  # a cold prompt with nobody else waiting
-STANDBY_STEP_TOKENS = 8  # a standby prefill chunk: the longest a new keystroke waits behind it
 ACTIVE_S = 2.0  # a typist counts as typing this long after a request
 PREWARM_CHARS = 80  # the next text window is prefilled this many characters before the text reaches it
-
-
-@dataclass(eq=False)
-class Job:
-    """One suggestion being produced, or (``standby``) a prompt being prefilled into a slot."""
-
-    slot: int
-    prompt: list[int]
-    standby: bool = False
-    release: bool = False  # a prewarm: the slot is free for anyone once it is filled
-    cutter: SuggestionCutter | None = None
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    prepared: bool = False
-    position: int = 0  # prompt tokens in the slot's KV cache
-    pending: int | None = None  # the sampled token not yet fed back
-    cancelled: bool = False
-    finished: bool = False
-    error: SmallfirstError | None = None
-    started: float = field(default_factory=time.perf_counter)
-    first_step_at: float | None = None
-    queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-
-    @property
-    def decoding(self) -> bool:
-        return self.pending is not None
-
-
-class Typist:
-    """One connection's autocomplete state: its slot, its grounding, and a standby in progress."""
-
-    def __init__(self) -> None:
-        self.slot: int | None = None
-        self.grounding: Grounding | None = None
-        self.standby: Job | None = None
-        self.query: tuple[str | None, str] | None = None  # (collection, words) last looked up
-        self.wanted: tuple[str, str | None] | None = None
-        self.refreshing: asyncio.Task[None] | None = None
-        self.job: Job | None = None
-        self.used: Grounding | None = None  # the passage in front of the latest request's text
-        self.prewarmed: tuple[int, str | None] | None = None  # (window start, passage id) prefilled ahead
+STANDBY_RESERVE = 16  # tokens a standby prefill keeps free for the suggestion
 
 
 class Autocompleter:
     """Serves ``complete`` requests for every connection from one :class:`SlotContext`."""
 
     def __init__(
-        self, slots: SlotContext, scheduler: CpuScheduler, search: Search | None,
-        *, context_tokens: int, min_score: float, prefix_reuse: bool = True,
+        self, runner: SlotRunner, n_slots: int, scheduler: CpuScheduler, search: Search | None,
+        *, context_tokens: int, min_score: float, prefix_reuse: bool = True, limits: Limits = Limits(),
     ) -> None:
-        self.ctx = slots
+        self._runner = runner
         self._scheduler = scheduler
         self._reuse = prefix_reuse
         self._context_tokens = context_tokens
-        self.grounder = Grounder(search, self._grounding, min_score) if search is not None else None
-        self._owner: list[Typist | None] = [None] * slots.n_slots
-        self._used: list[float] = [0.0] * slots.n_slots
+        self._limits = limits
+        self.owners = SlotOwners(n_slots)
+        self.grounder = Grounder(search, min_score) if search is not None else None
+        self._refresh = GroundingRefresh(self.grounder, self._grounding, self._standby, self.owners) if self.grounder else None
         self._jobs: list[Job] = []
+        self._keys = itertools.count()
         self._in_flight: dict[Priority, int] = {Priority.KEYSTROKE: 0, Priority.ANSWER: 0}
-        self._step_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._last_request = 0.0
-        self.steps = 0
+        self.steps = 0  # model steps that evaluated at least one row
+        self.evaluated = 0  # tokens those steps evaluated
 
     @classmethod
     async def load(cls, scheduler: CpuScheduler, model_path: Path, n_slots: int, slot_ctx: int, threads: int,
                    search: Search | None, lora_path: Path | None = None, **options: Any) -> "Autocompleter":
-        slots = await scheduler.run(
-            Priority.CONTROL, lambda: SlotContext(model_path, n_slots, slot_ctx, threads, lora_path=lora_path))
-        return cls(slots, scheduler, search, **options)
+        """Create the slot context on the scheduler thread, which then owns it."""
+        runner = await scheduler.run(
+            Priority.CONTROL, lambda: SlotRunner(SlotContext(model_path, n_slots, slot_ctx, threads, lora_path=lora_path)))
+        return cls(runner, n_slots, scheduler, search, **options)
+
+    async def unload(self) -> None:
+        """Close, then free the model on the scheduler thread."""
+        await self.close()
+        await self._scheduler.run(Priority.CONTROL, self._runner.ctx.close)
 
     # Typists ---------------------------------------------------------------------------
 
@@ -123,58 +94,24 @@ class Autocompleter:
             typist.standby.cancelled = True
         if typist.refreshing is not None:
             typist.refreshing.cancel()
-        for slot, owner in enumerate(self._owner):
-            if owner is typist:
-                self._owner[slot] = None
+        self.owners.release(typist)
 
     @property
     def slots_in_use(self) -> int:
         """Slots a typist owns."""
-        return sum(1 for owner in self._owner if owner is not None)
+        return self.owners.in_use
 
     @property
     def active(self) -> bool:
         """Whether someone typed recently (answers then prefill in smaller steps)."""
         return time.perf_counter() - self._last_request < ACTIVE_S
 
+    async def idle(self) -> None:
+        """Wait until no job is left: every suggestion and standby prefill done."""
+        await self._idle.wait()
+
     def _claim(self, typist: Typist) -> int | None:
-        """A slot for ``typist``: a free one, else the least recently used one not working now."""
-        busy = {job.slot for job in self._jobs}
-        free = [s for s in range(self.ctx.n_slots) if s not in busy and self._owner[s] is None]
-        if not free:
-            free = [s for s in range(self.ctx.n_slots) if s not in busy and self._owner[s] is not typist]
-        if not free:
-            return None
-        slot = min(free, key=lambda s: self._used[s])
-        previous = self._owner[slot]
-        if previous is not None and previous is not typist:  # evicted: it starts cold next time
-            if previous.slot == slot:
-                previous.slot = None
-            if previous.standby is not None and previous.standby.slot == slot:
-                previous.standby.cancelled = True
-        self._owner[slot] = typist
-        self._used[slot] = time.perf_counter()
-        return slot
-
-    # Prompts ---------------------------------------------------------------------------
-
-    def _grounding(self, hit: Hit) -> Grounding:
-        words = " ".join(hit.text.split())
-        tokens = self.ctx.tokenize(words, add_bos=False)[: self._context_tokens]
-        block = self.ctx.text(tokens) + "\n\n"
-        return Grounding(hit.id, hit.doc_id, hit.title, hit.chunk_index, block,
-                         tuple(self.ctx.tokenize(block, add_bos=True)))
-
-    def prompt_tokens(self, grounding: Grounding | None, text: str, max_tokens: int) -> list[int]:
-        return self._tokens(grounding, complete_prompt(text), max_tokens)
-
-    def _tokens(self, grounding: Grounding | None, tail: str, max_tokens: int) -> list[int]:
-        head = list(grounding.tokens) if grounding is not None else []
-        body = self.ctx.tokenize(tail, add_bos=not head)
-        room = self.ctx.slot_ctx - max_tokens - 8 - len(head)
-        if len(body) > room:
-            body = body[len(body) - room:]
-        return head + body
+        return self.owners.claim(typist, {job.slot for job in self._jobs})
 
     # Requests --------------------------------------------------------------------------
 
@@ -188,20 +125,23 @@ class Autocompleter:
             typist.job.cancelled = True
         if self.grounder is not None:
             if self._reuse:
-                self._refresh_later(typist, text, collection)
+                assert self._refresh is not None
+                self._refresh.later(typist, text, collection)
             else:  # the baseline: retrieve on the keystroke path, no cache
                 query = grounding_query(text)
                 if query is not None:
-                    typist.grounding = await self.grounder.choose(query, collection, typist.grounding, cached=False)
-        if typist.slot is None or self._owner[typist.slot] is not typist:
-            typist.slot = self._claim(typist)
-            if typist.slot is None:
-                raise Busy("every autocomplete slot is busy; try again shortly")
+                    hit = await self.grounder.pick(query, collection, typist.grounding, cached=False)
+                    if hit is not None:
+                        typist.grounding = await self._grounding(hit, Priority.KEYSTROKE)
+        slot = typist.slot if self.owners.owns(typist, typist.slot) else self._claim(typist)
+        typist.slot = slot
+        if slot is None:
+            raise Busy("every autocomplete slot is busy; try again shortly")
         typist.used = typist.grounding
-        job = Job(typist.slot, self.prompt_tokens(typist.grounding, text, max_tokens), stats=stats,
-                  cutter=SuggestionCutter(text, max_tokens))
+        job = self._job(slot, typist.grounding, complete_prompt(text), max_tokens,
+                        stats=stats, cutter=SuggestionCutter(text, max_tokens))
         typist.job = job
-        self._used[job.slot] = time.perf_counter()
+        self.owners.touch(job.slot)
         self._submit(job)
         if self._reuse:
             self._prewarm(typist, text)
@@ -214,12 +154,19 @@ class Autocompleter:
             if job.error is not None:
                 raise job.error
         finally:
-            job.cancelled = True
+            if not job.finished:
+                job.cancelled = True
+                self._kick()
             if typist.job is job:
                 typist.job = None
 
+    def _job(self, slot: int, grounding: Grounding | None, tail: str, reserve: int, **fields: Any) -> Job:
+        head = grounding.tokens if grounding is not None else ()
+        return Job(next(self._keys), slot, PrepareRequest(slot, head, tail, reserve, self._reuse), **fields)
+
     def _submit(self, job: Job) -> None:
         self._jobs.append(job)
+        self._idle.clear()
         self._kick()
 
     def _prewarm(self, typist: Typist, text: str) -> None:
@@ -232,101 +179,157 @@ class Autocompleter:
         typist.prewarmed = (soon, passage)
         slot = self._claim(typist)
         if slot is not None:
-            self._submit(Job(slot, self._tokens(typist.grounding, text[soon:], 16), standby=True, release=True))
+            self._submit(self._job(slot, typist.grounding, text[soon:], STANDBY_RESERVE, standby=True, release=True))
 
-    # Grounding in the background -------------------------------------------------------
+    # Grounding ---------------------------------------------------------------------------
 
-    def _refresh_later(self, typist: Typist, text: str, collection: str | None) -> None:
-        query = grounding_query(text)
-        if query is None or (collection, query) == typist.query:
-            return
-        typist.wanted = (text, collection)
-        if typist.refreshing is None or typist.refreshing.done():
-            typist.refreshing = asyncio.get_running_loop().create_task(self._refresh(typist))
+    def _standby(self, typist: Typist, grounding: Grounding, text: str) -> Job | None:
+        """Prefill ``grounding`` and ``text`` into a spare slot for ``typist``; None when none is free."""
+        slot = self._claim(typist)
+        if slot is None:
+            return None
+        job = self._job(slot, grounding, complete_prompt(text), STANDBY_RESERVE, standby=True)
+        self._submit(job)
+        return job
 
-    async def _refresh(self, typist: Typist) -> None:
-        """Look the typed words up; when the passage changes, prefill it into a standby slot and
-        switch the typist over once it is ready (the current slot serves meanwhile)."""
-        assert self.grounder is not None
-        try:
-            while typist.wanted is not None:
-                text, collection = typist.wanted
-                typist.wanted = None
-                query = grounding_query(text)
-                if query is None or (collection, query) == typist.query:
-                    continue
-                typist.query = (collection, query)
-                chosen = await self.grounder.choose(query, collection, typist.grounding)
-                if chosen is None or chosen == typist.grounding:
-                    continue
-                slot = self._claim(typist)
-                if slot is None:
-                    continue
-                latest = typist.wanted[0] if typist.wanted else text
-                standby = Job(slot, self.prompt_tokens(chosen, latest, 16), standby=True)
-                typist.standby = standby
-                self._submit(standby)
-                while not standby.finished:
-                    await standby.queue.get()
-                typist.standby = None
-                if standby.cancelled or standby.error is not None or self._owner[slot] is not typist:
-                    if self._owner[slot] is typist and slot != typist.slot:
-                        self._owner[slot] = None
-                    continue
-                old = typist.slot
-                typist.slot, typist.grounding = slot, chosen
-                if old is not None and old != slot and self._owner[old] is typist:
-                    self._owner[old] = None
-        except asyncio.CancelledError:
-            raise
-        except SmallfirstError as exc:  # retrieval down: keep completing with the grounding we have
-            log.warning("autocomplete grounding failed: %s", exc.message)
-        except Exception:
-            log.exception("autocomplete grounding failed")
+    async def _grounding(self, hit: Hit, priority: Priority) -> Grounding:
+        """The passage cut to the context budget and tokenized (on the scheduler thread)."""
+        block, tokens = await self._scheduler.run(priority, self._runner.grounding_block, hit.text, self._context_tokens)
+        return Grounding(hit.id, hit.doc_id, hit.title, hit.chunk_index, block, tokens)
 
     # Driving the steps -----------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Queue the step the current jobs need. A new keystroke gets its own keystroke-priority
-        step at once, even while a less urgent step waits in the scheduler: steps plan their rows
-        when they start, from the jobs live then, so neither waits for the other's plan."""
+        """Prepare new jobs, and launch the step the planner asks for, if any."""
         for job in self._jobs:
             if job.cancelled and not job.finished:
                 job.stats.finish = "cancelled"
                 self._finish(job)
         self._jobs = [job for job in self._jobs if not job.finished]
-        if not self._jobs:
-            return
-        urgent = any(not job.standby and not job.decoding for job in self._jobs)
-        if urgent and not self._in_flight[Priority.KEYSTROKE]:
-            self._launch(Priority.KEYSTROKE)
-        elif not urgent and not any(self._in_flight.values()):
-            self._launch(Priority.ANSWER)
+        for job in self._jobs:
+            if job.prompt is None and not job.busy:
+                job.busy = True  # marked now, not when the task starts: a second kick must not plan it again
+                self._launch(self._prepare(job))
+        while True:
+            ready = [job.view() for job in self._jobs if job.prompt is not None and not job.busy]
+            in_flight = frozenset(priority for priority, count in self._in_flight.items() if count)
+            plan = next_step(ready, len(self._jobs), in_flight, self._limits)
+            if plan is None:
+                break
+            if plan.rows:
+                jobs = self._claim_jobs(plan)
+                self._in_flight[plan.priority] += 1
+                self._launch(self._step(plan, jobs))
+                break
+            for key in plan.filled:  # a standby whose prompt was already in the slot
+                self._finish_key(key, "stop")
+            self._jobs = [job for job in self._jobs if not job.finished]
+        if not self._jobs and not any(self._in_flight.values()):
+            self._idle.set()
 
-    def _launch(self, priority: Priority) -> None:
-        self._in_flight[priority] += 1
-        task = asyncio.get_running_loop().create_task(self._run_step(priority))
-        self._step_tasks.add(task)
-        task.add_done_callback(self._step_tasks.discard)
+    def _launch(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _run_step(self, priority: Priority) -> None:
+    def _claim_jobs(self, plan: Plan) -> list[Job]:
+        """The jobs of ``plan``'s rows, marked busy until the step is done."""
+        by_key = {job.key: job for job in self._jobs}
+        jobs = [by_key[row.key] for row in plan.rows]
+        for job in jobs:
+            job.busy = True
+        return jobs
+
+    async def _prepare(self, job: Job) -> None:
+        priority = Priority.ANSWER if job.standby else Priority.KEYSTROKE
         try:
-            results = await self._scheduler.run(priority, self._step)
+            prepared: Prepared = await self._scheduler.run(priority, self._runner.prepare, job.request)
+        except SmallfirstError as exc:
+            self._finish(job, exc)
+        except Exception as exc:  # a failed prepare fails its request, never the engine
+            log.exception("autocomplete prepare failed")
+            self._finish(job, UpstreamError(f"autocomplete failed: {exc}"))
+        else:
+            if job.stats.prompt_tokens == 0:
+                job.stats.prompt_tokens, job.stats.cached_tokens = len(prepared.tokens), prepared.position
+            job.prompt, job.position, job.epoch, job.pending = prepared.tokens, prepared.position, prepared.epoch, None
+        finally:
+            job.busy = False
+            self._kick()
+
+    async def _step(self, plan: Plan, jobs: list[Job]) -> None:
+        try:
+            result: StepResult = await self._scheduler.run(plan.priority, self._runner.step, plan.rows)
         except SmallfirstError as exc:
             self._fail_all(exc)
         except Exception as exc:  # anything a step raises fails its requests, never the engine
             log.exception("autocomplete step failed")
             self._fail_all(UpstreamError(f"autocomplete failed: {exc}"))
         else:
-            for job, piece, end in results:
-                self._deliver(job, piece, end)
+            if any(outcome.applied for outcome in result.rows):
+                self.steps += 1
+            for job, row, outcome in zip(jobs, plan.rows, result.rows):
+                self._apply(job, row, outcome, result)
         finally:
-            self._in_flight[priority] -= 1
+            for job in jobs:
+                job.busy = False
+            self._in_flight[plan.priority] -= 1
             self._kick()
+
+    def _apply(self, job: Job, row: PlannedRow, outcome: RowResult, step: StepResult) -> None:
+        """One row's outcome, turned into job state and suggestion text."""
+        if not outcome.applied:  # the slot changed under the plan (a superseded job's row, skipped)
+            if not (job.finished or job.cancelled):
+                if job.pending is None:
+                    job.prompt = None  # still prefilling: prepare the prompt again
+                else:
+                    self._finish(job, UpstreamError("the autocomplete slot changed under a suggestion"))
+            return
+        self.evaluated += len(row.tokens)
+        if job.finished or job.cancelled:
+            return
+        if job.first_step_at is None:
+            job.first_step_at = step.began
+            job.stats.queue_ms = (step.began - job.started) * 1000
+        if not row.decoding and row.sample:
+            job.stats.step_ms = step.took_ms
+        job.position += len(row.tokens)
+        if job.standby:
+            if job.prompt is not None and job.position >= len(job.prompt) - 1:
+                job.stats.finish = "stop"
+                self._finish(job)
+            return
+        if not row.sample:
+            return
+        if outcome.end:
+            job.pending = None
+            job.stats.finish = "stop"
+            self._finish(job)
+            return
+        job.pending = outcome.token
+        self._deliver(job, outcome.piece)
+
+    def _deliver(self, job: Job, piece: bytes) -> None:
+        assert job.cutter is not None
+        if job.stats.completion_tokens == 0:
+            job.stats.prefill_ms = (time.perf_counter() - job.started) * 1000
+        job.stats.completion_tokens += 1
+        text, stop = job.cutter.feed(job.decoder.decode(piece))
+        if text:
+            job.queue.put_nowait(text)
+        if stop:
+            job.stats.finish = job.cutter.finish
+            self._finish(job)
 
     def _fail_all(self, error: SmallfirstError) -> None:
         for job in self._jobs:
             self._finish(job, error)
+
+    def _finish_key(self, key: int, finish: str) -> None:
+        for job in self._jobs:
+            if job.key == key:
+                job.stats.finish = finish
+                self._finish(job)
 
     def _finish(self, job: Job, error: SmallfirstError | None = None) -> None:
         if job.finished:
@@ -335,108 +338,12 @@ class Autocompleter:
         job.error = error
         job.queue.put_nowait(None)
         if job.release:
-            self._owner[job.slot] = None
-
-    def _deliver(self, job: Job, piece: bytes | None, end: bool) -> None:
-        """Turn one step's outcome for ``job`` into suggestion text (on the event loop)."""
-        if job.finished or job.cancelled:
-            return
-        if job.standby or piece is None:  # a standby filled, or the model's end-of-text
-            if end:
-                job.stats.finish = "stop"
-                self._finish(job)
-            return
-        assert job.cutter is not None
-        if job.stats.completion_tokens == 0:
-            job.stats.prefill_ms = (time.perf_counter() - job.started) * 1000
-        job.stats.completion_tokens += 1
-        text, stop = job.cutter.feed(job.decoder.decode(piece))
-        if text:
-            job.queue.put_nowait(text)
-        if stop or end:
-            job.stats.finish = job.cutter.finish if stop else "stop"
-            self._finish(job)
-
-    # One step, on the scheduler thread ---------------------------------------------------
-
-    def _prepare(self, job: Job) -> None:
-        if self._reuse:
-            candidates = range(self.ctx.n_slots)
-            job.position = self.ctx.adopt(job.slot, job.prompt, candidates)
-        else:
-            self.ctx.clear(job.slot)
-            job.position = 0
-        job.stats.prompt_tokens = len(job.prompt)
-        job.stats.cached_tokens = job.position
-        job.prepared = True
-
-    def _step(self) -> list[tuple[Job, bytes | None, bool]]:
-        began = time.perf_counter()
-        jobs = [job for job in list(self._jobs) if not job.cancelled and not job.finished]
-        rows: list[Row] = []
-        planned: list[Job] = []
-        fresh = [j for j in jobs if not j.standby and not j.decoding]
-        budget = ALONE_STEP_TOKENS if len(jobs) == 1 else STEP_TOKENS
-        sampled_rows = 0
-        for job in fresh:
-            if budget <= 0 or sampled_rows >= MAX_ROWS:
-                break
-            if not job.prepared:
-                self._prepare(job)
-            remaining = job.prompt[job.position:]
-            take = remaining[:budget]
-            sample = len(take) == len(remaining)
-            rows.append(Row(job.slot, take, sample))
-            planned.append(job)
-            budget -= len(take)
-            sampled_rows += sample
-        for job in jobs:
-            if job.decoding and sampled_rows < MAX_ROWS:
-                assert job.pending is not None
-                rows.append(Row(job.slot, [job.pending], True))
-                planned.append(job)
-                sampled_rows += 1
-        if not rows:
-            for job in jobs:
-                if job.standby:
-                    if not job.prepared:
-                        self._prepare(job)
-                    take = job.prompt[job.position: min(job.position + STANDBY_STEP_TOKENS, len(job.prompt) - 1)]
-                    if take:
-                        rows.append(Row(job.slot, take, False))
-                        planned.append(job)
-                    else:
-                        return [(job, None, True)]
-                    break
-        if not rows:
-            return []
-        self.steps += 1
-        sampled = self.ctx.decode(rows)
-        took_ms = (time.perf_counter() - began) * 1000
-        results: list[tuple[Job, bytes | None, bool]] = []
-        for job, row, token in zip(planned, rows, sampled):
-            if job.first_step_at is None:
-                job.first_step_at = began
-                job.stats.queue_ms = (began - job.started) * 1000
-            if not job.decoding and token is not None:
-                job.stats.step_ms = took_ms
-            if not job.decoding:
-                job.position += len(row.tokens)
-            if job.standby:
-                results.append((job, None, job.position >= len(job.prompt) - 1))
-                continue
-            if token is None:
-                continue
-            if self.ctx.is_end(token):
-                job.pending = None
-                results.append((job, None, True))
-            else:
-                job.pending = token
-                results.append((job, self.ctx.piece(token), False))
-        return results
+            self.owners.free(job.slot)
 
     async def close(self) -> None:
-        for task in list(self._step_tasks):
+        for task in list(self._tasks):
             task.cancel()
         for job in list(self._jobs):
             self._finish(job)
+        self._jobs = []
+        self._idle.set()

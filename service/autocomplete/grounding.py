@@ -48,15 +48,13 @@ def grounding_query(text: str) -> str | None:
 
 
 Search = Callable[[str, str | None], Awaitable[Sequence[Hit]]]
-Build = Callable[[Hit], Grounding]
 
 
 class Grounder:
     """Query → hits, cached (LRU); picks the passage for a typist."""
 
-    def __init__(self, search: Search, build: Build, min_score: float, cache_size: int = 1024) -> None:
+    def __init__(self, search: Search, min_score: float, cache_size: int = 1024) -> None:
         self._search = search
-        self._build = build
         self._min_score = min_score
         self._cache: OrderedDict[tuple[str | None, str], Sequence[Hit]] = OrderedDict()
         self._cache_size = cache_size
@@ -72,13 +70,14 @@ class Grounder:
             self._cache.popitem(last=False)
         return hits
 
-    async def choose(self, query: str, collection: str | None, current: Grounding | None, cached: bool = True) -> Grounding | None:
-        """The passage to use for ``query``: the current one while it still ranks near the top."""
+    async def pick(self, query: str, collection: str | None, current: Grounding | None, cached: bool = True) -> Hit | None:
+        """A new passage for ``query``, or None to keep ``current`` (while it still ranks near the
+        top, or when nothing scores high enough)."""
         hits = [h for h in await self.hits(query, collection, cached) if h.score >= self._min_score]
         if not hits:
-            return current
+            return None
         if current is not None:
             for hit in hits:
                 if hit.id == current.id and hit.score >= hits[0].score - KEEP_MARGIN:
-                    return current
-        return self._build(hits[0])
+                    return None
+        return hits[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Sequence
 
@@ -33,9 +32,9 @@ class Backend(Protocol):
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         stats: GenerationStats | None = None,
-        cancel: asyncio.Event | None = None,
     ) -> AsyncIterator[str]:
-        """Yield text deltas; stop at a stop string (not yielded), ``max_tokens``, or ``cancel``."""
+        """Yield text deltas; stop at a stop string (not yielded) or ``max_tokens``. Cancelling the
+        task that iterates stops the generation before its next step."""
         ...
 
 

@@ -16,6 +16,7 @@ from smallfirst.service.llm.admission import LoadTimes
 from smallfirst.service.llm.base import GenerationStats, StopMatcher
 from smallfirst.service.llm.kv_cache import PrefixCache
 from smallfirst.service.scheduler import CpuScheduler, Priority
+from smallfirst.threads import OwnerThread
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,15 @@ def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = Fa
 
 
 class Tokenizer:
-    """The model's vocabulary alone, for counting tokens on the event loop (a separate object)."""
+    """The model's vocabulary alone, for counting tokens; like every llama.cpp object, called only
+    on the thread that created it (the scheduler's, in the service)."""
 
     def __init__(self, model_path: Path) -> None:
+        self._owner = OwnerThread("Tokenizer")
         self._llama = load_llama(model_path, n_ctx=64, threads=1, vocab_only=True)
 
     def count(self, text: str) -> int:
+        self._owner.check("count")
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
@@ -93,9 +97,11 @@ class LocalBackend:
     def __init__(
         self, name: str, llama: Any, scheduler: CpuScheduler, priority: Priority,
         prefill_step: int = 32, queue_limit: int = 16, prefix_cache_bytes: int = 0,
+        owner: OwnerThread | None = None, n_ctx: int | None = None, yield_to: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
         self._llama = llama
+        self._owner = owner if owner is not None else OwnerThread(f"LocalBackend {name}")
         self._scheduler = scheduler
         self._priority = priority
         self._prefill_step = max(1, prefill_step)
@@ -107,8 +113,8 @@ class LocalBackend:
         self.times = LoadTimes()
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.prefilled_tokens = 0  # prompt tokens evaluated by prefill steps since load (restored ones excluded)
-        self.n_ctx: int = llama.n_ctx()
-        self.yield_to: Callable[[], bool] = lambda: False  # True: prefill in short steps (someone is typing)
+        self.n_ctx: int = n_ctx if n_ctx is not None else llama.n_ctx()
+        self.yield_to = yield_to  # True: prefill in short steps (someone is typing)
 
     @property
     def waiting(self) -> int:
@@ -141,11 +147,15 @@ class LocalBackend:
     async def load(
         cls, name: str, model_path: Path, n_ctx: int, threads: int, scheduler: CpuScheduler,
         priority: Priority, prefill_step: int, queue_limit: int, prefix_cache_bytes: int = 0,
-        lora_path: Path | None = None,
+        lora_path: Path | None = None, yield_to: Callable[[], bool] = lambda: False,
     ) -> "LocalBackend":
         """Load the context (and its LoRA adapter, if any) on the scheduler thread, which then owns it."""
-        llama = await scheduler.run(Priority.CONTROL, lambda: load_llama(model_path, n_ctx, threads, lora_path=lora_path))
-        return cls(name, llama, scheduler, priority, prefill_step, queue_limit, prefix_cache_bytes)
+        def make() -> tuple[Any, OwnerThread, int]:
+            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path)
+            return llama, OwnerThread(f"LocalBackend {name}"), llama.n_ctx()
+
+        llama, owner, size = await scheduler.run(Priority.CONTROL, make)
+        return cls(name, llama, scheduler, priority, prefill_step, queue_limit, prefix_cache_bytes, owner, size, yield_to)
 
     # Steps run on the scheduler thread -------------------------------------------------
 
@@ -153,6 +163,7 @@ class LocalBackend:
         """Tokenize, fit into the window, and roll the KV cache back to the shared prefix, or
         restore a longer saved one. Returns the tokens, how many are already in the KV cache,
         and the token positions (from ``save_at``, character offsets) whose state to save."""
+        self._owner.check("_prepare")
         llama = self._llama
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         room = self.n_ctx - max_tokens - 1
@@ -179,6 +190,7 @@ class LocalBackend:
 
     def _restore(self, tokens: Sequence[int], length: int, blob: bytes) -> bool:
         """Load a saved state of ``tokens[:length]`` into the context's sequence (which it replaces)."""
+        self._owner.check("_restore")
         from llama_cpp import llama_cpp as lib
 
         llama = self._llama
@@ -195,6 +207,7 @@ class LocalBackend:
     def _eval(self, tokens: Sequence[int], save: Sequence[int] | None = None) -> None:
         """Evaluate ``tokens`` after what the context holds; then, when ``save`` is given (the whole
         prompt prefix now in the context), save that state."""
+        self._owner.check("_eval")
         self._llama.eval(tokens)
         self.prefilled_tokens += len(tokens)
         if save is not None and self.prefixes is not None:
@@ -209,6 +222,7 @@ class LocalBackend:
 
     def _step(self, generator: Any) -> tuple[bytes, bool]:
         """Evaluate the previous token and sample the next: one model step."""
+        self._owner.check("_step")
         from llama_cpp import llama_cpp as lib
 
         token = next(generator)
@@ -226,7 +240,6 @@ class LocalBackend:
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         stats: GenerationStats | None = None,
-        cancel: asyncio.Event | None = None,
         reservation: Reservation | None = None,
         save_at: Sequence[int] = (),
     ) -> AsyncIterator[str]:
@@ -257,9 +270,6 @@ class LocalBackend:
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
             start = cached
             while start < len(tokens) - 1:
-                if cancel is not None and cancel.is_set():
-                    stats.finish = "cancelled"
-                    return
                 typing = self.yield_to()
                 typed = typed or typing
                 step = YIELDING_PREFILL_STEP if typing else self._prefill_step
@@ -277,9 +287,6 @@ class LocalBackend:
             stopper = StopMatcher(stop)
             stats.finish = "length"
             while stats.completion_tokens < max_tokens:
-                if cancel is not None and cancel.is_set():
-                    stats.finish = "cancelled"
-                    return
                 typed = typed or self.yield_to()
                 try:
                     piece, end = await run(self._priority, self._step, generator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 import orjson
@@ -35,7 +35,7 @@ class RemoteBackend:
     def __init__(
         self, base_url: str, model: str, api_key: str | None, *, connect_timeout_s: float,
         first_token_timeout_s: float, token_timeout_s: float, total_timeout_s: float, retries: int,
-        breaker: CircuitBreaker, count_tokens: Callable[[str], int],
+        breaker: CircuitBreaker, count_tokens: Callable[[str], Awaitable[int]],
     ) -> None:
         self.model = model
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -64,7 +64,6 @@ class RemoteBackend:
         stop: Sequence[str] = (),
         temperature: float = 0.0,
         stats: GenerationStats | None = None,
-        cancel: asyncio.Event | None = None,
     ) -> AsyncIterator[str]:
         stats = stats if stats is not None else GenerationStats()
         if not self.breaker.allow():
@@ -76,7 +75,9 @@ class RemoteBackend:
         }
         if stop:
             body["stop"] = list(stop)[:4]
-        stats.prompt_tokens = self._count(SYSTEM_PROMPT) + self._count(prompt)
+        # Counted (on the scheduler) while the request is under way; a server's own usage report wins.
+        prompt_count = asyncio.ensure_future(self._count(SYSTEM_PROMPT + "\n\n" + prompt))
+        reported_prompt: int | None = None
         started = time.perf_counter()
         deadline = started + self._total_timeout_s
         sent_any = False
@@ -86,7 +87,7 @@ class RemoteBackend:
         try:
             async for delta, usage in self._deltas(body, deadline):
                 if usage:  # servers that honour stream_options report exact counts at the end
-                    stats.prompt_tokens = int(usage.get("prompt_tokens") or stats.prompt_tokens)
+                    reported_prompt = int(usage.get("prompt_tokens") or 0) or None
                     reported_completion = int(usage.get("completion_tokens") or 0) or None
                 if not delta:
                     continue
@@ -97,8 +98,8 @@ class RemoteBackend:
                     sent_any = True
                     completion.append(text)
                     yield text
-                if stopper.stopped or (cancel is not None and cancel.is_set()):
-                    stats.finish = "stop" if stopper.stopped else "cancelled"
+                if stopper.stopped:
+                    stats.finish = "stop"
                     break
             else:
                 tail = stopper.flush()
@@ -107,13 +108,27 @@ class RemoteBackend:
                     yield tail
         except (UpstreamError, UpstreamTimeout):
             self.breaker.failure()
+            await self._usage(stats, prompt_count, reported_prompt, reported_completion, completion)
             raise
-        except BaseException:  # cancelled by the client: no verdict on the endpoint
+        except BaseException:  # cancelled by the client: no verdict on the endpoint, no more awaiting
             self.breaker.abandon()
+            prompt_count.cancel()
+            stats.prompt_tokens = reported_prompt or 0
+            stats.completion_tokens = reported_completion or len(completion)  # about a token a delta
             raise
-        finally:
-            stats.completion_tokens = reported_completion or self._count("".join(completion))
         self.breaker.success()
+        await self._usage(stats, prompt_count, reported_prompt, reported_completion, completion)
+
+    async def _usage(self, stats: GenerationStats, prompt_count: "asyncio.Future[int]", reported_prompt: int | None,
+                     reported_completion: int | None, completion: list[str]) -> None:
+        """Token counts: the server's report, else counted with the small model's tokenizer."""
+        try:
+            stats.prompt_tokens = reported_prompt or await prompt_count
+            stats.completion_tokens = reported_completion or await self._count("".join(completion))
+        except Exception as exc:  # usage is bookkeeping: it never fails an answer
+            log.warning("could not count the large tier's tokens: %s", exc)
+            stats.prompt_tokens = reported_prompt or 0
+            stats.completion_tokens = reported_completion or len(completion)
 
     async def _deltas(self, body: dict[str, Any], deadline: float) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
         """(text delta, usage) pairs; connects with retries until the first event arrives.

@@ -3,8 +3,8 @@
 Autocomplete keeps one slot per typist (and a standby slot while new grounding is being
 prefilled), so typists never evict each other's KV prefix, and one ``decode`` call advances
 several of them at once: on the 2-core reference machine a step over four sequences costs
-about 47 ms instead of four 20 ms steps. Only the scheduler's thread calls into this object
-(tokenizing, which reads the vocabulary only, is safe from any thread).
+about 47 ms instead of four 20 ms steps. Only the thread that created this object (the
+scheduler's) calls into it, tokenizing included; with thread checks on, any other caller fails.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from smallfirst.errors import ConfigError, UpstreamError
+from smallfirst.threads import OwnerThread
 
 COPY_GAIN = 8  # tokens a prefix copy from another slot must save over the slot's own prefix
 
@@ -39,6 +40,7 @@ class SlotContext:
         from llama_cpp import _internals, _logger
         from llama_cpp import llama_cpp as lib
 
+        self._owner = OwnerThread("SlotContext")
         if not model_path.is_file():
             raise ConfigError(f"model file not found: {model_path}")
         _logger.set_verbose(False)
@@ -84,6 +86,7 @@ class SlotContext:
             raise ConfigError(f"cannot apply the adapter {lora_path.name} for autocomplete")
 
     def close(self) -> None:
+        self._owner.check("close")
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
@@ -93,26 +96,31 @@ class SlotContext:
             self._adapter = None
         self._model.close()
 
-    # Vocabulary (any thread) -----------------------------------------------------------
+    # Vocabulary ------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        self._owner.check("tokenize")
         if not text:
             return [self._lib.llama_vocab_bos(self._vocab)] if add_bos else []
         return list(self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
 
     def piece(self, token: int) -> bytes:
+        self._owner.check("piece")
         return self._model.token_to_piece(token).rstrip(b"\0")
 
     def text(self, tokens: Sequence[int]) -> str:
+        self._owner.check("text")
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="ignore")
 
     def is_end(self, token: int) -> bool:
+        self._owner.check("is_end")
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     # KV bookkeeping (scheduler thread) -------------------------------------------------
 
     def truncate(self, slot: int, keep: int) -> None:
         """Drop everything in ``slot`` from position ``keep`` on."""
+        self._owner.check("truncate")
         if keep < len(self.tokens[slot]):
             if not self._lib.llama_memory_seq_rm(self._memory, slot, keep, -1):
                 self.clear(slot)  # the cache cannot roll back partway (a sliding window): start over
@@ -123,6 +131,7 @@ class SlotContext:
         """Make ``slot`` hold the longest prefix of ``target`` it (or, copied over, one of
         ``candidates``) already has, always leaving the last target token to evaluate.
         Returns how many target tokens are now in the slot's KV cache."""
+        self._owner.check("adopt")
         limit = len(target) - 1
         own = min(common_prefix(self.tokens[slot], target), limit)
         best, source = own, slot
@@ -142,6 +151,7 @@ class SlotContext:
         return best
 
     def clear(self, slot: int) -> None:
+        self._owner.check("clear")
         self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
         self.tokens[slot] = []
 
@@ -150,6 +160,7 @@ class SlotContext:
     def decode(self, rows: Sequence[Row]) -> list[int | None]:
         """Append each row's tokens to its slot in one llama.cpp call; the greedy next token for
         rows that asked for one (None for the others)."""
+        self._owner.check("decode")
         lib, batch = self._lib, self._batch
         n = 0
         outputs: list[int | None] = []

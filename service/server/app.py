@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.datastructures import Cookie, State
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.logging.config import LoggingConfig
 from litestar.openapi.config import OpenAPIConfig
@@ -26,17 +27,19 @@ from litestar.static_files import create_static_files_router
 
 from smallfirst.errors import BadRequest, Forbidden, SmallfirstError, TooLarge, UnsupportedMediaType
 from smallfirst.settings import Settings
+from smallfirst.threads import enable_checks
 from smallfirst.retrieval.store import COLLECTION_NAME
 from smallfirst.service.server import schemas, uploads
 from smallfirst.service.server.limits import TRY_AGAIN_LATER, ConnectionLimiter
 from smallfirst.service.server.metrics import CONTENT_TYPE, Metrics
+from smallfirst.service.server.calibrator import grounding_report
+from smallfirst.service.server.components import Components
 from smallfirst.service.server.runtime import Runtime
 from smallfirst.service.server.security import (
     ACCESS, SESSION_COOKIE, SOURCE_CSP, Access, Policy, access_guard, allowed_hosts, chosen_subprotocol,
     redact_server_logs, security_headers,
 )
 from smallfirst.service.server.session import Session
-from smallfirst.service.server.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,6 @@ ADMIN_ERRORS = {
 }
 
 
-def _runtime(state: State) -> Runtime:
-    return state.runtime  # type: ignore[no-any-return]
-
-
 @get("/", media_type=MediaType.HTML, include_in_schema=False, opt=PUBLIC)
 async def index(state: State) -> File:
     """The demo page; it sets the session cookie that lets this browser use /ws and /api/source."""
@@ -79,24 +78,28 @@ async def healthz() -> schemas.Health:
 
 
 @get("/readyz", opt=PUBLIC, responses={503: ResponseSpec(schemas.Readiness, description="still loading, or failed")})
-async def readyz(state: State) -> Response[schemas.Readiness]:
+async def readyz(runtime: Runtime) -> Response[schemas.Readiness]:
     """200 once the store, embedder and model are loaded; 503 before, or when loading failed."""
-    runtime = _runtime(state)
     body = schemas.Readiness(status=runtime.state, error=runtime.error or None)
-    if runtime.ready:
-        body.model = runtime.model_name
-        body.adapter = runtime.adapter.name if runtime.adapter is not None else None
+    components = runtime.components
+    if components is not None:
+        body.model = components.model_name
+        body.adapter = components.adapter.name if components.adapter is not None else None
         body.load_seconds = round(runtime.load_seconds, 2)
-    return Response(body, status_code=200 if runtime.ready else 503)
+    return Response(body, status_code=200 if components is not None else 503)
 
 
 @get("/api/stats", opt=ADMIN, responses=ADMIN_ERRORS)
-async def stats(state: State) -> schemas.Stats:
+async def stats(runtime: Runtime) -> schemas.Stats:
     """Per-tier requests, tokens, cost and latency since start, plus escalation and fallback counts."""
-    runtime = _runtime(state)
     body = runtime.stats.as_dict()
-    body["grounding"] = runtime.grounding_report()
-    model = runtime.answer_model
+    components = runtime.components  # None while loading: what is not loaded yet reads as idle or unconfigured
+    if components is None:
+        body["grounding"] = grounding_report(runtime.settings)
+        model, large = None, None
+    else:
+        body["grounding"] = components.calibrator.report()
+        model, large = components.answer_model, components.large
     idle = model.times.idle if model else None
     body["admission"] = {
         "service_s": round(idle.service_s, 3) if idle else 0.0,
@@ -109,13 +112,13 @@ async def stats(state: State) -> schemas.Stats:
     if model is not None and model.prefixes is not None:
         body["answer_kv_cache"] = model.prefixes.as_dict()
     body["large_tier"] = (
-        {"configured": True, "model": runtime.settings.large_model, "breaker": runtime.large.breaker.state}
-        if runtime.large is not None else {"configured": False}
+        {"configured": True, "model": runtime.settings.large_model, "breaker": large.breaker.state}
+        if large is not None else {"configured": False}
     )
-    if runtime.distill is not None:
-        body["distill"] = {"written": runtime.distill.written, "dropped": runtime.distill.dropped}
-    if runtime.adapter is not None:
-        body["adapter"] = runtime.adapter.describe()
+    if components is not None and components.distill is not None:
+        body["distill"] = {"written": components.distill.written, "dropped": components.distill.dropped}
+    if components is not None and components.adapter is not None:
+        body["adapter"] = components.adapter.describe()
     return schemas.shaped(schemas.Stats, body)
 
 
@@ -124,13 +127,6 @@ async def metrics(state: State) -> Response[bytes]:
     """Prometheus metrics (text exposition format); the same token as the other admin reads."""
     registry: Metrics = state.metrics
     return Response(registry.exposition(), media_type=CONTENT_TYPE)
-
-
-def _worker(state: State) -> IngestWorker:
-    runtime = _runtime(state)
-    runtime.require_ready()
-    assert runtime.worker is not None
-    return runtime.worker
 
 
 async def _read_json(request: Request[Any, Any, Any], limit: int) -> Any:
@@ -148,27 +144,24 @@ async def _read_json(request: Request[Any, Any, Any], limit: int) -> Any:
         raise BadRequest(_INGEST_BODY) from None
 
 
-async def _admit_collection(runtime: Runtime, worker: IngestWorker, collection: str) -> None:
+async def _admit_collection(components: Components, collection: str) -> None:
     """Refuse a new collection once the store holds ``max_collections``."""
-    assert runtime.store is not None
-    store = runtime.store
-    names = set(await runtime.in_store_thread(store.collections))
-    names |= {job.collection for job in worker.jobs.values() if job.state in ("queued", "running")}
-    if collection not in names and len(names) >= runtime.settings.max_collections:
+    retriever = components.retriever
+    names = set(await retriever.in_store_thread(retriever.store.collections))
+    names |= {job.collection for job in components.worker.jobs.values() if job.state in ("queued", "running")}
+    if collection not in names and len(names) >= components.settings.max_collections:
         raise Forbidden(f"the store already holds {len(names)} collections (SMALLFIRST_MAX_COLLECTIONS)")
 
 
 @post("/api/ingest", status_code=202, opt=ADMIN, request_max_body_size=None, responses=ADMIN_ERRORS)
-async def submit_ingest(request: Request[Any, Any, Any], state: State) -> schemas.IngestJob:
+async def submit_ingest(request: Request[Any, Any, Any], state: State, components: Components) -> schemas.IngestJob:
     """Queue an ingest job; answers at once. JSON ``{"path": "/abs/folder", "collection": "docs"}`` ingests a
     folder under an allowed root; a multipart upload of files (field ``files``, optional ``collection``) stores them
     under ``DATA_DIR/uploads/COLLECTION`` and ingests that folder."""
-    runtime = _runtime(state)
-    worker = _worker(state)
-    settings = runtime.settings
+    settings, worker = components.settings, components.worker
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        return await _submit_upload(request, runtime, worker)
+        return await _submit_upload(request, components)
     if media != "application/json":
         raise UnsupportedMediaType("send JSON with 'Content-Type: application/json', or a multipart upload")
     body = await _read_json(request, settings.max_json_bytes)
@@ -178,39 +171,39 @@ async def submit_ingest(request: Request[Any, Any, Any], state: State) -> schema
     if collection is not None and not isinstance(collection, str):
         raise BadRequest("'collection' must be a string")
     policy: Policy = state.policy
-    await _admit_collection(runtime, worker, collection or settings.collection)
+    await _admit_collection(components, collection or settings.collection)
     return schemas.shaped(schemas.IngestJob, worker.submit(body["path"], collection, unrestricted=policy.is_local(request)).as_dict())
 
 
 _INGEST_BODY = 'the body must be JSON like {"path": "/absolute/folder"} or a multipart upload of files'
 
 
-async def _submit_upload(request: Request[Any, Any, Any], runtime: Runtime, worker: IngestWorker) -> schemas.IngestJob:
-    settings = runtime.settings
+async def _submit_upload(request: Request[Any, Any, Any], components: Components) -> schemas.IngestJob:
+    settings = components.settings
     limit = int(settings.max_upload_mb * 1_000_000)
     if (request.content_length or 0) > limit + 1_000_000:
         raise TooLarge(f"the upload is over the {limit}-byte limit (SMALLFIRST_MAX_UPLOAD_MB)")
     staged = await uploads.receive_upload(request.stream(), request.headers.get("content-type", ""), settings)
     collection = staged.fields.get("collection") or settings.collection
     try:
-        await _admit_collection(runtime, worker, collection)
+        await _admit_collection(components, collection)
     except BaseException:
         await uploads.discard(staged)
         raise
     folder = await uploads.commit(staged, collection, settings)
-    return schemas.shaped(schemas.IngestJob, worker.submit(str(folder), collection).as_dict())
+    return schemas.shaped(schemas.IngestJob, components.worker.submit(str(folder), collection).as_dict())
 
 
 @get("/api/ingest", opt=ADMIN, responses=ADMIN_ERRORS)
-async def list_ingest(state: State) -> list[schemas.IngestJob]:
+async def list_ingest(components: Components) -> list[schemas.IngestJob]:
     """Recent ingest jobs, newest first."""
-    return [schemas.shaped(schemas.IngestJob, job.as_dict()) for job in reversed(_worker(state).jobs.values())]
+    return [schemas.shaped(schemas.IngestJob, job.as_dict()) for job in reversed(components.worker.jobs.values())]
 
 
 @get("/api/ingest/{job_id:str}", opt=ADMIN, responses=ADMIN_ERRORS)
-async def get_ingest(state: State, job_id: str) -> schemas.IngestJob:
+async def get_ingest(components: Components, job_id: str) -> schemas.IngestJob:
     """One job's state and progress."""
-    job = _worker(state).jobs.get(job_id)
+    job = components.worker.jobs.get(job_id)
     if job is None:
         raise NotFoundException("no such ingest job")
     return schemas.shaped(schemas.IngestJob, job.as_dict())
@@ -229,14 +222,13 @@ def _servable(found: tuple[str, str] | None) -> Path | None:
 
 
 @get("/api/source", opt=READ)
-async def source(state: State, doc_id: str, collection: str | None = None) -> File:
+async def source(components: Components, doc_id: str, collection: str | None = None) -> File:
     """The original file of an ingested document, as plain text (PDFs as a download), never as active content."""
-    runtime = _runtime(state)
-    runtime.require_ready()
     if collection is not None and not COLLECTION_NAME.match(collection):
         raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")
-    store = await runtime.collection(collection)
-    found = await runtime.in_store_thread(lambda: store.source_of(doc_id))
+    retriever = components.retriever
+    store = await retriever.collection(collection)
+    found = await retriever.in_store_thread(lambda: store.source_of(doc_id))
     path = await asyncio.to_thread(_servable, found)
     if path is None:
         raise NotFoundException("no such document")
@@ -249,9 +241,8 @@ async def source(state: State, doc_id: str, collection: str | None = None) -> Fi
 
 
 @websocket("/ws", opt=READ)
-async def ws_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
+async def ws_endpoint(socket: WebSocket[Any, Any, Any], runtime: Runtime) -> None:
     """The streaming protocol. Past the connection caps the socket is accepted and closed with 1013."""
-    runtime = _runtime(socket.app.state)
     limiter: ConnectionLimiter = socket.app.state.connections
     client = socket.client.host if socket.client else "unknown"
     subprotocol = chosen_subprotocol(socket)
@@ -293,8 +284,23 @@ def unhandled_error(request: Request[Any, Any, Any], exc: Exception) -> Response
                      "retryable": False, "request_id": request_id}, status_code=500, headers={"X-Request-Id": request_id})
 
 
+def dependencies(runtime: Runtime) -> dict[str, Provide]:
+    """What routes may ask for: ``runtime`` (readiness, answers while loading) and ``components``
+    (``Busy``, so 503, until loaded, or when loading failed)."""
+
+    def provide_runtime() -> Runtime:
+        return runtime
+
+    def provide_components() -> Components:
+        return runtime.require()
+
+    return {"runtime": Provide(provide_runtime, sync_to_thread=False),
+            "components": Provide(provide_components, sync_to_thread=False)}
+
+
 def create_app(settings: Settings) -> Litestar:
     """Build the service; models and the store load in the background after start-up."""
+    enable_checks(settings.thread_checks)
     runtime = Runtime(settings)
     policy = Policy.start(settings)
     connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_client)
@@ -318,7 +324,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         on_startup=[start],
         on_shutdown=[stop],
-        state=State({"runtime": runtime, "policy": policy, "connections": connections, "metrics": registry}),
+        dependencies=dependencies(runtime),
+        state=State({"policy": policy, "connections": connections, "metrics": registry}),
         guards=[access_guard],
         allowed_hosts=allowed_hosts(settings),
         before_send=[security_headers],

@@ -83,24 +83,25 @@ class RuntimeCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         rt = self._runtime
+        c = rt.components  # None while loading: the series read 0 until then
         yield _gauge("smallfirst_connections", "Open WebSocket connections.",
                      lambda: self._connections.open)
         yield _gauge("smallfirst_answer_queue_depth", "Answers waiting for or holding the small answer model.",
-                     lambda: rt.answer_model.waiting if rt.answer_model is not None else 0)
+                     lambda: c.answer_model.waiting if c is not None else 0)
         yield _gauge("smallfirst_answer_predicted_wait_seconds",
                      "Predicted wait for a new answer's first token on the small model (admission compares it to the budget).",
-                     lambda: rt.answer_model.predicted_wait_s() if rt.answer_model is not None else 0.0)
+                     lambda: c.answer_model.predicted_wait_s() if c is not None else 0.0)
         yield _gauge("smallfirst_autocomplete_slots_in_use", "Autocomplete slots owned by a typist.",
-                     lambda: rt.autocomplete.slots_in_use if rt.autocomplete is not None else 0)
+                     lambda: c.autocomplete.slots_in_use if c is not None else 0)
         yield _gauge("smallfirst_ready", "1 once the store, embedder and models are loaded.", lambda: int(rt.ready))
         breaker = GaugeMetricFamily("smallfirst_breaker_state", "The large tier's circuit breaker: 1 for its current state.",
                                     labels=["state"])
-        current = rt.large.breaker.state if rt.large is not None else None
+        current = c.large.breaker.state if c is not None and c.large is not None else None
         for state in BREAKER_STATES:
             breaker.add_metric([state], 1.0 if current == state else 0.0)
         yield breaker
         jobs = GaugeMetricFamily("smallfirst_ingest_jobs", "Ingest jobs the worker remembers, by state.", labels=["state"])
-        worker = rt.worker
+        worker = c.worker if c is not None else None
         for state in JOB_STATES:
             jobs.add_metric([state], sum(1 for j in worker.jobs.values() if j.state == state) if worker else 0)
         yield jobs

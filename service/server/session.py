@@ -20,6 +20,7 @@ from smallfirst.service.server.protocol import (
 )
 from smallfirst.service.server.metrics import Metrics
 from smallfirst.service.server.observe import RequestWatch
+from smallfirst.service.server.components import Components
 from smallfirst.service.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,10 @@ class Session:
         self._typist: Typist | None = None
         self.watch = RequestWatch(metrics)
 
-    @property
-    def typist(self) -> Typist:
+    def _typist_of(self, components: Components) -> Typist:
         """This connection's autocomplete state, created on its first keystroke."""
         if self._typist is None:
-            self.runtime.require_ready()
-            assert self.runtime.autocomplete is not None
-            self._typist = self.runtime.autocomplete.typist()
+            self._typist = components.autocomplete.typist()
         return self._typist
 
     async def send(self, frame: dict[str, Any]) -> None:
@@ -97,7 +95,8 @@ class Session:
     async def run(self) -> None:
         logs.connection_id.set(self.watch.connection_id)  # inherited by every request task of this connection
         await self.socket.accept(subprotocols=self.subprotocol)
-        adapter = self.runtime.adapter
+        components = self.runtime.components
+        adapter = components.adapter if components is not None else None
         await self.send(ready_frame(self.settings, self.runtime.model_name or "loading",
                                     adapter.name if adapter is not None else None))
         try:
@@ -119,8 +118,9 @@ class Session:
             self.closed = True
             await self._cancel_all()
             self.watch.close()
-            if self._typist is not None and self.runtime.autocomplete is not None:
-                self.runtime.autocomplete.release(self._typist)
+            components = self.runtime.components
+            if self._typist is not None and components is not None:
+                components.autocomplete.release(self._typist)
 
     async def _close(self, code: int, reason: str) -> None:
         self.closed = True
@@ -180,10 +180,11 @@ class Session:
         req = pipeline.Request(msg.id, received, self.settings)
         logs.request_id.set(msg.id)
         try:
+            components = self.runtime.require()  # a socket may open while loading and ask once ready
             if isinstance(msg, Ask):
-                finish = await pipeline.answer(self.runtime, msg, self.send, req)
+                finish = await pipeline.answer(components, msg, self.send, req)
             else:
-                finish = await pipeline.complete(self.runtime, msg, self.send, req, self.typist)
+                finish = await pipeline.complete(components, msg, self.send, req, self._typist_of(components))
             await self._done(req, finish, is_answer=isinstance(msg, Ask))
         except asyncio.CancelledError:
             await self._done(req, "cancelled", is_answer=isinstance(msg, Ask))

@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -36,7 +36,7 @@ QUEUE_LIMIT = 32
 
 
 class ThreadBoundStore:
-    """The calls ``sync_folder`` makes, each run on the thread that owns the store."""
+    """A :class:`~smallfirst.retrieval.store.ChunkStore` whose every call runs on the thread that owns the store."""
 
     def __init__(self, store: VectorStore, executor: ThreadPoolExecutor, on_write: Callable[[int], None]) -> None:
         self._store = store
@@ -159,9 +159,10 @@ class IngestWorker:
                 if self._on_job_done is not None:
                     self._on_job_done(job.collection)
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        batch = list(texts)
         future = asyncio.run_coroutine_threadsafe(
-            self._scheduler.run(Priority.INGEST, self._embedder.embed_documents, texts, len(texts)), self._loop)
+            self._scheduler.run(Priority.INGEST, self._embedder.embed_documents, batch, len(batch)), self._loop)
         return future.result()
 
     def _sync(self, job: IngestJob) -> Any:
@@ -179,7 +180,7 @@ class IngestWorker:
         store = ThreadBoundStore(target, self._store_thread, on_write)
         with WriterLock(self._settings.data_dir):
             return sync_folder(
-                Path(job.folder), store, self._embed, self._embedder.count_tokens,  # type: ignore[arg-type]
+                Path(job.folder), store, self._embed, self._embedder.count_tokens,
                 ChunkingOptions.from_settings(self._settings), batch_size=self._settings.ingest_batch_size,
                 on_file=on_file, on_start=on_start,
             )

@@ -1,0 +1,101 @@
+"""The scheduler-thread side of autocomplete: tokenize, decode, sample. Nothing else runs there.
+
+The engine on the event loop sends plain messages (:class:`PrepareRequest`, a tuple of
+:class:`~smallfirst.service.autocomplete.planner.PlannedRow`) through the scheduler's queue and
+gets plain results back through its futures; no job object crosses the thread boundary. Each
+preparation of a slot starts a new epoch of it, and a row is applied only in the epoch and at
+the length it was planned for: a row planned for a job that was superseded meanwhile (its slot
+re-prepared for the next keystroke) is skipped instead of corrupting the slot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from smallfirst.service.autocomplete.planner import PlannedRow
+from smallfirst.service.llm.slots import Row, SlotContext
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    """A prompt for a slot: a grounding block (already tokenized) and the text after it."""
+
+    slot: int
+    head: tuple[int, ...]
+    tail: str
+    reserve: int  # tokens kept free in the slot for the suggestion
+    reuse: bool  # keep (or copy from another slot) the longest cached prefix; else start cold
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tokens: tuple[int, ...]
+    position: int  # how many of them the slot's KV cache holds already
+    epoch: int  # the slot's preparation this job's rows must match
+
+
+@dataclass(frozen=True)
+class RowResult:
+    key: int
+    applied: bool  # False: the slot no longer held what the row was planned on; nothing ran
+    token: int | None = None  # the sampled token (rows that asked for one)
+    piece: bytes = b""  # its text
+    end: bool = False  # the sampled token ends the text
+
+
+@dataclass(frozen=True)
+class StepResult:
+    began: float  # perf_counter when the step started
+    took_ms: float
+    rows: tuple[RowResult, ...]
+
+
+class SlotRunner:
+    """Runs prepare and step messages on a :class:`SlotContext`; called on the scheduler thread only."""
+
+    def __init__(self, ctx: SlotContext) -> None:
+        self.ctx = ctx
+        self._epochs = [0] * ctx.n_slots
+
+    def grounding_block(self, text: str, max_tokens: int) -> tuple[str, tuple[int, ...]]:
+        """A passage cut to ``max_tokens`` model tokens, as the text block in front of the typed
+        text, and that block's tokens (with BOS)."""
+        words = " ".join(text.split())
+        block = self.ctx.text(self.ctx.tokenize(words, add_bos=False)[:max_tokens]) + "\n\n"
+        return block, tuple(self.ctx.tokenize(block, add_bos=True))
+
+    def prepare(self, request: PrepareRequest) -> Prepared:
+        """Tokenize the prompt, fit it in the slot, and make the slot hold its longest cached prefix."""
+        ctx = self.ctx
+        head = list(request.head)
+        body = ctx.tokenize(request.tail, add_bos=not head)
+        room = ctx.slot_ctx - request.reserve - 8 - len(head)
+        if len(body) > room:
+            body = body[len(body) - room:]
+        tokens = head + body
+        if request.reuse:
+            position = ctx.adopt(request.slot, tokens, range(ctx.n_slots))
+        else:
+            ctx.clear(request.slot)
+            position = 0
+        self._epochs[request.slot] += 1
+        return Prepared(tuple(tokens), position, self._epochs[request.slot])
+
+    def step(self, rows: Sequence[PlannedRow]) -> StepResult:
+        """Evaluate the rows whose slot is as planned, in one batch; sample where asked."""
+        began = time.perf_counter()
+        ctx = self.ctx
+        live = [row for row in rows if self._epochs[row.slot] == row.epoch and len(ctx.tokens[row.slot]) == row.start]
+        sampled = ctx.decode([Row(row.slot, list(row.tokens), row.sample) for row in live]) if live else []
+        results = {row.key: self._result(row.key, token) for row, token in zip(live, sampled)}
+        took_ms = (time.perf_counter() - began) * 1000
+        return StepResult(began, took_ms, tuple(results.get(row.key, RowResult(row.key, applied=False)) for row in rows))
+
+    def _result(self, key: int, token: int | None) -> RowResult:
+        if token is None:
+            return RowResult(key, applied=True)
+        if self.ctx.is_end(token):
+            return RowResult(key, applied=True, token=token, end=True)
+        return RowResult(key, applied=True, token=token, piece=self.ctx.piece(token))
