@@ -1,5 +1,5 @@
 # smallfirst: `make run` sets everything up, ingests the sample docs and serves http://127.0.0.1:8000;
-# `make test` runs the whole suite on the real components.
+# `make test` runs the whole suite on the real components; `make test-fast` only the pure tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ LLAMA_WHEELS := $(HOME)/.cache/smallfirst/wheels/llama-cpp-python-$(LLAMA_VERSIO
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test bench image clean llama-wheel
+.PHONY: install run test test-fast bench image clean llama-wheel
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -ra
+
+test-fast: install  # the tests not marked slow: no model, no server or subprocess; seconds, while editing
+	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: install
 	@set -e; found=0; for script in bench/*.py; do [ -f "$$script" ] || continue; found=1; $(BIN)/python "$$script"; done; \

@@ -10,13 +10,17 @@ import threading
 class FaultProxy:
     """Modes: ``pass`` (relay), ``stall`` (accept, never answer), ``cut`` (relay, then drop the
     connection after ``cut_after`` SSE events), ``error`` (answer 503 at once), ``garbage`` (answer
-    200 with a stream whose event is valid JSON but not an object)."""
+    200 with a stream whose event is valid JSON but not an object).
+
+    ``requests`` counts the calls that reached the proxy (each on a connection of its own);
+    ``hung_up`` the stalled calls whose connection the service closed, having given up waiting."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.mode = "pass"
         self.cut_after = 4
         self.requests = 0
+        self.hung_up = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -43,8 +47,9 @@ class FaultProxy:
         mode = self.mode
         try:
             if mode == "stall":
-                await reader.read(65536)
-                await asyncio.sleep(3600)
+                while await reader.read(65536):  # never answer; read until the client hangs up
+                    pass
+                self.hung_up += 1
             elif mode == "error":
                 await reader.read(65536)
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy")

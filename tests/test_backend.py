@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.local import LocalBackend, bundled_model_path
 from smallfirst.service.scheduler import CpuScheduler, Priority
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -66,44 +66,68 @@ def test_stop_string_ends_generation(scheduler) -> None:
     assert "\n" not in text and stats.finish == "stop" and stats.completion_tokens < 40
 
 
-def test_cancel_stops_within_one_step_even_during_prefill(scheduler) -> None:
+def test_cancelling_the_consuming_task_stops_within_one_step_even_during_prefill(scheduler) -> None:
+    """As the service cancels a request (a ``cancel`` frame, a new keystroke, a closed socket): by
+    cancelling the task that consumes the stream."""
+    step = 16
+
     async def scenario():
-        backend = await load(scheduler, n_ctx=2048, prefill_step=16)
-        prompt = "word " * 900
+        backend = await load(scheduler, n_ctx=2048, prefill_step=step)
         stats = GenerationStats()
-        cancel = asyncio.Event()
-        steps_before = scheduler.steps
 
         async def consume():
-            async for _ in backend.stream(prompt, max_tokens=50, stats=stats, cancel=cancel):
+            async for _ in backend.stream("word " * 900, max_tokens=50, stats=stats):
                 pass
+        steps_before = scheduler.steps
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
-        cancel.set()
-        t = time.perf_counter()
-        await task
-        return stats, time.perf_counter() - t, scheduler.steps - steps_before
-    stats, stop_s, steps = run(scenario())
+        await until(lambda: backend.prefilled_tokens > 0, 120, "the prompt's first prefill step has run")
+        at_cancel = backend.prefilled_tokens
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The step already running when the task was cancelled still ends; this job runs after it.
+        await scheduler.run(Priority.CONTROL, lambda: None)
+        steps = scheduler.steps - steps_before
+        after = backend.prefilled_tokens
+        _, next_stats = await collect(backend, "Hello", max_tokens=1)  # the model is free for the next request
+        return stats, at_cancel, after, steps, next_stats
+    stats, at_cancel, after, steps, next_stats = run(scenario())
     assert stats.finish == "cancelled" and stats.completion_tokens == 0
-    assert stop_s < 0.5  # one prefill step of 16 tokens, not the rest of the 900-token prompt
-    assert steps < 900 // 16
+    assert stats.prompt_tokens > 900 and at_cancel >= step
+    assert after - at_cancel <= step, (at_cancel, after)  # at most the one step that was running
+    assert after < stats.prompt_tokens - step, (after, stats.prompt_tokens)  # the rest was never evaluated
+    assert steps < stats.prompt_tokens // step, steps  # nor run as steps
+    assert next_stats.completion_tokens == 1
 
 
-def test_keystroke_jumps_the_queue_of_an_answer(scheduler) -> None:
+def test_a_keystroke_runs_between_the_prefill_steps_of_an_answer(scheduler) -> None:
+    """The order the scheduler ran the steps in: the keystroke's steps went ahead of the answer's
+    queued prefill steps, and it was served while most of that prefill was still to come."""
     async def scenario():
         answer = await LocalBackend.load("small", bundled_model_path(), 2048, 0, scheduler, Priority.ANSWER, 16, 4)
         keys = await load(scheduler)
         await collect(keys, "Hello", max_tokens=1)
-
-        async def long_answer():
-            return await collect(answer, "story " * 600, max_tokens=5)
-        task = asyncio.create_task(long_answer())
-        await asyncio.sleep(0.3)  # the answer is prefilling
-        t = time.perf_counter()
-        await collect(keys, "Hello there", max_tokens=1)
-        keystroke_s = time.perf_counter() - t
-        text, stats = await task
-        return keystroke_s, stats
-    keystroke_s, stats = run(scenario())
+        await scheduler.run(Priority.CONTROL, lambda: None)  # the last step's observer has run: not recorded below
+        order: list[int] = []
+        scheduler.on_step = lambda priority, _seconds: order.append(priority)
+        try:
+            task = asyncio.create_task(collect(answer, "story " * 600, max_tokens=5))
+            await until(lambda: answer.prefilled_tokens > 0, 120, "the answer is prefilling")
+            submitted = len(order)
+            await collect(keys, "Hello there", max_tokens=1)
+            prefilled_when_served = answer.prefilled_tokens
+            _, stats = await task
+            await scheduler.run(Priority.CONTROL, lambda: None)  # every earlier step has been recorded
+        finally:
+            scheduler.on_step = None
+        return order, submitted, prefilled_when_served, stats
+    order, submitted, prefilled_when_served, stats = run(scenario())
     assert stats.completion_tokens == 5  # the answer finished too
-    assert keystroke_s < 0.5, keystroke_s  # it did not wait for the ~2 s prefill
+    # Served while most of the answer's prompt was still to be evaluated: it did not wait for the prefill.
+    assert prefilled_when_served < (stats.prompt_tokens - stats.cached_tokens) // 2, (prefilled_when_served, stats)
+    keystroke = [i for i, p in enumerate(order) if p == Priority.KEYSTROKE]
+    assert keystroke and keystroke[0] >= submitted, order
+    # Before its first step, at most the answer step then running (and one not yet recorded).
+    assert order[submitted:keystroke[0]].count(Priority.ANSWER) <= 2, order
+    # Then at most one answer step before each of its later steps.
+    assert order[keystroke[0]:keystroke[-1]].count(Priority.ANSWER) <= len(keystroke), order

@@ -57,6 +57,7 @@ def mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
+@pytest.mark.slow
 def test_compose_services_and_profiles(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     assert set(services) == {"qdrant", "smallfirst", "large", "prometheus"}
@@ -66,6 +67,7 @@ def test_compose_services_and_profiles(resolved: dict[str, Any]) -> None:
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
 
 
+@pytest.mark.slow
 def test_images_are_pinned(resolved: dict[str, Any]) -> None:
     for name, service in resolved["services"].items():
         image = service["image"]
@@ -85,6 +87,7 @@ def _installed_version(name: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+@pytest.mark.slow
 def test_smallfirst_uses_the_qdrant_server(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     app, qdrant = services["smallfirst"], services["qdrant"]
@@ -104,6 +107,7 @@ def test_smallfirst_uses_the_qdrant_server(resolved: dict[str, Any]) -> None:
     assert "SMALLFIRST_API_TOKEN" not in app["environment"]
 
 
+@pytest.mark.slow
 def test_large_and_monitoring_profiles_are_wired(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     assert "SMALLFIRST_LARGE_URL" in services["smallfirst"]["environment"]

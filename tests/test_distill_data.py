@@ -74,6 +74,7 @@ def test_the_split_is_by_question_and_the_same_on_every_run(tmp_path: Path) -> N
     assert [e.question for e in split(examples, 0.25)[1]] == [e.question for e in held]
 
 
+@pytest.mark.slow
 def test_rows_are_the_served_tokens_then_the_answer_and_its_stop(tmp_path: Path) -> None:
     from smallfirst.service.distill.train import rows_for
     from smallfirst.service.llm.local import bundled_model_path, load_llama

@@ -10,6 +10,8 @@ import pytest
 from smallfirst.retrieval.embedder import Embedder, bundled_model_dir
 from smallfirst.retrieval.onnx_export import INT8_FILE, int8_model, model_key
 
+pytestmark = pytest.mark.slow  # every test here loads the embedding model
+
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = [
     "When does the lighthouse museum close?", "How do I ingest a folder while the service runs?",

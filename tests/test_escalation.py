@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,11 +17,13 @@ from smallfirst.service.llm.breaker import CircuitBreaker
 from tests.conftest import Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
 from tests.fault_proxy import FaultProxy
 from tests.test_service import connected, of, until_done
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 OFF_TOPIC = "Who painted the Mona Lisa?"
 GROUNDED = "When does the lighthouse museum close?"
 HARD_ON_TOPIC = "Write a short poem about the Harbor Lighthouse keepers and their lamp."
+HARD_CODE = "Write a Python function that computes the Harbor Lighthouse museum ticket price for a family."
 RESET_S = 2.0
 
 
@@ -46,7 +47,7 @@ def escalating(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> I
         "SMALLFIRST_BREAKER_FAILURES": "2", "SMALLFIRST_BREAKER_RESET_S": str(RESET_S),
         "SMALLFIRST_DISTILL_LOG": str(data_dir / "distill.jsonl"),
     })
-    yield srv
+    yield calibrated(srv)
     srv.stop()
 
 
@@ -62,15 +63,34 @@ def kinds(frames: list[dict[str, Any]]) -> list[str]:
     return [f["type"] for f in frames]
 
 
+def stats(server: Server) -> dict[str, Any]:
+    return httpx.get(server.http + "/api/stats", headers=server.auth).json()
+
+
+def calibrated(server: Server) -> Server:
+    """Wait until the service has calibrated the collection's grounding threshold: routing before
+    then uses the default threshold, and a question could be routed for another reason."""
+    wait_for(lambda: "docs" in stats(server)["grounding"]["collections"], 120, "the service has calibrated 'docs'")
+    return server
+
+
+def breaker(server: Server) -> str:
+    return stats(server)["large_tier"]["breaker"]
+
+
+def breaker_lets_a_call_through(server: Server) -> str:
+    """Wait until the breaker is closed or half-open (an open one lets calls through again after
+    RESET_S); its state then."""
+    return wait_for(lambda: (state := breaker(server)) != "open" and state, RESET_S + 30,
+                    "the large tier's breaker lets a call through")
+
+
 def heal(server: Server, proxy: FaultProxy) -> None:
     """Pass mode, and a successful large-tier call once the breaker lets one through."""
     proxy.mode = "pass"
-    time.sleep(RESET_S + 0.2)
+    breaker_lets_a_call_through(server)
     assert ask(server, OFF_TOPIC)[-1]["tier"] == "large"
-
-
-def stats(server: Server) -> dict[str, Any]:
-    return httpx.get(server.http + "/api/stats", headers=server.auth).json()
+    assert breaker(server) == "closed"
 
 
 def test_routing_rules() -> None:
@@ -105,6 +125,7 @@ def test_breaker_opens_then_half_opens() -> None:
     assert breaker.state == "closed" and breaker.allow()
 
 
+@pytest.mark.slow
 def test_classifier_flags_hard_queries(embedder) -> None:
     from smallfirst.retrieval.classifier import HardQueryClassifier
 
@@ -137,11 +158,17 @@ def test_off_topic_question_escalates_before_any_token(escalating: Server, proxy
 
 
 @pytest.mark.slow
-def test_hard_question_escalates(escalating: Server) -> None:
-    frames = ask(escalating, "Write a Python function that merges two sorted lists about the lighthouse keepers.")
-    escalated = of(frames, "q", "escalated")
-    assert escalated and escalated[0]["reason"] in ("hard_query", "low_grounding", "no_context")
-    assert frames[-1]["tier"] == "large"
+def test_hard_question_escalates(escalating: Server, proxy: FaultProxy) -> None:
+    proxy.mode = "pass"
+    before = proxy.requests
+    # On topic: its top score (0.42) is well clear of the grounding thresholds the fixture corpus
+    # calibrates to (0.27-0.29, by the order the chunks are sampled in), so grounding is not the
+    # reason. Plainly code: the classifier's 0.91 is well above the 0.65 that retrieval asks for.
+    frames = ask(escalating, HARD_CODE)
+    k = kinds(frames)
+    assert k[:2] == ["sources", "escalated"] and frames[0]["sources"], k
+    assert frames[1]["reason"] == "hard_query" and frames[1]["tier"] == "large"
+    assert "fallback" not in k and frames[-1]["tier"] == "large" and proxy.requests == before + 1
 
 
 @pytest.mark.slow
@@ -168,7 +195,7 @@ def test_large_tier_not_configured_falls_back_and_says_so(server: Server) -> Non
 
 @pytest.mark.slow
 def test_hard_question_without_large_tier_says_hard_query_before_fallback(server: Server) -> None:
-    frames = ask(server, HARD_ON_TOPIC)
+    frames = ask(calibrated(server), HARD_ON_TOPIC)
     k = kinds(frames)
     assert k[:3] == ["sources", "escalated", "fallback"], k
     assert frames[1]["reason"] == "hard_query" and frames[2]["reason"] == "large_unconfigured"
@@ -202,32 +229,38 @@ def test_connection_dropped_mid_stream_continues_on_small(escalating: Server, pr
 def test_first_token_timeout_falls_back(escalating: Server, proxy: FaultProxy) -> None:
     proxy.mode = "stall"
     try:
-        started = time.monotonic()
+        calls, hung_up = proxy.requests, proxy.hung_up
         frames = ask(escalating, OFF_TOPIC)
-        elapsed = time.monotonic() - started
         fallback = of(frames, "q", "fallback")
         assert fallback and fallback[0]["reason"] == "large_timeout"
         assert "token" not in kinds(frames)[: kinds(frames).index("fallback")]
-        assert frames[-1]["tier"] == "small" and 8 <= elapsed < 60
+        assert frames[-1]["tier"] == "small" and "token" in kinds(frames)
+        # One call, not retried once it timed out, and the service hung up on it (nothing left waiting).
+        assert proxy.requests == calls + 1
+        wait_for(lambda: proxy.hung_up == hung_up + 1, 30, "the service closes the stalled connection")
     finally:
         heal(escalating, proxy)
 
 
 @pytest.mark.slow
 def test_circuit_breaker_opens_and_closes(escalating: Server, proxy: FaultProxy) -> None:
+    assert breaker(escalating) == "closed"
     proxy.mode = "error"
     try:
+        calls = proxy.requests
         for _ in range(2):  # each refused request is retried once, then counts as one failure
             assert of(ask(escalating, OFF_TOPIC), "q", "fallback")[0]["reason"] == "large_unavailable"
-        assert stats(escalating)["large_tier"]["breaker"] == "open"
+        assert proxy.requests == calls + 4 and breaker(escalating) == "open"
         calls = proxy.requests
         frames = ask(escalating, OFF_TOPIC)
         assert of(frames, "q", "fallback")[0]["reason"] == "large_unavailable"
         assert proxy.requests == calls  # open: the endpoint was not called
         proxy.mode = "pass"
-        time.sleep(RESET_S + 0.2)
-        assert ask(escalating, OFF_TOPIC)[-1]["tier"] == "large"
-        assert stats(escalating)["large_tier"]["breaker"] == "closed"
+        assert breaker_lets_a_call_through(escalating) == "half_open"
+        frames = ask(escalating, OFF_TOPIC)
+        assert frames[-1]["tier"] == "large" and "fallback" not in kinds(frames)
+        assert proxy.requests == calls + 1  # the one trial call, which closed the breaker
+        assert breaker(escalating) == "closed"
     finally:
         proxy.mode = "pass"
 
@@ -250,13 +283,13 @@ def test_distillation_log_lines(escalating: Server, proxy: FaultProxy) -> None:
     frames = ask(escalating, "Who was the first person to walk on the moon?")
     answer = "".join(f["text"] for f in of(frames, "q", "token"))
     log = escalating.log.parent / "distill.jsonl"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        if any(line["question"] == "Who was the first person to walk on the moon?" for line in lines):
-            break
-        time.sleep(0.1)
-    entry = [line for line in lines if line["question"] == "Who was the first person to walk on the moon?"][-1]
+
+    def logged() -> list[dict[str, Any]]:
+        text = log.read_text() if log.exists() else ""
+        complete = text[: text.rfind("\n") + 1]  # a line still being written is not read
+        lines = [json.loads(line) for line in complete.splitlines()]
+        return [line for line in lines if line["question"] == "Who was the first person to walk on the moon?"]
+    entry = wait_for(logged, 30, "the escalated answer is in the distillation log")[-1]
     assert {"v", "question", "sources", "answer", "latency_ms", "cost_usd", "reason", "forced"} <= set(entry)
     assert entry["answer"] == answer and entry["cost_usd"] == frames[-1]["cost_usd"]
     assert entry["reason"] == frames[[f["type"] for f in frames].index("escalated")]["reason"] and entry["forced"] is False
@@ -283,6 +316,7 @@ def test_eval_on_the_example_file(escalating: Server, tmp_path: Path) -> None:
     assert table.returncode == 0 and "routing_accuracy" in table.stdout
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x", "kind": "weird"}\n')

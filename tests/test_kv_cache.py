@@ -63,6 +63,7 @@ async def answer(model: LocalBackend, sources: str, question: str) -> tuple[str,
     return "".join(pieces), model.prefilled_tokens - before, stats
 
 
+@pytest.mark.slow
 def test_a_repeated_prompt_prefills_nothing_and_answers_the_same(backends) -> None:
     cached, plain = backends
     question = "When does the museum close?"
@@ -81,6 +82,7 @@ def test_a_repeated_prompt_prefills_nothing_and_answers_the_same(backends) -> No
     assert plain_text == cold_text and plain_prefill == plain_stats.prompt_tokens - 1 - plain_stats.cached_tokens > 50
 
 
+@pytest.mark.slow
 def test_new_prompts_answer_exactly_as_without_saved_states(backends) -> None:
     """Saving never cuts a prefill into other batches than it would have had (llama.cpp's results
     depend slightly on the cut), so prompts that restore nothing come out the same to the token."""

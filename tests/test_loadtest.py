@@ -129,6 +129,7 @@ class FaultyServer:
                 return
 
 
+@pytest.mark.slow
 def test_busy_and_dropped_connections_are_counted(tmp_path: Path) -> None:
     faulty = FaultyServer()
     code, data, output = load(faulty.url, tmp_path, "--workload", "ask", "--rate", "4", "--duration", "2",
@@ -140,6 +141,7 @@ def test_busy_and_dropped_connections_are_counted(tmp_path: Path) -> None:
     assert code == 1 and "error_rate>0.5" in output  # every request failed: the gate holds
 
 
+@pytest.mark.slow
 def test_bad_arguments(tmp_path: Path) -> None:
     for args, word in ((["--rate", "0"], "must be positive"), (["--workload", "browse"], "unknown workload"),
                        (["--fail-if", "nonsense"], "cannot read condition")):

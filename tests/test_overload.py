@@ -92,6 +92,7 @@ async def _burst(server: Server, asks: list[dict[str, Any]]) -> dict[str, list[d
     return {a["id"]: of(frames, a["id"]) for a in asks}
 
 
+@pytest.mark.slow
 def test_over_budget_answers_escalate_or_get_busy_at_once(overloaded: Server) -> None:
     before = httpx.get(overloaded.http + "/api/stats", headers=overloaded.auth).json()["admission"]
     assert before["waiting"] == 0 and before["budget_s"] == BUDGET_S

@@ -1,8 +1,11 @@
-"""Evidence scoring and the support check, on real document text (pure: no model)."""
+"""Evidence scoring and the support check, on real document text (pure: no model, except the one
+test marked slow that uses the embedder's token vectors)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from smallfirst.retrieval.evidence import find_evidence, split_sentences
 from smallfirst.retrieval.store import Hit
@@ -108,6 +111,7 @@ def test_a_refusal_is_not_an_answer() -> None:
     assert not verdict.supported
 
 
+@pytest.mark.slow
 def test_evidence_with_the_embedder_token_vectors(embedder) -> None:
     """The cheap semantic half: unit vectors from the real model's token embeddings."""
     vectors = embedder.token_vectors(["autocomplete slots", "Autocomplete slots in the shared context", ""])

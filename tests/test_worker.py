@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import BIN, FIXTURE_DOCS, Server, smallfirst
 from tests.test_service import connected, of, until_done
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +77,24 @@ def test_api_refuses_bad_jobs(live: Server, tmp_path: Path) -> None:
     assert httpx.get(live.http + "/api/ingest/nope", headers=live.auth).status_code == 404
 
 
+def job_state(server: Server, job_id: str) -> dict:
+    answer = httpx.get(f"{server.http}/api/ingest/{job_id}", headers=server.auth)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def finished(server: Server, job_id: str, timeout: float = 300) -> dict:
+    """The job's state once it is neither queued nor running."""
+    return wait_for(lambda: (job := job_state(server, job_id))["state"] not in ("queued", "running") and job,
+                    timeout, f"ingest job {job_id} ends")
+
+
 def test_keystrokes_are_served_while_a_job_runs(live: Server, tmp_path: Path) -> None:
-    folder = corpus(tmp_path / "stations", 12)
+    files = 20
+    folder = corpus(tmp_path / "stations", files)
     job = httpx.post(live.http + "/api/ingest", headers=live.auth, json={"path": str(folder)}).json()
+    before = wait_for(lambda: (state := job_state(live, job["id"]))["state"] == "running" and state["files_done"] >= 1
+                      and state, 120, "the job is running and has ingested its first file")
 
     async def type_during_job():
         async with await connected(live) as ws:
@@ -89,11 +105,12 @@ def test_keystrokes_are_served_while_a_job_runs(live: Server, tmp_path: Path) ->
                 served.append(of(frames, f"k{i}", "done")[0])
             return served
     served = asyncio.run(type_during_job())
-    state = httpx.get(f"{live.http}/api/ingest/{job['id']}", headers=live.auth).json()
-    assert all(d["finish"] in ("stop", "length") for d in served)
-    while state["state"] in ("queued", "running"):
-        state = httpx.get(f"{live.http}/api/ingest/{job['id']}", headers=live.auth).json()
-    assert state["state"] == "done" and state["summary"]["added"] == 12
+    after = job_state(live, job["id"])
+    assert all(d["finish"] in ("stop", "length") and d["usage"]["completion_tokens"] >= 1 for d in served), served
+    # The job was running before the first keystroke and still is after the last one was served.
+    assert before["files_done"] < files and after["state"] == "running" and after["files_done"] < files, (before, after)
+    done = finished(live, job["id"])
+    assert done["state"] == "done" and done["summary"]["added"] == files and done["files_done"] > after["files_done"], done
 
 
 def point_ids(data_dir: Path) -> set[str]:
@@ -147,8 +164,8 @@ def test_watch_mode_sees_add_change_delete(tmp_path: Path) -> None:
 
     try:
         assert next_summary()["added"] == 1
-        while "watching" not in proc.stderr.readline():
-            pass
+        while "watching" not in (line := proc.stderr.readline()):  # blocks until the next line
+            assert line, "the watcher exited before it said it was watching"
         (folder / "b.md").write_text("# B\n\nThe second note is about bananas.\n")
         assert next_summary()["added"] == 1
         (folder / "a.md").write_text("# A\n\nThe first note is now about apricots.\n")
@@ -176,14 +193,8 @@ def test_service_watches_folders(tmp_path: Path) -> None:
             return httpx.get(srv.http + "/api/ingest", headers=srv.auth).json()
 
         def settled(count: int) -> list[dict]:
-            import time
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                current = jobs()
-                if len(current) >= count and all(j["state"] == "done" for j in current):
-                    return current
-                time.sleep(0.3)
-            raise AssertionError(jobs())
+            return wait_for(lambda: len(current := jobs()) >= count and all(j["state"] == "done" for j in current) and current,
+                            30, f"{count} watch jobs have run")
         assert settled(1)[0]["summary"]["added"] == 1
         (folder / "b.md").write_text("# Glaze\n\nThe glaze is made of feldspar and silica.\n")
         assert settled(2)[0]["summary"]["added"] == 1
@@ -220,9 +231,7 @@ def test_uploaded_files_are_ingested(live: Server) -> None:
              ("files", ("kite-notes.txt", b"Keep the kite line dry; wet lines stretch.\n", "text/plain"))]
     answer = httpx.post(live.http + "/api/ingest", headers=live.auth, files=files, data={"collection": "uploads"})
     assert answer.status_code == 202, answer.text
-    job = answer.json()
-    while job["state"] in ("queued", "running"):
-        job = httpx.get(f"{live.http}/api/ingest/{job['id']}", headers=live.auth).json()
+    job = finished(live, answer.json()["id"])
     assert job["state"] == "done" and job["summary"]["added"] == 2 and job["collection"] == "uploads"
     empty = httpx.post(live.http + "/api/ingest", headers=live.auth, files=[("other", ("x.md", b"x", "text/plain"))])
     assert empty.status_code == 400 and "files" in empty.json()["message"]
