@@ -53,10 +53,6 @@ class Runtime:
         self.scheduler.start()
         self._task = asyncio.get_running_loop().create_task(self._load())
 
-    async def wait_ready(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
     async def _load(self) -> None:
         started = time.perf_counter()
         s = self.settings
