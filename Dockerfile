@@ -22,6 +22,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     python -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
+COPY smallfirst /src/smallfirst
 COPY service /src/service
 COPY retrieval /src/retrieval
 COPY ingest /src/ingest

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,6 @@ def test_dockerfile_structure() -> None:
     assert "assemble()" in text and "SMALLFIRST_MODEL_PATH=" in text, "the bundled model is assembled at build time"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "secrets", ".env"} <= set(ignored)
+    folders = {path.split("/")[0] for path in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()}
+    copied = set(re.findall(r"^COPY (\S+) /src/\1$", text, re.M))
+    assert folders <= copied, f"package folders the image never copies: {folders - copied}"
