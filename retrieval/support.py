@@ -7,10 +7,13 @@ A deterministic gate, no model call. An answer is supported when
    "4MB", "4 MB" and "four megabytes" are one value; and
 2. one evidence window about what the question asks holds every claim (a number in the
    sentence itself or its label line; a name or quote there or in the neighbouring sentences),
-   and at least half of the answer's own content words (those not already in the question).
+   and at least half of the answer's own content words (those not already in the question);
+3. when the question asks for a name ("Which method …?", "What exception …?"), the answer
+   gives one the question did not already name (:mod:`smallfirst.retrieval.expectation`).
 
 The second rule catches the common failure of a small model: a number that really is in the
 sources, but belongs to a neighbouring setting, or a fluent paraphrase with nothing checkable.
+The third catches a fluent answer to a "which name" question that names nothing new.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from smallfirst.retrieval.evidence import Evidence, content_words
+from smallfirst.retrieval.expectation import expected, names_given
 
 COVERAGE = 0.5  # share of the answer's new content words one window must hold
 WINDOWS = 3  # evidence windows (best first) an answer may be backed by
@@ -160,8 +164,14 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
                                for c in missing], evidence[0] if evidence else None)
     asked = set(content_words(question))
     new_words = [w for w in content_words(clean) if w not in asked]
-    if not new_words and not found:
+    asked_claims = {c.key for c in claims(question)}
+    if not new_words and all(c.key in asked_claims for c in found):
         return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "the answer only restates the question"}],
+                       evidence[0] if evidence else None)
+    expectation = expected(question)
+    if expectation is not None and not names_given(clean, question, expectation, all_text):
+        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer),
+                                "why": f"the question asks for {expectation.describe()} and the answer gives none it did not already name"}],
                        evidence[0] if evidence else None)
     best = evidence[0].score if evidence else 0.0
     candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]

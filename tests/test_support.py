@@ -9,6 +9,7 @@ import pytest
 
 from smallfirst.retrieval.evidence import find_evidence, split_sentences
 from smallfirst.retrieval.store import Hit
+from smallfirst.retrieval.expectation import expected, names_given
 from smallfirst.retrieval.support import check_answer, claims, numbers
 
 FERRY = (Path(__file__).parent / "fixtures" / "trust" / "ferry.md").read_text()
@@ -120,3 +121,67 @@ def test_evidence_with_the_embedder_token_vectors(embedder) -> None:
     assert not vectors[2].any()
     found = find_evidence("What is the default number of autocomplete slots?", [hit(SETTINGS), hit(FERRY)], embedder.token_vectors)
     assert found.best[0] is not None and "The default is 8." in found.best[0].text
+
+
+ITERATORS = """Iterators › The iterator protocol
+
+An iterator object must define __next__(), which returns the next element of the stream and raises
+StopIteration when there are no more. The built-in next() calls it. Calling iter() on a container returns an iterator.
+
+Startup › Interactive startup file
+
+When Python runs interactively, the file named by the PYTHONSTARTUP environment variable is executed first.
+The prompts are set by sys.ps1 and sys.ps2 in that file.
+"""
+
+
+@pytest.mark.parametrize(("question", "kind"), [
+    ("Which method must an iterator define to return its next element?", "method"),
+    ("What exception does mkdir raise when the folder exists?", "exception"),
+    ("Which itertools function produces running totals?", "function"),
+    ("Which environment variable names the startup file?", "variable"),
+    ("What data type gives fast appends at both ends?", None),
+    ("What is the default port?", None),
+    ("How do I list a folder?", None),
+])
+def test_questions_that_ask_for_a_name_are_recognised(question: str, kind: str | None) -> None:
+    found = expected(question)
+    assert (found.kind if found else None) == kind
+
+
+def test_an_answer_that_names_nothing_new_to_a_which_name_question_is_not_supported() -> None:
+    question = "Which method must an iterator define to return its next element?"
+    found = evidence_for(question, ITERATORS)
+    assert check_answer(question, "It must define __next__() [1].", found.ranked, [ITERATORS]).supported
+    for answer in ("The next() method of the iterator object [1].",  # next() is in the sources, but the question named it
+                   "The iterator must define a method that returns the next element of the stream [1]."):
+        verdict = check_answer(question, answer, found.ranked, [ITERATORS])
+        assert not verdict.supported, answer
+        assert "asks for the name of a method" in verdict.unsupported[0]["why"]
+
+
+def test_an_environment_variable_question_wants_a_capitalised_name() -> None:
+    question = "Which environment variable names the file of commands run when the interpreter starts interactively?"
+    found = evidence_for(question, ITERATORS)
+    assert check_answer(question, "PYTHONSTARTUP names that file [1].", found.ranked, [ITERATORS]).supported
+    verdict = check_answer(question, "The file is named by sys.ps1 [1].", found.ranked, [ITERATORS])
+    assert not verdict.supported and "environment variable" in verdict.unsupported[0]["why"]
+
+
+def test_names_given_counts_plain_words_the_answer_calls_a_thing_of_the_asked_kind() -> None:
+    question = "Which module implements heaps on top of regular lists?"
+    sources = "The heapq module implements heaps based on regular lists."
+    expectation = expected(question)
+    assert expectation is not None
+    assert names_given("The heapq module [1].", question, expectation, sources) == ["heapq"]
+    assert names_given("The module from the tour [1].", question, expectation, sources) == []
+    assert names_given("The lists module.", question, expectation, sources) == []  # a word of the question
+
+
+def test_an_answer_that_repeats_the_questions_own_names_only_restates_it() -> None:
+    question = "How do I open a TCP socket for a stream?"
+    sources = "Sockets › Creating one\nA TCP socket for a stream is made with socket(AF_INET, SOCK_STREAM)."
+    found = evidence_for(question, sources)
+    verdict = check_answer(question, "You open a TCP socket for a stream [1].", found.ranked, [sources])
+    assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer only restates the question"
+    assert check_answer(question, "With socket(AF_INET, SOCK_STREAM) [1].", found.ranked, [sources]).supported
