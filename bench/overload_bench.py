@@ -51,7 +51,8 @@ def describe(name: str, capacity: float, s: dict) -> str:
     return (f"{name:>10}: capacity {capacity:.2f} asks/s, asks at {s['asks_per_s']:.2f}/s: sent {ask['sent']} "
             f"answered {ask['completed']} busy {ask['errors'].get('busy', 0)} timeouts {ask['timeouts']}; "
             f"admitted ttft p50/p95 {ask['ttft_ms']['p50']}/{ask['ttft_ms']['p95']} ms; refusals p50/p95/max "
-            f"{refused['p50']}/{refused['p95']}/{refused['max']} ms; keystroke ttft p50/p95 "
+            f"{refused['p50']}/{refused['p95']}/{refused['max']} ms; given up in the queue {ask['shed_ms']['n']} "
+            f"(after p50 {ask['shed_ms']['p50']} ms); keystroke ttft p50/p95 "
             f"{typing['ttft_ms']['p50']}/{typing['ttft_ms']['p95']} ms")
 
 
@@ -69,7 +70,8 @@ def main() -> int:
     ratio = (u["ttft_ms"]["p95"] or float("nan")) / (b["ttft_ms"]["p95"] or float("nan"))
     print(f"overload asks_per_s={budget['asks_per_s']:.2f} admitted_ttft_p95_ms={b['ttft_ms']['p95']} "
           f"no_budget_ttft_p95_ms={u['ttft_ms']['p95']} ttft_p95_ratio={ratio:.1f} "
-          f"refusal_p95_ms={b['refusal_ms']['p95']} refusal_max_ms={b['refusal_ms']['max']} timeouts={b['timeouts']} "
+          f"refusal_p95_ms={b['refusal_ms']['p95']} refusal_max_ms={b['refusal_ms']['max']} shed={b['shed_ms']['n']} "
+          f"answered={b['completed']} timeouts={b['timeouts']} "
           f"no_budget_timeouts={u['timeouts']} keystroke_ttft_p95_ms={budget['type']['ttft_ms']['p95']} "
           f"no_budget_keystroke_ttft_p95_ms={unbounded['type']['ttft_ms']['p95']}")
     return 0

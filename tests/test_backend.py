@@ -131,3 +131,29 @@ def test_a_keystroke_runs_between_the_prefill_steps_of_an_answer(scheduler) -> N
     assert order[submitted:keystroke[0]].count(Priority.ANSWER) <= 2, order
     # Then at most one answer step before each of its later steps.
     assert order[keystroke[0]:keystroke[-1]].count(Priority.ANSWER) <= len(keystroke), order
+
+
+def test_an_admitted_answer_is_given_up_in_the_queue_once_its_budget_cannot_be_met(scheduler) -> None:
+    """The request holding the model runs past every estimate: the admitted answer behind it gets
+    ``busy`` while it waits, not a first token long after its budget; a request that was never
+    admitted (no promise made) keeps its place, and the model serves it once free."""
+    from smallfirst.errors import Busy
+
+    async def scenario():
+        backend = await load(scheduler)
+        holder = backend.stream("1, 2, 3, 4,", max_tokens=6)
+        await holder.__anext__()  # the holder has its first token and keeps the model while paused here
+        # Nothing measured yet: the prior predicts the holder done well within 4 s, so the answer is admitted.
+        reservation = backend.admit(budget_s=4.0)
+        admitted = asyncio.create_task(collect(backend, "Paris is the capital of", max_tokens=2, reservation=reservation))
+        unadmitted = asyncio.create_task(collect(backend, "Berlin is the capital of", max_tokens=2))
+        await until(lambda: admitted.done(), 60, "the admitted answer is given up")
+        waiting_after = backend.waiting
+        rest = [piece async for piece in holder]  # the holder finishes and frees the model
+        text, stats = await unadmitted
+        return admitted.exception(), backend.shed, waiting_after, rest, stats
+    error, shed, waiting_after, rest, stats = run(scenario())
+    assert isinstance(error, Busy) and error.retry_after_ms is not None and error.retry_after_ms >= 100, error
+    assert "budget" in error.message
+    assert shed == 1 and waiting_after == 1  # only the request that was never admitted still waits
+    assert stats.completion_tokens == 2 and stats.finish in ("length", "stop")

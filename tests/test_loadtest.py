@@ -147,3 +147,15 @@ def test_bad_arguments(tmp_path: Path) -> None:
                        (["--fail-if", "nonsense"], "cannot read condition")):
         result = smallfirst("loadtest", *args, env={})
         assert result.returncode == 2 and word in result.stderr, result.stderr
+
+
+def test_busy_at_admission_and_busy_after_sources_are_counted_apart() -> None:
+    from smallfirst.service.tools.loadtest.samples import Sample
+    from smallfirst.service.tools.loadtest.summary import summarise
+
+    refused = Sample("ask", "r", scheduled=0.0, sent=0.0, done=0.008, error="busy")
+    shed = Sample("ask", "s", scheduled=0.0, sent=0.0, sources=0.02, done=1.5, error="busy")
+    figures = summarise([refused, shed], window_s=10.0, slo_ttft_ms=1000.0, slo_itl_ms=200.0)
+    assert figures["refusal_ms"]["n"] == 1 and figures["refusal_ms"]["max"] == 8.0
+    assert figures["shed_ms"]["n"] == 1 and figures["shed_ms"]["max"] == 1500.0
+    assert figures["errors"] == {"busy": 2}

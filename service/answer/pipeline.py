@@ -325,11 +325,20 @@ async def _answer_small(
     prompt = evidence_prompt(evidence, msg.question, settings.evidence_windows) + continuing
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
-    await req.pump(send, components.answer_model.stream(
-        prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
-        temperature=settings.answer_temperature, stats=stats, reservation=reservation,
-        save_at=(len(prompt),),
-    ))
+    try:
+        await req.pump(send, components.answer_model.stream(
+            prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
+            temperature=settings.answer_temperature, stats=stats, reservation=reservation,
+            save_at=(len(prompt),),
+        ))
+    except Busy:
+        # Given up in the queue, before any token: the model fell behind the admission's promise.
+        if continuing or route.forced or components.large is None:
+            raise
+        await _escalate(components, msg, send, req, "small_unavailable")
+        if await _stream_large(components, msg, send, req, grounding, "small_unavailable") is None:
+            return req.finish_reason
+        raise
     finish = stats.finish
     small_answer = req.text[offset:]
     verdict = check_answer(msg.question, small_answer, evidence.ranked, [h.text for h in evidence.hits])

@@ -20,6 +20,7 @@ from smallfirst.threads import OwnerThread
 
 log = logging.getLogger(__name__)
 
+SHED_CHECK_S = 0.1  # how often a queued answer re-checks that its first token still fits its budget
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
 
 
@@ -72,11 +73,13 @@ def _shared_prefix(have: Sequence[int], want: Sequence[int]) -> int:
 
 
 class Reservation:
-    """A place in a model's queue, held from admission until the request streams (or gives up)."""
+    """A place in a model's queue, held from admission until the request streams (or gives up),
+    and the time by which its first token was promised (admission time plus the budget)."""
 
-    def __init__(self, backend: "LocalBackend") -> None:
+    def __init__(self, backend: "LocalBackend", deadline: float) -> None:
         self._backend = backend
         self.held = True
+        self.deadline = deadline
         backend._reserved += 1
 
     def release(self) -> None:
@@ -109,6 +112,8 @@ class LocalBackend:
         self._lock = asyncio.Lock()
         self._waiting = 0
         self._reserved = 0  # admitted requests still retrieving: they will queue here
+        self._queue: list[object] = []  # a ticket per request waiting for the lock, in arrival order
+        self.shed = 0  # admitted requests given up while queued: their first token would have come too late
         self._holder_since: float | None = None
         self.times = LoadTimes()
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
@@ -137,7 +142,7 @@ class LocalBackend:
             raise Busy(f"the {self.name} model is busy: an answer would wait about {predicted:.1f} s "
                        f"(budget {budget_s:g} s); try again shortly",
                        retry_after_ms=max(100, int((predicted - budget_s) * 1000)))
-        return Reservation(self)
+        return Reservation(self, time.perf_counter() + budget_s)
 
     def _full(self) -> Busy:
         return Busy(f"the {self.name} model has {self.waiting} requests waiting; try again shortly",
@@ -232,6 +237,38 @@ class LocalBackend:
 
     # The stream --------------------------------------------------------------------------
 
+    async def _acquire(self, ticket: object, deadline: float | None) -> None:
+        """Take the model in turn. An admitted request (``deadline`` set) is given up with ``Busy``
+        while it waits, as soon as the wait predicted from its place in the queue would bring its
+        first token after the deadline: a long answer or a typing burst ahead of it broke the
+        promise, and saying so at once beats a first token long after the budget."""
+        if deadline is None:
+            await self._lock.acquire()
+            return
+        acquiring = asyncio.ensure_future(self._lock.acquire())
+        try:
+            while not acquiring.done():
+                await asyncio.wait((acquiring,), timeout=SHED_CHECK_S)
+                if acquiring.done():
+                    break
+                since = self._holder_since
+                held_for = None if since is None else time.perf_counter() - since
+                ahead = self._queue.index(ticket)
+                predicted = self.times.predicted_first_token_s(ahead, held_for, typing=self.yield_to())
+                late = time.perf_counter() + predicted - deadline
+                if late > 0:
+                    self.shed += 1
+                    raise Busy(f"the {self.name} model fell behind: this answer's first token would come about "
+                               f"{late:.1f} s after its budget; try again shortly",
+                               retry_after_ms=max(100, int(predicted * 1000)))
+        except BaseException:
+            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+                self._lock.release()
+            else:
+                acquiring.cancel()
+            raise
+        await acquiring
+
     async def stream(
         self,
         prompt: str,
@@ -253,11 +290,14 @@ class LocalBackend:
         if not admitted and self.waiting >= self._queue_limit:
             raise self._full()
         queued = time.perf_counter()
+        ticket = object()
         self._waiting += 1
+        self._queue.append(ticket)
         try:
-            await self._lock.acquire()
+            await self._acquire(ticket, reservation.deadline if admitted and reservation is not None else None)
         finally:
             self._waiting -= 1
+            self._queue.remove(ticket)
         held_from = self._holder_since = time.perf_counter()
         first_token_s: float | None = None
         typed = False  # whether someone typed while this request held the model

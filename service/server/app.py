@@ -108,6 +108,7 @@ async def stats(runtime: Runtime) -> schemas.Stats:
         "typing_service_s": round(model.times.typing.service_s, 3) if model and model.times.typing.measured else None,
         "predicted_wait_s": round(model.predicted_wait_s(), 3) if model else 0.0,
         "budget_s": runtime.settings.answer_wait_budget_s, "waiting": model.waiting if model else 0,
+        "shed": model.shed if model else 0,
     }
     if model is not None and model.prefixes is not None:
         body["answer_kv_cache"] = model.prefixes.as_dict()

@@ -108,6 +108,7 @@ class Admission(Shape):
     predicted_wait_s: float
     budget_s: float
     waiting: int
+    shed: int  # admitted answers given up in the queue once their first token could no longer come within the budget
 
 
 class Stats(Shape, omit_defaults=True):

@@ -245,6 +245,9 @@ def run(args: argparse.Namespace) -> int:
         if f["refusal_ms"]["n"]:
             r = f["refusal_ms"]
             print(f"{scope}: {r['n']} refused busy, answered in p50 {r['p50']} / p95 {r['p95']} / max {r['max']} ms")
+        if f["shed_ms"]["n"]:
+            r = f["shed_ms"]
+            print(f"{scope}: {r['n']} given up busy in the queue after admission, after p50 {r['p50']} / p95 {r['p95']} / max {r['max']} ms")
         if f["tiers"]:
             print(f"{scope} tiers: {f['tiers']}, cost ${f['cost_usd']:.6f}")
         if scope == "ask" and "revised" in f:

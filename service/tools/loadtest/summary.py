@@ -30,7 +30,9 @@ def summarise(samples: Iterable[Sample], window_s: float, slo_ttft_ms: float, sl
     itl = [v for s in answered for v in s.itl_ms]
     e2e = [s.e2e_ms for s in answered if s.e2e_ms is not None and s.finish != "cancelled"]
     sources = [s.sources_ms for s in answered if s.sources_ms is not None]
-    refusals = [s.e2e_ms for s in measured if s.error == "busy" and s.e2e_ms is not None]
+    busy = [(s.e2e_ms, s.sources is not None) for s in measured if s.error == "busy" and s.e2e_ms is not None]
+    refusals = [ms for ms, sourced in busy if not sourced]  # refused at admission, before retrieval
+    shed = [ms for ms, sourced in busy if sourced]  # admitted, then given up in the queue
     tokens = sum(s.tokens for s in measured)
     good = [
         s for s in answered
@@ -45,7 +47,8 @@ def summarise(samples: Iterable[Sample], window_s: float, slo_ttft_ms: float, sl
         "cancelled": sum(1 for s in answered if s.finish == "cancelled"),
         "errors": dict(errors), "timeouts": sum(1 for s in measured if s.timeout),
         "sources_ms": distribution(sources), "ttft_ms": distribution(ttft), "itl_ms": distribution(itl),
-        "e2e_ms": distribution(e2e), "refusal_ms": distribution(refusals), "tokens": tokens,
+        "e2e_ms": distribution(e2e), "refusal_ms": distribution(refusals),
+        "shed_ms": distribution(shed), "tokens": tokens,
         "tokens_per_s": round(tokens / window_s, 2) if window_s > 0 else None,
         "goodput": round(len(good) / len(measured), 4) if measured else None,
         "tiers": dict(tiers), "cost_usd": round(sum(s.cost_usd for s in measured), 6),
@@ -64,7 +67,7 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
     flat: dict[str, float] = {}
     for scope, figures in summary.items():
         prefix = "" if scope == "all" else f"{scope}."
-        for metric in ("sources_ms", "ttft_ms", "itl_ms", "e2e_ms", "refusal_ms"):
+        for metric in ("sources_ms", "ttft_ms", "itl_ms", "e2e_ms", "refusal_ms", "shed_ms"):
             for key, value in figures[metric].items():
                 if key != "n" and value is not None:
                     flat[f"{prefix}{key}_{metric}"] = float(value)
