@@ -31,10 +31,9 @@ _CODE_NAME = re.compile(
     r"|@?\w+\(\)"  # a call: enumerate()
     r"|@[A-Za-z_]\w*"  # a decorator: @unique
     r"|[A-Za-z]*_\w*"  # snake_case, __next__
-    r"|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Z]{3,}\w*|[A-Z]{2,}[a-z]\w*"  # camelCase, PascalCase, CAPS
-    r"|\w+=\w+)(?!\w)"  # a keyword argument: strict=False
+    r"|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Z]{3,}\w*|[A-Z]{2,}[a-z]\w*)(?![\w=])"  # camelCase, PascalCase, CAPS
 )
-_FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*")
+_FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, or a keyword argument: strict=False
 _CAPS = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")
 
 
@@ -80,9 +79,9 @@ def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
 
 def names_given(answer: str, question: str, expectation: Expectation, sources: str) -> list[str]:
     """The names ``answer`` gives that the question did not: code-shaped names (only CAPS ones for an
-    environment variable; flags only for a flag or an option), or a plain word the answer itself
+    environment variable; flags and ``name=value`` only for a flag or an option), or a plain word the answer itself
     calls a thing of the asked kind, provided the sources hold it."""
-    asked = set(content_words(question)) | set(words(question))
+    asked = set(content_words(question)) | set(words(question)) | set(re.findall(r"\w+", question.lower()))
     if expectation.environment:
         found = _CAPS.findall(answer)
     else:

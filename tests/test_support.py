@@ -185,3 +185,15 @@ def test_an_answer_that_repeats_the_questions_own_names_only_restates_it() -> No
     verdict = check_answer(question, "You open a TCP socket for a stream [1].", found.ranked, [sources])
     assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer only restates the question"
     assert check_answer(question, "With socket(AF_INET, SOCK_STREAM) [1].", found.ranked, [sources]).supported
+
+
+def test_a_keyword_argument_names_a_flag_but_not_a_function() -> None:
+    sources = "Use strict=False to coerce host bits; cache_info() of an lru_cache-decorated function reports hits."
+    flag_question = "What flag do I pass to ip_network so that host bits are coerced to zero?"
+    flag = expected(flag_question)
+    assert flag is not None and "strict=False" in names_given("The flag strict=False.", flag_question, flag, sources)
+    question = "Which function of an lru_cache-decorated function reports hits and misses?"
+    function = expected(question)
+    assert function is not None
+    assert names_given("lru_cache(maxsize=None)", question, function, sources) == []  # the question's own name, and an argument
+    assert names_given("cache_info()", question, function, sources) == ["cache_info()"]
