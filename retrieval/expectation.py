@@ -5,16 +5,17 @@ model often answers such a question fluently without naming anything ("The excep
 if the directory does not exist."), or names only what the question already named ("The next()
 method …" for "Which method returns the next element?"). Both read as supported to a lexical
 check, since every word of them is in the sources. This module spots the questions that ask for
-a name and finds the names an answer gives beyond the question's own.
+a name, finds the names an answer gives beyond the question's own, and lists the names the best
+evidence gives, which the small tier picks its answer among.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from smallfirst.retrieval.evidence import STOPWORDS, content_words, words
+from smallfirst.retrieval.evidence import STOPWORDS, Evidence, content_words, words
 
 # The kinds of thing whose answer is a name. Kinds answered by a plain word as often as by a
 # name ("Which data type …?" → "deque", "Which standard …?") are left out on purpose.
@@ -59,10 +60,15 @@ def expected(question: str) -> Expectation | None:
     return Expectation(kind, environment=kind == "variable" and bool(_ENVIRONMENT.search(question)))
 
 
+def name_key(name: str) -> str:
+    """The form names are compared in: lower case, without a decorator's ``@`` or a call's ``()``."""
+    return name.lower().lstrip("@").removesuffix("()")
+
+
 def _is_new(name: str, asked: set[str]) -> bool:
     """A name is new unless the question already holds it (``next()`` for "… its next element?"),
     while ``__next__`` is a name of its own."""
-    key = name.lower().lstrip("@").removesuffix("()")
+    key = name_key(name)
     return key not in asked and key not in STOPWORDS
 
 
@@ -91,3 +97,29 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
     return [name for name in found if _is_new(name, asked)]
+
+
+MAX_OPTIONS = 8  # names the small model chooses among: each costs a few model steps
+
+
+def _is_abbreviation(name: str) -> bool:
+    """``i.e``, ``e.g``: dotted single letters are not names."""
+    return all(len(part) <= 1 for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+def name_options(question: str, expectation: Expectation, evidence: Sequence[Evidence], sources: str,
+                 sentences: int = 2) -> list[tuple[str, int]]:
+    """The names the best ``sentences`` evidence sentences themselves (with their label lines) give
+    for a question that asks for one, new to the question, best sentence first, each with the index
+    of the source it stands in: what the small tier chooses its answer among."""
+    options: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for ev in evidence[:sentences]:
+        core = f"{ev.sentence.label}\n{ev.text}" if ev.sentence.label else ev.text
+        for name in names_given(core, question, expectation, sources):
+            key = name_key(name)
+            if key in seen or _is_abbreviation(name):
+                continue
+            seen.add(key)
+            options.append((name, ev.source))
+    return options[:MAX_OPTIONS]

@@ -9,7 +9,8 @@ A deterministic gate, no model call. An answer is supported when
    sentence itself or its label line; a name or quote there or in the neighbouring sentences),
    and at least half of the answer's own content words (those not already in the question);
 3. when the question asks for a name ("Which method …?", "What exception …?"), the answer
-   gives one the question did not already name (:mod:`smallfirst.retrieval.expectation`).
+   gives one the question did not already name, and the best evidence sentence (or its label
+   line) holds it (:mod:`smallfirst.retrieval.expectation`).
 
 The second rule catches the common failure of a small model: a number that really is in the
 sources, but belongs to a neighbouring setting, or a fluent paraphrase with nothing checkable.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from smallfirst.retrieval.evidence import Evidence, content_words
-from smallfirst.retrieval.expectation import expected, names_given
+from smallfirst.retrieval.expectation import expected, name_key, names_given
 
 COVERAGE = 0.5  # share of the answer's new content words one window must hold
 WINDOWS = 3  # evidence windows (best first) an answer may be backed by
@@ -169,10 +170,17 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "the answer only restates the question"}],
                        evidence[0] if evidence else None)
     expectation = expected(question)
-    if expectation is not None and not names_given(clean, question, expectation, all_text):
-        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer),
-                                "why": f"the question asks for {expectation.describe()} and the answer gives none it did not already name"}],
-                       evidence[0] if evidence else None)
+    if expectation is not None:
+        given = names_given(clean, question, expectation, all_text)
+        if not given:
+            return Verdict(False, [{"text": answer, "start": 0, "end": len(answer),
+                                    "why": f"the question asks for {expectation.describe()} and the answer gives none it did not already name"}],
+                           evidence[0] if evidence else None)
+        top = evidence[0] if evidence else None
+        core = " ".join(f"{top.sentence.label} {top.text}".lower().split()) if top is not None else ""
+        if not any(name_key(name) in core for name in given):
+            return Verdict(False, [{"text": answer, "start": 0, "end": len(answer),
+                                    "why": "the name it gives is not in the best evidence sentence"}], top)
     best = evidence[0].score if evidence else 0.0
     candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]
     # The window must be about what the question asks: as many of its terms as the best-matching window holds, nearly.

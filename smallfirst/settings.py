@@ -80,6 +80,7 @@ class Settings:
     answer_max_tokens: int = _opt(200, "Most tokens generated for an answer.")
     answer_temperature: float = _opt(0.0, "Sampling temperature for answers (0: greedy, the same answer every time).")
     evidence_windows: int = _opt(3, "Evidence sentences (each with its label and neighbours) in the small tier's answer prompt.")
+    answer_name_choice: bool = _opt(True, "For a question that asks for a name (\"Which method ...?\"), the small tier answers with the name its two best evidence sentences give that the small model scores likeliest, instead of writing a sentence.")
     complete_max_tokens: int = _opt(16, "Default and upper bound of max_tokens for autocomplete.")
     # Routing and the large tier
     grounding_threshold: float | None = _opt(None, "Top retrieval score below which an answer escalates (low_grounding); unset: calibrated on each collection at start and after each ingest job.")

@@ -157,3 +157,17 @@ def test_an_admitted_answer_is_given_up_in_the_queue_once_its_budget_cannot_be_m
     assert "budget" in error.message
     assert shed == 1 and waiting_after == 1  # only the request that was never admitted still waits
     assert stats.completion_tokens == 2 and stats.finish in ("length", "stop")
+
+
+def test_choose_picks_the_likeliest_option_and_leaves_the_prompt_reusable(scheduler) -> None:
+    async def scenario():
+        backend = await load(scheduler)
+        prompt = "Paris is the capital of France. Rome is the capital of Italy. Berlin is the capital of"
+        picked = await backend.choose(prompt, ["Spain", "Germany", "Portugal"], stats=(stats := GenerationStats()))
+        after, after_stats = await collect(backend, prompt, max_tokens=2)  # the options left nothing in the KV cache
+        cold, _ = await collect(await load(scheduler), prompt, max_tokens=2)
+        return picked, stats, after, after_stats, cold
+    picked, stats, after, after_stats, cold = run(scenario())
+    assert picked == 1 and stats.finish == "stop" and stats.completion_tokens >= 1
+    assert after_stats.cached_tokens == after_stats.prompt_tokens - 1  # only the last prompt token re-evaluated
+    assert after.split()[:1] == cold.split()[:1]

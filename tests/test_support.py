@@ -197,3 +197,26 @@ def test_a_keyword_argument_names_a_flag_but_not_a_function() -> None:
     assert function is not None
     assert names_given("lru_cache(maxsize=None)", question, function, sources) == []  # the question's own name, and an argument
     assert names_given("cache_info()", question, function, sources) == ["cache_info()"]
+
+
+def test_name_options_come_from_the_best_evidence_sentences_new_to_the_question() -> None:
+    from smallfirst.retrieval.expectation import name_options
+
+    station = (Path(__file__).parent / "fixtures" / "trust" / "station.md").read_text()
+    question = "Which function returns the rain gauge level?"
+    found = evidence_for(question, station, FERRY)
+    expectation = expected(question)
+    assert expectation is not None
+    options = name_options(question, expectation, found.ranked, station + FERRY)
+    assert options[0] == ("read_gauge()", 0), options  # the best sentence's name first, with its source
+    assert all(name not in ("function", "i.e") for name, _ in options)
+    assert len({name for name, _ in options}) == len(options) <= 8
+
+
+def test_the_name_given_must_stand_in_the_best_evidence_sentence() -> None:
+    station = (Path(__file__).parent / "fixtures" / "trust" / "station.md").read_text()
+    question = "Which function returns the rain gauge level?"
+    found = evidence_for(question, station)
+    assert check_answer(question, "read_gauge() [1].", found.ranked, [station]).supported
+    verdict = check_answer(question, "wind_speed() [1].", found.ranked, [station])  # in the sources, next to it
+    assert not verdict.supported and verdict.unsupported[0]["why"] == "the name it gives is not in the best evidence sentence"

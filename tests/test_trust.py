@@ -19,12 +19,13 @@ from tests.test_service import of
 pytestmark = pytest.mark.slow
 
 FERRY = Path(__file__).parent / "fixtures" / "trust" / "ferry.md"
+STATION = Path(__file__).parent / "fixtures" / "trust" / "station.md"
 INVENTED = "How many minutes does the harbor ferry crossing take?"  # the documents give no duration
 GROUNDED = "When does the lighthouse museum close?"
 
 
 def corpus_server(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Server:
-    return serve_fixture_corpus(tmp_path_factory.mktemp(name), env, extra=(FERRY,))
+    return serve_fixture_corpus(tmp_path_factory.mktemp(name), env, extra=(FERRY, STATION))
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,16 @@ def test_a_supported_answer_stays_small(with_large: Server) -> None:
     assert "escalated" not in kinds(frames) and done["tier"] == "small"
     assert done["supported"] is True and done["unsupported"] == [] and "17:00" in done["small_answer"]
     assert text_of(frames) == done["small_answer"]
+
+
+def test_a_question_that_asks_for_a_name_is_answered_with_one_its_evidence_gives(with_large: Server) -> None:
+    frames = ask(with_large, "Which function returns the rain gauge level?")
+    done = frames[-1]
+    assert "escalated" not in kinds(frames) and done["tier"] == "small", frames
+    cited = [Path(s["doc_id"]).name for s in frames[0]["sources"]].index("station.md") + 1
+    # Picked by the small model among the names of the best evidence sentences, not written freely.
+    assert done["small_answer"] == text_of(frames) == f"read_gauge() [{cited}].", done
+    assert done["supported"] is True and done["usage"]["completion_tokens"] >= 1
 
 
 def test_without_a_large_tier_the_unsupported_answer_is_flagged_and_the_evidence_shown(without_large: Server) -> None:

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from smallfirst.retrieval.context import Context
 from smallfirst.retrieval.evidence import EvidenceSet
+from smallfirst.retrieval.expectation import expected, name_options
 from smallfirst.retrieval.support import check_answer, quote_evidence
 from smallfirst.errors import Busy, SmallfirstError, UpstreamTimeout
 from smallfirst.settings import Settings
@@ -325,12 +326,21 @@ async def _answer_small(
     prompt = evidence_prompt(evidence, msg.question, settings.evidence_windows) + continuing
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
+    expectation = expected(msg.question) if settings.answer_name_choice and not continuing else None
+    options = name_options(msg.question, expectation, evidence.ranked, "\n".join(h.text for h in evidence.hits)) \
+        if expectation is not None else []
     try:
-        await req.pump(send, components.answer_model.stream(
-            prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
-            temperature=settings.answer_temperature, stats=stats, reservation=reservation,
-            save_at=(len(prompt),),
-        ))
+        if options:  # the question asks for a name: pick it among those the evidence gives
+            best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
+                                                        reservation=reservation, save_at=(len(prompt),))
+            name, source = options[best]
+            await req.pump(send, _fixed_text(f"{name} [{source + 1}].", stats))
+        else:
+            await req.pump(send, components.answer_model.stream(
+                prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
+                temperature=settings.answer_temperature, stats=stats, reservation=reservation,
+                save_at=(len(prompt),),
+            ))
     except Busy:
         # Given up in the queue, before any token: the model fell behind the admission's promise.
         if continuing or route.forced or components.large is None:

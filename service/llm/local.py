@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -86,6 +88,16 @@ class Reservation:
         if self.held:
             self.held = False
             self._backend._reserved -= 1
+
+
+@dataclass
+class _Turn:
+    """One request's hold on the model: since when, whether someone typed meanwhile, and when its
+    first token came (None: it made none), for the admission's service times."""
+
+    held_from: float
+    typed: bool = False
+    first_token_s: float | None = None
 
 
 class LocalBackend:
@@ -235,6 +247,39 @@ class LocalBackend:
             return b"", True
         return self._llama.detokenize([token]), False
 
+    def _option_tokens(self, option: str) -> list[int]:
+        return self._llama.tokenize((" " + option).encode("utf-8"), add_bos=False, special=False)
+
+    def _logprobs(self) -> Any:
+        """Log-probabilities of the next token after what the context last evaluated."""
+        import numpy as np
+        from llama_cpp import llama_cpp as lib
+
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._llama._ctx.ctx, -1), shape=(self._llama.n_vocab(),))
+        top = float(logits.max())
+        return logits - top - float(np.log(np.exp(logits - top).sum()))
+
+    def _last_logprobs(self, tokens: Sequence[int]) -> Any:
+        """Evaluate the prompt's last token; the distribution of the token after it."""
+        self._owner.check("_last_logprobs")
+        self._llama.n_tokens = len(tokens) - 1
+        self._llama.eval(tokens[-1:])
+        return self._logprobs()
+
+    def _option_logprob(self, prompt_length: int, first: Any, option: str) -> float:
+        """Mean log-probability of ``option``'s tokens after the prompt (whose KV stays; the
+        option's own entries are dropped by the next evaluation)."""
+        self._owner.check("_option_logprob")
+        llama = self._llama
+        ids = self._option_tokens(option)
+        total = float(first[ids[0]])
+        llama.n_tokens = prompt_length
+        for previous, token in zip(ids, ids[1:]):
+            llama.eval([previous])
+            total += float(self._logprobs()[token])
+        llama.n_tokens = prompt_length  # the prompt stays reusable by the next request
+        return total / len(ids)
+
     # The stream --------------------------------------------------------------------------
 
     async def _acquire(self, ticket: object, deadline: float | None) -> None:
@@ -269,6 +314,56 @@ class LocalBackend:
             raise
         await acquiring
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, stats: GenerationStats, reservation: Reservation | None) -> AsyncIterator["_Turn"]:
+        """Hold the model for one request: wait in line (see :meth:`_acquire`), then measure how long
+        it held the model for the admission's estimates, and let the next one in."""
+        admitted = reservation is not None and reservation.held
+        if reservation is not None:
+            reservation.release()
+        if not admitted and self.waiting >= self._queue_limit:
+            raise self._full()
+        queued = time.perf_counter()
+        ticket = object()
+        self._waiting += 1
+        self._queue.append(ticket)
+        try:
+            await self._acquire(ticket, reservation.deadline if admitted and reservation is not None else None)
+        finally:
+            self._waiting -= 1
+            self._queue.remove(ticket)
+        turn = _Turn(held_from=time.perf_counter())
+        self._holder_since = turn.held_from
+        stats.queue_ms = (turn.held_from - queued) * 1000
+        try:
+            yield turn
+        except (asyncio.CancelledError, GeneratorExit):
+            stats.finish = "cancelled"
+            raise
+        finally:
+            self._holder_since = None
+            if stats.finish != "cancelled":  # a cancelled request says nothing of a whole one's length
+                self.times.observe(time.perf_counter() - turn.held_from, turn.first_token_s, turn.typed)
+            self._lock.release()
+
+    async def _prefill(self, turn: "_Turn", tokens: Sequence[int], start: int, save_points: list[int]) -> None:
+        """Evaluate ``tokens[start:-1]`` in scheduler steps (short ones while someone types); the
+        last prompt token is left for the step that reads its logits."""
+        run = self._scheduler.run
+        while start < len(tokens) - 1:
+            typing = self.yield_to()
+            turn.typed = turn.typed or typing
+            step = YIELDING_PREFILL_STEP if typing else self._prefill_step
+            end = min(start + step, len(tokens) - 1)
+            while save_points and save_points[0] <= start:
+                save_points.pop(0)
+            if save_points and save_points[0] <= end:  # the step ends where a state is saved
+                end = save_points.pop(0)
+                await run(self._priority, self._eval, tokens[start:end], tokens[:end])
+            else:
+                await run(self._priority, self._eval, tokens[start:end])
+            start = end
+
     async def stream(
         self,
         prompt: str,
@@ -284,57 +379,26 @@ class LocalBackend:
         limit alone applies); ``save_at``: character offsets of the prompt after which the KV
         state is worth saving for later prompts with the same start."""
         stats = stats if stats is not None else GenerationStats()
-        admitted = reservation is not None and reservation.held
-        if reservation is not None:
-            reservation.release()
-        if not admitted and self.waiting >= self._queue_limit:
-            raise self._full()
-        queued = time.perf_counter()
-        ticket = object()
-        self._waiting += 1
-        self._queue.append(ticket)
-        try:
-            await self._acquire(ticket, reservation.deadline if admitted and reservation is not None else None)
-        finally:
-            self._waiting -= 1
-            self._queue.remove(ticket)
-        held_from = self._holder_since = time.perf_counter()
-        first_token_s: float | None = None
-        typed = False  # whether someone typed while this request held the model
-        try:
-            stats.queue_ms = (time.perf_counter() - queued) * 1000
+        async with self._turn(stats, reservation) as turn:
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
             run = self._scheduler.run
             started = time.perf_counter()
             tokens, cached, save_points = await run(self._priority, self._prepare, prompt, max_tokens, save_at)
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
-            start = cached
-            while start < len(tokens) - 1:
-                typing = self.yield_to()
-                typed = typed or typing
-                step = YIELDING_PREFILL_STEP if typing else self._prefill_step
-                end = min(start + step, len(tokens) - 1)
-                while save_points and save_points[0] <= start:
-                    save_points.pop(0)
-                if save_points and save_points[0] <= end:  # the step ends where a state is saved
-                    end = save_points.pop(0)
-                    await run(self._priority, self._eval, tokens[start:end], tokens[:end])
-                else:
-                    await run(self._priority, self._eval, tokens[start:end])
-                start = end
+            await self._prefill(turn, tokens, cached, save_points)
             generator = self._llama.generate(tokens, temp=temperature, repeat_penalty=1.1 if temperature > 0 else 1.0)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stopper = StopMatcher(stop)
             stats.finish = "length"
             while stats.completion_tokens < max_tokens:
-                typed = typed or self.yield_to()
+                turn.typed = turn.typed or self.yield_to()
                 try:
                     piece, end = await run(self._priority, self._step, generator)
                 except RuntimeError as exc:
                     raise UpstreamError(f"the {self.name} model failed: {exc}") from exc
                 if stats.completion_tokens == 0:
                     stats.prefill_ms = (time.perf_counter() - started) * 1000
-                    first_token_s = time.perf_counter() - held_from
+                    turn.first_token_s = time.perf_counter() - turn.held_from
                 if end:
                     stats.finish = "stop"
                     break
@@ -348,11 +412,28 @@ class LocalBackend:
             tail = stopper.feed(decoder.decode(b"", final=True)) + stopper.flush()
             if tail:
                 yield tail
-        except (asyncio.CancelledError, GeneratorExit):
-            stats.finish = "cancelled"
-            raise
-        finally:
-            self._holder_since = None
-            if stats.finish != "cancelled":  # a cancelled request says nothing of a whole one's length
-                self.times.observe(time.perf_counter() - held_from, first_token_s, typed)
-            self._lock.release()
+
+    async def choose(
+        self, prompt: str, options: Sequence[str], *, stats: GenerationStats | None = None,
+        reservation: Reservation | None = None, save_at: Sequence[int] = (),
+    ) -> int:
+        """Which of ``options`` the model finds likeliest to continue ``prompt`` (each option's mean
+        token log-probability, teacher-forced): an answer picked among what the sources hold
+        rather than written freely. One scheduler step per option, so keystrokes slip between."""
+        if not options:
+            raise ValueError("choose needs at least one option")
+        stats = stats if stats is not None else GenerationStats()
+        async with self._turn(stats, reservation) as turn:
+            run = self._scheduler.run
+            started = time.perf_counter()
+            tokens, cached, save_points = await run(self._priority, self._prepare, prompt, 1, save_at)
+            stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
+            await self._prefill(turn, tokens, cached, save_points)
+            first = await run(self._priority, self._last_logprobs, tokens)
+            scores = [await run(self._priority, self._option_logprob, len(tokens), first, option) for option in options]
+            best = max(range(len(options)), key=lambda i: scores[i])
+            stats.prefill_ms = (time.perf_counter() - started) * 1000
+            turn.first_token_s = time.perf_counter() - turn.held_from
+            stats.completion_tokens = len(self._option_tokens(options[best]))
+            stats.finish = "stop"
+            return best
