@@ -22,6 +22,7 @@ from smallfirst.threads import OwnerThread
 
 log = logging.getLogger(__name__)
 
+OPTION_TOKENS = 24  # an option of :meth:`LocalBackend.choose` is scored on this many tokens at most
 SHED_CHECK_S = 0.1  # how often a queued answer re-checks that its first token still fits its budget
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
 
@@ -247,9 +248,6 @@ class LocalBackend:
             return b"", True
         return self._llama.detokenize([token]), False
 
-    def _option_tokens(self, option: str) -> list[int]:
-        return self._llama.tokenize((" " + option).encode("utf-8"), add_bos=False, special=False)
-
     def _logprobs(self) -> Any:
         """Log-probabilities of the next token after what the context last evaluated."""
         import numpy as np
@@ -266,19 +264,19 @@ class LocalBackend:
         self._llama.eval(tokens[-1:])
         return self._logprobs()
 
-    def _option_logprob(self, prompt_length: int, first: Any, option: str) -> float:
-        """Mean log-probability of ``option``'s tokens after the prompt (whose KV stays; the
-        option's own entries are dropped by the next evaluation)."""
+    def _option_logprob(self, prompt_length: int, first: Any, option: str) -> tuple[float, int]:
+        """Mean log-probability of ``option``'s tokens after the prompt, and how many there are (the
+        prompt's KV stays; the option's own entries are dropped by the next evaluation)."""
         self._owner.check("_option_logprob")
         llama = self._llama
-        ids = self._option_tokens(option)
+        ids = llama.tokenize((" " + option).encode("utf-8"), add_bos=False, special=False)[:OPTION_TOKENS]
         total = float(first[ids[0]])
         llama.n_tokens = prompt_length
         for previous, token in zip(ids, ids[1:]):
             llama.eval([previous])
             total += float(self._logprobs()[token])
         llama.n_tokens = prompt_length  # the prompt stays reusable by the next request
-        return total / len(ids)
+        return total / len(ids), len(ids)
 
     # The stream --------------------------------------------------------------------------
 
@@ -426,14 +424,14 @@ class LocalBackend:
         async with self._turn(stats, reservation) as turn:
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached, save_points = await run(self._priority, self._prepare, prompt, 1, save_at)
+            tokens, cached, save_points = await run(self._priority, self._prepare, prompt, OPTION_TOKENS, save_at)
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
             await self._prefill(turn, tokens, cached, save_points)
             first = await run(self._priority, self._last_logprobs, tokens)
             scores = [await run(self._priority, self._option_logprob, len(tokens), first, option) for option in options]
-            best = max(range(len(options)), key=lambda i: scores[i])
+            best = max(range(len(options)), key=lambda i: scores[i][0])
             stats.prefill_ms = (time.perf_counter() - started) * 1000
             turn.first_token_s = time.perf_counter() - turn.held_from
-            stats.completion_tokens = len(self._option_tokens(options[best]))
+            stats.completion_tokens = scores[best][1]
             stats.finish = "stop"
             return best
