@@ -123,3 +123,11 @@ def name_options(question: str, expectation: Expectation, evidence: Sequence[Evi
             seen.add(key)
             options.append((name, ev.source))
     return options[:MAX_OPTIONS]
+
+
+def answer_phrase(name: str, expectation: Expectation) -> str:
+    """How an answer states a chosen name: as it is when it is code-shaped (``read_gauge()``),
+    else with the kind the question asked for ("heapq module"), as the sources called it."""
+    if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name):
+        return name
+    return f"{name} {expectation.kind}"

@@ -220,3 +220,17 @@ def test_the_name_given_must_stand_in_the_best_evidence_sentence() -> None:
     assert check_answer(question, "read_gauge() [1].", found.ranked, [station]).supported
     verdict = check_answer(question, "wind_speed() [1].", found.ranked, [station])  # in the sources, next to it
     assert not verdict.supported and verdict.unsupported[0]["why"] == "the name it gives is not in the best evidence sentence"
+
+
+def test_a_chosen_plain_word_is_stated_with_the_kind_asked_for() -> None:
+    from smallfirst.retrieval.expectation import answer_phrase
+
+    question = "Which module implements heaps on top of regular lists?"
+    sources = "The heapq module implements heaps based on regular lists."
+    expectation = expected(question)
+    assert expectation is not None
+    assert answer_phrase("heapq", expectation) == "heapq module"
+    assert answer_phrase("read_gauge()", expectation) == "read_gauge()"
+    found = evidence_for(question, sources)
+    assert not check_answer(question, "heapq [1].", found.ranked, [sources]).supported  # a bare word names nothing
+    assert check_answer(question, "heapq module [1].", found.ranked, [sources]).supported

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from smallfirst.retrieval.context import Context
 from smallfirst.retrieval.evidence import EvidenceSet
-from smallfirst.retrieval.expectation import expected, name_options
+from smallfirst.retrieval.expectation import answer_phrase, expected, name_options
 from smallfirst.retrieval.support import check_answer, quote_evidence
 from smallfirst.errors import Busy, SmallfirstError, UpstreamTimeout
 from smallfirst.settings import Settings
@@ -334,7 +334,7 @@ async def _answer_small(
             best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
                                                         reservation=reservation, save_at=(len(prompt),))
             name, source = options[best]
-            await req.pump(send, _fixed_text(f"{name} [{source + 1}].", stats))
+            await req.pump(send, _fixed_text(f"{answer_phrase(name, expectation)} [{source + 1}].", stats))
         else:
             await req.pump(send, components.answer_model.stream(
                 prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
