@@ -148,40 +148,41 @@ def _holds(claim: Claim, text: str, text_numbers: list[Claim]) -> bool:
     return needle in " ".join(text.lower().split())
 
 
+def _rejected(answer: str, why: str, evidence: Evidence | None) -> Verdict:
+    """Unsupported as a whole (the span is the whole answer), with ``why``."""
+    return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], evidence)
+
+
 def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sources: Sequence[str]) -> Verdict:
     """Check ``answer`` against the ranked evidence windows and the full source texts."""
+    best_window = evidence[0] if evidence else None
     clean = _CITATION.sub(" ", answer)
     if not clean.strip():
-        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "empty answer"}])
+        return _rejected(answer, "empty answer", None)
     if _REFUSAL.search(clean):
-        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "the answer says the sources do not answer"}],
-                       evidence[0] if evidence else None)
+        return _rejected(answer, "the answer says the sources do not answer", best_window)
     all_text = "\n".join(sources)
     all_numbers = numbers(all_text)
     found = claims(clean)
     missing = [c for c in found if not _holds(c, all_text, all_numbers)]
     if missing:
         return Verdict(False, [{"text": c.text, "start": c.start, "end": c.end, "why": f"{c.kind} not in the sources"}
-                               for c in missing], evidence[0] if evidence else None)
+                               for c in missing], best_window)
     asked = set(content_words(question))
     new_words = [w for w in content_words(clean) if w not in asked]
     asked_claims = {c.key for c in claims(question)}
     if not new_words and all(c.key in asked_claims for c in found):
-        return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": "the answer only restates the question"}],
-                       evidence[0] if evidence else None)
+        return _rejected(answer, "the answer only restates the question", best_window)
     expectation = expected(question)
     if expectation is not None:
         given = names_given(clean, question, expectation, all_text)
         if not given:
-            return Verdict(False, [{"text": answer, "start": 0, "end": len(answer),
-                                    "why": f"the question asks for {expectation.describe()} and the answer gives none it did not already name"}],
-                           evidence[0] if evidence else None)
-        top = evidence[0] if evidence else None
-        core = " ".join(f"{top.sentence.label} {top.text}".lower().split()) if top is not None else ""
-        if not any(name_key(name) in core for name in given):
-            return Verdict(False, [{"text": answer, "start": 0, "end": len(answer),
-                                    "why": "the name it gives is not in the best evidence sentence"}], top)
-    best = evidence[0].score if evidence else 0.0
+            return _rejected(answer, f"the question asks for {expectation.describe()} and the answer gives none it did not "
+                                     "already name", best_window)
+        top = " ".join(f"{best_window.sentence.label} {best_window.text}".lower().split()) if best_window else ""
+        if not any(name_key(name) in top for name in given):
+            return _rejected(answer, "the name it gives is not in the best evidence sentence", best_window)
+    best = best_window.score if best_window else 0.0
     candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]
     # The window must be about what the question asks: as many of its terms as the best-matching window holds, nearly.
     about = {id(ev): len(asked & set(content_words(f"{ev.sentence.label} {ev.text}"))) for ev in candidates}
@@ -199,7 +200,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
             return Verdict(True, [], ev)
     why = "its values are not stated beside what the question asks about" if found else \
         "no single evidence sentence covers it"
-    return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], evidence[0] if evidence else None)
+    return _rejected(answer, why, best_window)
 
 
 def quote_evidence(evidence: Evidence | None, number: int | None = None) -> str:
