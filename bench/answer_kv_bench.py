@@ -17,23 +17,27 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eval_bench import SETS, pydoc_corpus
 from harness import BIN, ROOT, bench_env
 
 sys.path.insert(0, str(ROOT))
 
+if TYPE_CHECKING:
+    from smallfirst.service.llm.prompts import PassagePrompt
+
 MAX_TOKENS = 80
 
 
-def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple[str, list[str]]]:
+def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple["PassagePrompt", list[str]]]:
     from smallfirst.retrieval.context import assemble_context
     from smallfirst.retrieval.embedder import Embedder
     from smallfirst.retrieval.evidence import find_evidence
     from smallfirst.settings import Settings
     from smallfirst.retrieval.store import VectorStore
     from smallfirst.service.llm.local import Tokenizer, bundled_model_path
-    from smallfirst.service.llm.prompts import answer_prompt
+    from smallfirst.service.llm.prompts import evidence_passage_prompt
 
     subprocess.run([str(BIN / "smallfirst"), "ingest", str(corpus), "--no-progress"], env=bench_env(data_dir),
                    check=True, stdout=subprocess.DEVNULL)
@@ -48,12 +52,12 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple[str, list[str
         hits = store.search(embedder.embed_query(row["question"]), settings.top_k)
         context = assemble_context(hits, settings.context_tokens, count, settings.min_score)
         evidence = find_evidence(row["question"], context.sources, embedder.token_vectors)
-        out.append((answer_prompt(evidence.windows(settings.evidence_windows), row["question"]), row["answer_any"]))
+        out.append((evidence_passage_prompt(evidence, row["question"], settings.evidence_windows), row["answer_any"]))
     store.close()
     return out
 
 
-async def answers(items: list[tuple[str, list[str]]], cache_bytes: int, passes: int = 1) -> list[list[str]]:
+async def answers(items: list[tuple["PassagePrompt", list[str]]], cache_bytes: int, passes: int = 1) -> list[list[str]]:
     """Every prompt answered ``passes`` times over, in order (a second pass restores saved states)."""
     from smallfirst.service.llm.local import LocalBackend, bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS
@@ -66,8 +70,9 @@ async def answers(items: list[tuple[str, list[str]]], cache_bytes: int, passes: 
     for _ in range(passes):
         out.append([])
         for prompt, _ in items:
-            out[-1].append("".join([p async for p in model.stream(prompt, max_tokens=MAX_TOKENS, stop=ANSWER_STOPS,
-                                                                  save_at=(len(prompt),))]))
+            out[-1].append("".join([p async for p in model.stream(
+                prompt.text, max_tokens=MAX_TOKENS, stop=ANSWER_STOPS, save_at=(len(prompt.text),),
+                passages=prompt.passages)]))
     scheduler.stop()
     return out
 

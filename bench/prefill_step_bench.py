@@ -21,17 +21,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from answer_kv_bench import prompts
 from harness import ROOT
 
 sys.path.insert(0, str(ROOT))
 
+if TYPE_CHECKING:
+    from smallfirst.service.llm.prompts import PassagePrompt
+
 ANSWER_TOKENS = 40
 PASSES = 3  # the docs set has 12 grounded questions: each is answered this many times over
 
 
-async def measure(items: list[tuple[str, list[str]]], sizes: list[int]) -> dict[int, dict[str, list]]:
+async def measure(items: list[tuple["PassagePrompt", list[str]]], sizes: list[int]) -> dict[int, dict[str, list]]:
     from smallfirst.service.llm.local import LocalBackend, bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS
     from smallfirst.service.scheduler import CpuScheduler, Priority
@@ -55,7 +59,8 @@ async def measure(items: list[tuple[str, list[str]]], sizes: list[int]) -> dict[
             for size, model in models.items():
                 started = time.perf_counter()
                 pieces = []
-                async for piece in model.stream(prompt, max_tokens=ANSWER_TOKENS, stop=ANSWER_STOPS):
+                async for piece in model.stream(prompt.text, max_tokens=ANSWER_TOKENS, stop=ANSWER_STOPS,
+                                                passages=prompt.passages):
                     if not pieces:
                         out[size]["first_ms"].append((time.perf_counter() - started) * 1000)
                     pieces.append(piece)

@@ -212,6 +212,10 @@ class EvidenceSet:
     def windows(self, count: int) -> str:
         """The prompt text of the ``count`` best evidence sentences, each with its label and
         neighbours, grouped under their source's number and title (sources in hit order)."""
+        return "\n\n".join(self.window_blocks(count))
+
+    def window_blocks(self, count: int) -> list[str]:
+        """:meth:`windows` as one block of text per source."""
         chosen: dict[int, set[int]] = {}
         for ev in self.ranked[:count]:
             rows = chosen.setdefault(ev.sentence.source, set())
@@ -237,7 +241,7 @@ class EvidenceSet:
                 previous = j
             title = " ".join(hit.title.split()) or hit.doc_id
             blocks.append(f"[{source + 1}] {title}\n" + "\n".join(lines))
-        return "\n\n".join(blocks)
+        return blocks
 
 
 def find_evidence(question: str, hits: Sequence[Hit], embed: EmbedTexts | None) -> EvidenceSet:

@@ -11,7 +11,7 @@ import pytest
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.kv_cache import PrefixCache
 from smallfirst.service.llm.local import LocalBackend, bundled_model_path
-from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt
+from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt, passage_prompt
 from smallfirst.service.scheduler import CpuScheduler, Priority
 
 MUSEUM = ("[1] Harbor Lighthouse › Visiting\nThe lighthouse museum opens at 9:00 and closes at 17:00 from April to "
@@ -97,3 +97,52 @@ def test_new_prompts_answer_exactly_as_without_saved_states(backends) -> None:
     with_states, without = asyncio.run(scenario(cached)), asyncio.run(scenario(plain))
     assert with_states == without
     assert cached.prefixes is not None and 0 < cached.prefixes.bytes <= cached.prefixes.budget_bytes
+
+
+LIGHTHOUSE = "[1] Harbor Lighthouse › Visiting\n" \
+    "The lighthouse museum opens at 9:00 and closes at 17:00 from April to October. Tickets cost 6 euros."
+FERRY = "[2] Ferry › Timetable\nThe harbor ferry leaves every 40 minutes from pier 3."
+
+
+async def passage_answer(model: LocalBackend, blocks: list[str], question: str) -> tuple[str, int, GenerationStats]:
+    """:func:`answer` on a prompt whose source blocks are passages."""
+    stats = GenerationStats()
+    before = model.prefilled_tokens
+    prompt = passage_prompt(blocks, question)
+    pieces = [p async for p in model.stream(prompt.text, max_tokens=24, stop=ANSWER_STOPS, stats=stats,
+                                            save_at=(len(prompt.text),), passages=prompt.passages)]
+    return "".join(pieces), model.prefilled_tokens - before, stats
+
+
+def test_a_passage_prompt_spans_its_source_blocks() -> None:
+    prompt = passage_prompt([LIGHTHOUSE, FERRY], "How often does the ferry leave?")
+    (a, b), (c, d) = prompt.passages
+    assert prompt.text == answer_prompt(LIGHTHOUSE + "\n\n" + FERRY, "How often does the ferry leave?")
+    assert prompt.text[a:b] == LIGHTHOUSE + "\n\n" and b == c and prompt.text[c:d] == FERRY
+    assert prompt.text[:a].endswith("<<<\n") and prompt.text[d:].startswith("\n>>>\nQuestion:")
+
+
+@pytest.mark.slow
+def test_a_cached_passage_is_not_evaluated_again_and_answers_as_a_cold_prefill(backends, scheduler) -> None:
+    """Another question on the same source evaluates only the tokens after the passage, once the
+    passage's state is saved, and answers exactly as a model that never saw the passage."""
+    cached, plain = backends
+    question = "How much is a ticket?"
+    prompt = passage_prompt([LIGHTHOUSE], question)
+    tail = prompt.text[prompt.passages[-1][1]:]
+    tail_tokens = len(asyncio.run(scheduler.run(Priority.CONTROL, cached._tokenize, tail, ()))[0]) - 1  # less the BOS
+
+    async def warm_then_ask() -> tuple[str, int, GenerationStats]:
+        await passage_answer(cached, [LIGHTHOUSE], "When does the museum close?")
+        await passage_answer(cached, [BREAD], "How long should the dough be kneaded?")  # the KV now holds another prompt
+        return await passage_answer(cached, [LIGHTHOUSE], question)
+
+    async def cold() -> tuple[str, int, GenerationStats]:
+        await passage_answer(plain, [BREAD], "How long should the dough be kneaded?")  # the frame is in the KV
+        return await passage_answer(plain, [LIGHTHOUSE], question)
+
+    text, prefilled, stats = asyncio.run(warm_then_ask())
+    cold_text, cold_prefilled, cold_stats = asyncio.run(cold())
+    assert text == cold_text and "6 euros" in text
+    assert prefilled == tail_tokens - 1  # the tail's last token is evaluated by the step that samples
+    assert cold_prefilled - prefilled == stats.cached_tokens - cold_stats.cached_tokens > 30  # the passage itself

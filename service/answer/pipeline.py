@@ -18,7 +18,7 @@ from smallfirst.service.autocomplete.engine import Typist
 from smallfirst.service.distill.log import DISTILL_LOG_VERSION, hit_record
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.local import Reservation
-from smallfirst.service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_prompt, large_prompt
+from smallfirst.service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_passage_prompt, large_prompt
 from smallfirst.service.llm.remote import LargeUnavailable
 from smallfirst.service.server.protocol import Ask, Complete, source_entry
 from smallfirst.service.answer.router import Route, choose_tier
@@ -323,7 +323,8 @@ async def _answer_small(
         await req.pump(send, _fixed_text(NOT_COVERED if not continuing else "", stats))
         return stats.finish
     evidence = grounding.evidence
-    prompt = evidence_prompt(evidence, msg.question, settings.evidence_windows) + continuing
+    sourced = evidence_passage_prompt(evidence, msg.question, settings.evidence_windows)
+    prompt = sourced.text + continuing
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
     expectation = expected(msg.question) if settings.answer_name_choice and not continuing else None
@@ -332,14 +333,15 @@ async def _answer_small(
     try:
         if options:  # the question asks for a name: pick it among those the evidence gives
             best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
-                                                        reservation=reservation, save_at=(len(prompt),))
+                                                        reservation=reservation, save_at=(len(prompt),),
+                                                        passages=sourced.passages)
             name, source = options[best]
             await req.pump(send, _fixed_text(f"{answer_phrase(name, expectation)} [{source + 1}].", stats))
         else:
             await req.pump(send, components.answer_model.stream(
                 prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
                 temperature=settings.answer_temperature, stats=stats, reservation=reservation,
-                save_at=(len(prompt),),
+                save_at=(len(prompt),), passages=sourced.passages,
             ))
     except Busy:
         # Given up in the queue, before any token: the model fell behind the admission's promise.

@@ -177,34 +177,57 @@ class LocalBackend:
 
     # Steps run on the scheduler thread -------------------------------------------------
 
-    def _prepare(self, prompt: str, max_tokens: int, save_at: Sequence[int]) -> tuple[list[int], int, list[int]]:
+    def _tokenize(self, prompt: str, passages: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """The prompt's tokens and its passages' token spans. Each passage is tokenized on its own,
+        so its tokens are the same in every prompt that holds it."""
+        tokenize = self._llama.tokenize
+        edges = sorted({offset for span in passages for offset in span if 0 < offset < len(prompt)})
+        if not edges:
+            return tokenize(prompt.encode("utf-8"), add_bos=True, special=False), []
+        tokens: list[int] = []
+        at = {0: 0}
+        for start, end in zip([0, *edges], [*edges, len(prompt)]):
+            tokens += tokenize(prompt[start:end].encode("utf-8"), add_bos=start == 0, special=False)
+            at[end] = len(tokens)
+        return tokens, [(at[start], at[end]) for start, end in passages if start in at and end in at and start < end]
+
+    def _prepare(
+        self, prompt: str, max_tokens: int, save_at: Sequence[int], passages: Sequence[tuple[int, int]] = (),
+    ) -> tuple[list[int], int, list[int], list[int]]:
         """Tokenize, fit into the window, and roll the KV cache back to the shared prefix, or
         restore a longer saved one. Returns the tokens, how many are already in the KV cache,
-        and the token positions (from ``save_at``, character offsets) whose state to save."""
+        the token positions whose state to save (``save_at``, character offsets, and the end of
+        each passage), and the positions where a prefill step must end (each passage's edges)."""
         self._owner.check("_prepare")
         llama = self._llama
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        tokens, spans = self._tokenize(prompt, passages)
         room = self.n_ctx - max_tokens - 1
         truncated = len(tokens) > room
         if truncated:
-            tokens = tokens[:1] + tokens[len(tokens) - room + 1:]
-        cached = min(_shared_prefix(llama.input_ids[: llama.n_tokens], tokens), len(tokens) - 1)  # the last prompt token is always evaluated for fresh logits
+            tokens, spans = tokens[:1] + tokens[len(tokens) - room + 1:], []
+        last = len(tokens) - 1  # the last prompt token is always evaluated, for fresh logits
+        cached = min(_shared_prefix(llama.input_ids[: llama.n_tokens], tokens), last)
+        # What follows the last whole passage in the KV is evaluated again from that passage's end:
+        # each piece is then always computed in the same steps after the same prefix, whichever
+        # prompt came before, and a passage found in the KV or restored answers as a cold prefill.
+        cached = max([edge for span in spans for edge in span if edge <= cached], default=cached)
         llama.n_tokens = cached  # the next eval drops KV entries from here on
-        if self.prefixes is None or truncated:  # a truncated prompt's positions match no saved state
-            return tokens, cached, []
-        found = self.prefixes.longest(tokens, longer_than=cached, at_most=len(tokens) - 1)
-        if found is not None and self._restore(tokens, *found):
-            cached = found[0]
-        points = set()
+        if self.prefixes is not None and not truncated:  # a truncated prompt's positions match no saved state
+            found = self.prefixes.longest(tokens, longer_than=cached, at_most=last)
+            if found is not None and self._restore(tokens, *found):
+                cached = found[0]
+        cuts = sorted({edge for span in spans for edge in span if cached < edge < last})
+        if self.prefixes is None or truncated:
+            return tokens, cached, [], cuts
+        points = {end for _, end in spans}
         for offset in save_at:
             if offset >= len(prompt):  # the whole prompt: no second tokenization
                 shared = len(tokens)
             else:
-                shared = _shared_prefix(llama.tokenize(prompt[:offset].encode("utf-8"), add_bos=True, special=False), tokens)
-            shared = min(shared, len(tokens) - 1)  # the last prompt token is evaluated by the first step
-            if cached < shared and not self.prefixes.holds(tokens[:shared]):
-                points.add(shared)
-        return tokens, cached, sorted(points)
+                shared = _shared_prefix(self._tokenize(prompt[:offset], passages)[0], tokens)
+            points.add(min(shared, last))
+        saves = sorted(p for p in points if cached < p <= last and not self.prefixes.holds(tokens[:p]))
+        return tokens, cached, saves, cuts
 
     def _restore(self, tokens: Sequence[int], length: int, blob: bytes) -> bool:
         """Load a saved state of ``tokens[:length]`` into the context's sequence (which it replaces)."""
@@ -344,19 +367,20 @@ class LocalBackend:
                 self.times.observe(time.perf_counter() - turn.held_from, turn.first_token_s, turn.typed)
             self._lock.release()
 
-    async def _prefill(self, turn: "_Turn", tokens: Sequence[int], start: int, save_points: list[int]) -> None:
-        """Evaluate ``tokens[start:-1]`` in scheduler steps (short ones while someone types); the
-        last prompt token is left for the step that reads its logits."""
+    async def _prefill(self, turn: "_Turn", tokens: Sequence[int], start: int, save_points: list[int],
+                       cuts: Sequence[int] = ()) -> None:
+        """Evaluate ``tokens[start:-1]`` in scheduler steps (short ones while someone types), each
+        ending at the next of ``cuts`` or ``save_points`` it reaches; the last prompt token is left
+        for the step that reads its logits."""
         run = self._scheduler.run
+        ends = sorted(set(save_points) | set(cuts))
+        saves = set(save_points)
         while start < len(tokens) - 1:
             typing = self.yield_to()
             turn.typed = turn.typed or typing
             step = YIELDING_PREFILL_STEP if typing else self._prefill_step
-            end = min(start + step, len(tokens) - 1)
-            while save_points and save_points[0] <= start:
-                save_points.pop(0)
-            if save_points and save_points[0] <= end:  # the step ends where a state is saved
-                end = save_points.pop(0)
+            end = min([start + step, len(tokens) - 1, *(e for e in ends if e > start)])
+            if end in saves:  # the step ends where a state is saved
                 await run(self._priority, self._eval, tokens[start:end], tokens[:end])
             else:
                 await run(self._priority, self._eval, tokens[start:end])
@@ -372,18 +396,21 @@ class LocalBackend:
         stats: GenerationStats | None = None,
         reservation: Reservation | None = None,
         save_at: Sequence[int] = (),
+        passages: Sequence[tuple[int, int]] = (),
     ) -> AsyncIterator[str]:
         """Stream a completion; ``reservation`` is the place :meth:`admit` gave (none: the queue
         limit alone applies); ``save_at``: character offsets of the prompt after which the KV
-        state is worth saving for later prompts with the same start."""
+        state is worth saving for later prompts with the same start; ``passages``: character
+        spans of the prompt each tokenized and evaluated on their own, and saved at their end
+        (see :class:`~smallfirst.service.llm.prompts.PassagePrompt`)."""
         stats = stats if stats is not None else GenerationStats()
         async with self._turn(stats, reservation) as turn:
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached, save_points = await run(self._priority, self._prepare, prompt, max_tokens, save_at)
+            tokens, cached, save_points, cuts = await run(self._priority, self._prepare, prompt, max_tokens, save_at, passages)
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
-            await self._prefill(turn, tokens, cached, save_points)
+            await self._prefill(turn, tokens, cached, save_points, cuts)
             generator = self._llama.generate(tokens, temp=temperature, repeat_penalty=1.1 if temperature > 0 else 1.0)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stopper = StopMatcher(stop)
@@ -413,7 +440,7 @@ class LocalBackend:
 
     async def choose(
         self, prompt: str, options: Sequence[str], *, stats: GenerationStats | None = None,
-        reservation: Reservation | None = None, save_at: Sequence[int] = (),
+        reservation: Reservation | None = None, save_at: Sequence[int] = (), passages: Sequence[tuple[int, int]] = (),
     ) -> int:
         """Which of ``options`` the model finds likeliest to continue ``prompt`` (each option's mean
         token log-probability, teacher-forced): an answer picked among what the sources hold
@@ -424,9 +451,9 @@ class LocalBackend:
         async with self._turn(stats, reservation) as turn:
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached, save_points = await run(self._priority, self._prepare, prompt, OPTION_TOKENS, save_at)
+            tokens, cached, save_points, cuts = await run(self._priority, self._prepare, prompt, OPTION_TOKENS, save_at, passages)
             stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
-            await self._prefill(turn, tokens, cached, save_points)
+            await self._prefill(turn, tokens, cached, save_points, cuts)
             first = await run(self._priority, self._last_logprobs, tokens)
             scores = [await run(self._priority, self._option_logprob, len(tokens), first, option) for option in options]
             best = max(range(len(options)), key=lambda i: scores[i][0])

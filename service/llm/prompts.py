@@ -7,7 +7,8 @@ sources, then the question. Retrieved text is fenced between ``<<<`` and ``>>>``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from smallfirst.retrieval.evidence import EvidenceSet
@@ -41,10 +42,40 @@ def answer_prompt(sources: str, question: str) -> str:
     return _ANSWER_FRAME.format(sources=sources.strip() or _NO_SOURCES, question=" ".join(question.split()))
 
 
+@dataclass(frozen=True)
+class PassagePrompt:
+    """An answer prompt and the character spans of its passages: one per source block, each with
+    the blank line after it, laid end to end from the frame's ``<<<`` line to the closing ``>>>``.
+    The answer model keeps each passage's KV state apart, so a later prompt holding the same
+    passage need not evaluate it again (see :mod:`smallfirst.service.llm.kv_cache`)."""
+
+    text: str
+    passages: tuple[tuple[int, int], ...]
+
+
 def evidence_prompt(evidence: EvidenceSet, question: str, windows: int) -> str:
     """The small tier's answer prompt: the ``windows`` best evidence sentences in the frame.
     The service and distillation's training data both build it here."""
     return answer_prompt(evidence.windows(windows), question)
+
+
+def evidence_passage_prompt(evidence: EvidenceSet, question: str, windows: int) -> PassagePrompt:
+    """:func:`evidence_prompt` with the spans of its source blocks."""
+    return passage_prompt(evidence.window_blocks(windows), question)
+
+
+def passage_prompt(blocks: Sequence[str], question: str) -> PassagePrompt:
+    """The answer frame around source ``blocks`` (one numbered source each), with their spans."""
+    text = answer_prompt("\n\n".join(blocks), question)
+    start = _ANSWER_FRAME.index("{sources}")
+    spans = []
+    for i, block in enumerate(blocks):
+        piece = block + ("\n\n" if i + 1 < len(blocks) else "")
+        if text[start:start + len(piece)] != piece:  # stripped at the edges: no passages, one plain prompt
+            return PassagePrompt(text, ())
+        spans.append((start, start + len(piece)))
+        start += len(piece)
+    return PassagePrompt(text, tuple(spans))
 
 
 def complete_window_start(length: int, window_chars: int = 1500, step_chars: int = 500) -> int:
