@@ -214,8 +214,8 @@ class LocalBackend:
         llama.n_tokens = cached  # the next eval drops KV entries from here on
         if self.prefixes is not None and not truncated:  # a truncated prompt's positions match no saved state
             found = self.prefixes.longest(tokens, longer_than=cached, at_most=last)
-            if found is not None and self._restore(tokens, *found):
-                cached = found[0]
+            if found is not None:
+                cached = found[0] if self._restore(tokens, *found) else 0  # a failed restore empties the sequence
         cuts = sorted({edge for span in spans for edge in span if cached < edge < last})
         if self.prefixes is None or truncated:
             return tokens, cached, [], cuts
