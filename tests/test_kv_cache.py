@@ -146,3 +146,35 @@ def test_a_cached_passage_is_not_evaluated_again_and_answers_as_a_cold_prefill(b
     assert text == cold_text and "6 euros" in text
     assert prefilled == tail_tokens - 1  # the tail's last token is evaluated by the step that samples
     assert cold_prefilled - prefilled == stats.cached_tokens - cold_stats.cached_tokens > 30  # the passage itself
+
+
+CODE = ("[2] Vault › Access\nThe vault under the old bank opens only on weekdays, from ten to four. "
+        "Its secret access code is 4417, and the guard changes it every spring.")
+DUCKS = "[1] Pond › Wildlife\nSeven ducks and two herons live at the pond all year."
+
+
+@pytest.fixture(scope="module")
+def assembling(scheduler: CpuScheduler) -> Iterator[LocalBackend]:
+    yield asyncio.run(LocalBackend.load("small", bundled_model_path(), 2048, 0, scheduler, Priority.ANSWER, 32, 16,
+                                        64 << 20, assemble=True))
+
+
+@pytest.mark.slow
+def test_a_passage_saved_elsewhere_is_shifted_into_place_and_answers_as_a_cold_prefill(assembling, backends) -> None:
+    """A passage first evaluated right after the frame, then placed after another source in a new
+    prompt (its cells shifted there), is not evaluated again but for its first few tokens, and
+    the answer to a question that only it answers is the one a cold prefill gives."""
+    plain = backends[1]
+    question = "What is the vault's secret access code?"
+
+    async def scenario() -> tuple[tuple[str, int, GenerationStats], tuple[str, int, GenerationStats]]:
+        await passage_answer(assembling, [CODE], "Where is the vault?")  # the passage's cells saved at 129..
+        placed_before = assembling.assembled_tokens
+        shifted = await passage_answer(assembling, [DUCKS, CODE], question)  # ... and placed after DUCKS
+        assert assembling.assembled_tokens - placed_before > 5
+        await passage_answer(plain, [BREAD], "How long should the dough be kneaded?")
+        return shifted, await passage_answer(plain, [DUCKS, CODE], question)
+
+    (text, prefilled, stats), (cold_text, cold_prefilled, cold_stats) = asyncio.run(scenario())
+    assert "4417" in cold_text and text == cold_text
+    assert stats.cached_tokens - cold_stats.cached_tokens == cold_prefilled - prefilled > 5  # the passage's rest

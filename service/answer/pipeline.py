@@ -325,6 +325,9 @@ async def _answer_small(
     evidence = grounding.evidence
     sourced = evidence_passage_prompt(evidence, msg.question, settings.evidence_windows)
     prompt = sourced.text + continuing
+    # States are saved at each passage's end; a whole prompt's state would save only the question's
+    # few tokens more, at the cost of another copy of the sources, so only a prompt without passages saves it.
+    save_at = () if sourced.passages else (len(prompt),)
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
     expectation = expected(msg.question) if settings.answer_name_choice and not continuing else None
@@ -333,7 +336,7 @@ async def _answer_small(
     try:
         if options:  # the question asks for a name: pick it among those the evidence gives
             best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
-                                                        reservation=reservation, save_at=(len(prompt),),
+                                                        reservation=reservation, save_at=save_at,
                                                         passages=sourced.passages)
             name, source = options[best]
             await req.pump(send, _fixed_text(f"{answer_phrase(name, expectation)} [{source + 1}].", stats))
@@ -341,7 +344,7 @@ async def _answer_small(
             await req.pump(send, components.answer_model.stream(
                 prompt, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
                 temperature=settings.answer_temperature, stats=stats, reservation=reservation,
-                save_at=(len(prompt),), passages=sourced.passages,
+                save_at=save_at, passages=sourced.passages,
             ))
     except Busy:
         # Given up in the queue, before any token: the model fell behind the admission's promise.

@@ -1,18 +1,22 @@
 """Saved KV states of prompt prefixes, so that a prompt starting with a prefix seen before
 evaluates only what follows it.
 
-The answer model saves the state of each whole answer prompt (all but its last token, as
-llama.cpp's per-sequence state, ~18 KB a token for Gemma 3 270M) under the exact tokens it
-covers. The same question on the same sources, asked again after other questions have replaced
-the context's KV, restores it and prefills nothing. The restored state is bit for bit the one
-the first prefill computed, so the answer is the same.
+An answer prompt is the fixed frame, then one passage per source block, then the question.
+Each passage is tokenized on its own, and its prefill steps start at its first token and end at
+its last, so its KV state depends only on the frame, the passages before it and its own
+tokens, never on which prompt the context held before. The answer model saves the state of
+sequence 0 (llama.cpp's per-sequence state, ~18 KB a token for Gemma 3 270M) where each
+passage ends, under the exact tokens it covers. A new question on the same sources restores
+the state after its last passage and evaluates only its own few tokens; the restored state is
+bit for bit the one a cold prefill computes, so the answer is the same as without it.
 
-States are saved only where a prefill step ends anyway. Saving inside a prompt (after the
-frame, or after the first source block, to share it with other questions) would end a step
-there, and llama.cpp's results depend slightly on how a prompt is cut into batches: on the
-pydoc QA set that changed 25 of 96 greedy answers and cost 2 right ones, against 6 changed and
-none lost for 16- instead of 32-token steps. A changed chunk changes its tokens, so a stale state
-is never matched; it ages out of the LRU, which is bounded in bytes.
+Optionally (``SMALLFIRST_ANSWER_ASSEMBLE_PASSAGES``) each passage's own cells are also kept,
+under its tokens alone, and placed into prompts where the passage follows other text: shifted to
+their new positions, their first tokens evaluated again (see ``LocalBackend._assemble``). That is
+not exact, as the other cells still attend to the text they were first computed after.
+
+A changed chunk changes its tokens, so a stale state is never matched; it ages out of the LRU,
+which is bounded in bytes.
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ class PrefixCache:
                 return length, blob
         self.misses += 1
         return None
+
+    def get(self, key: Sequence[int]) -> bytes | None:
+        """The blob stored under exactly ``key``, if any."""
+        blob = self._entries.get(tuple(key))
+        if blob is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(tuple(key))
+        self.hits += 1
+        return blob
 
     def holds(self, prefix: Sequence[int]) -> bool:
         return tuple(prefix) in self._entries

@@ -22,6 +22,7 @@ from smallfirst.threads import OwnerThread
 
 log = logging.getLogger(__name__)
 
+RECOMPUTE_TOKENS = 16  # an assembled passage's first tokens are evaluated again in place (see _assemble)
 OPTION_TOKENS = 24  # an option of :meth:`LocalBackend.choose` is scored on this many tokens at most
 SHED_CHECK_S = 0.1  # how often a queued answer re-checks that its first token still fits its budget
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
@@ -34,22 +35,48 @@ def bundled_model_path() -> Path:
     return Path(assemble())
 
 
-def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = False, lora_path: Path | None = None) -> Any:
-    """Open a GGUF file as a llama.cpp context (or only its vocabulary), with a LoRA adapter when given."""
+def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = False, lora_path: Path | None = None,
+               sequences: int = 1) -> Any:
+    """Open a GGUF file as a llama.cpp context (or only its vocabulary), with a LoRA adapter when
+    given; ``sequences`` above 1 gives it that many sequences over one unified KV cache."""
     from llama_cpp import Llama
 
     if not model_path.is_file():
         raise ConfigError(f"model file not found: {model_path}")
     threads = threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
     try:
-        return Llama(
+        llama = Llama(
             str(model_path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads,
             n_threads_batch=threads, swa_full=True, flash_attn=True, vocab_only=vocab_only,
             lora_path=str(lora_path) if lora_path is not None else None, verbose=False,
         )
+        if sequences > 1 and not vocab_only:
+            _widen(llama, sequences)
+        return llama
     except (ValueError, RuntimeError) as exc:
         what = f"the model {model_path}" + (f" with the adapter {lora_path.name}" if lora_path is not None else "")
         raise ConfigError(f"cannot load {what}: {exc}") from exc
+
+
+def _widen(llama: Any, sequences: int) -> None:
+    """Replace ``llama``'s context by one with ``sequences`` sequences sharing a unified KV cache
+    (llama-cpp-python's ``Llama`` builds a one-sequence context), the LoRA adapter set again.
+    The high-level calls keep using sequence 0; the others serve as scratch space."""
+    from llama_cpp import _internals
+    from llama_cpp import llama_cpp as lib
+
+    params = llama.context_params
+    params.n_seq_max = sequences
+    params.kv_unified = True  # sequences share cells, so a copy between them costs nothing
+    old = llama._ctx
+    llama._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+    old.close()
+    llama._stack.callback(llama._ctx.close)
+    if llama._lora_adapter is not None:
+        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(llama._lora_adapter)
+        scales = (ctypes.c_float * 1)(llama.lora_scale)
+        if lib.llama_set_adapters_lora(llama._ctx.ctx, adapters, 1, scales):
+            raise RuntimeError("cannot set the LoRA adapter on the widened context")
 
 
 class Tokenizer:
@@ -114,6 +141,7 @@ class LocalBackend:
         self, name: str, llama: Any, scheduler: CpuScheduler, priority: Priority,
         prefill_step: int = 32, queue_limit: int = 16, prefix_cache_bytes: int = 0,
         owner: OwnerThread | None = None, n_ctx: int | None = None, yield_to: Callable[[], bool] = lambda: False,
+        assemble: bool = False,
     ) -> None:
         self.name = name
         self._llama = llama
@@ -130,6 +158,9 @@ class LocalBackend:
         self._holder_since: float | None = None
         self.times = LoadTimes()
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        # Each passage's own KV cells, saved to be shifted into other prompts (needs a second sequence).
+        self.passage_states = PrefixCache(prefix_cache_bytes) if assemble and prefix_cache_bytes > 0 else None
+        self.assembled_tokens = 0  # prompt tokens placed from passage states computed after other text
         self.prefilled_tokens = 0  # prompt tokens evaluated by prefill steps since load (restored ones excluded)
         self.n_ctx: int = n_ctx if n_ctx is not None else llama.n_ctx()
         self.yield_to = yield_to  # True: prefill in short steps (someone is typing)
@@ -165,15 +196,19 @@ class LocalBackend:
     async def load(
         cls, name: str, model_path: Path, n_ctx: int, threads: int, scheduler: CpuScheduler,
         priority: Priority, prefill_step: int, queue_limit: int, prefix_cache_bytes: int = 0,
-        lora_path: Path | None = None, yield_to: Callable[[], bool] = lambda: False,
+        lora_path: Path | None = None, yield_to: Callable[[], bool] = lambda: False, assemble: bool = False,
     ) -> "LocalBackend":
-        """Load the context (and its LoRA adapter, if any) on the scheduler thread, which then owns it."""
+        """Load the context (and its LoRA adapter, if any) on the scheduler thread, which then owns
+        it; ``assemble``: place passages saved after other text into new prompts (see :meth:`_assemble`)."""
+        assemble = assemble and prefix_cache_bytes > 0
+
         def make() -> tuple[Any, OwnerThread, int]:
-            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path)
+            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path, sequences=2 if assemble else 1)
             return llama, OwnerThread(f"LocalBackend {name}"), llama.n_ctx()
 
         llama, owner, size = await scheduler.run(Priority.CONTROL, make)
-        return cls(name, llama, scheduler, priority, prefill_step, queue_limit, prefix_cache_bytes, owner, size, yield_to)
+        return cls(name, llama, scheduler, priority, prefill_step, queue_limit, prefix_cache_bytes, owner, size, yield_to,
+                   assemble)
 
     # Steps run on the scheduler thread -------------------------------------------------
 
@@ -193,11 +228,12 @@ class LocalBackend:
 
     def _prepare(
         self, prompt: str, max_tokens: int, save_at: Sequence[int], passages: Sequence[tuple[int, int]] = (),
-    ) -> tuple[list[int], int, list[int], list[int]]:
+    ) -> tuple[list[int], int, list[int], list[tuple[int, int]]]:
         """Tokenize, fit into the window, and roll the KV cache back to the shared prefix, or
         restore a longer saved one. Returns the tokens, how many are already in the KV cache,
         the token positions whose state to save (``save_at``, character offsets, and the end of
-        each passage), and the positions where a prefill step must end (each passage's edges)."""
+        each passage), and the passages' token spans still to evaluate (a prefill step ends at
+        each edge)."""
         self._owner.check("_prepare")
         llama = self._llama
         tokens, spans = self._tokenize(prompt, passages)
@@ -216,9 +252,9 @@ class LocalBackend:
             found = self.prefixes.longest(tokens, longer_than=cached, at_most=last)
             if found is not None:
                 cached = found[0] if self._restore(tokens, *found) else 0  # a failed restore empties the sequence
-        cuts = sorted({edge for span in spans for edge in span if cached < edge < last})
+        spans = [(start, end) for start, end in spans if end > cached]
         if self.prefixes is None or truncated:
-            return tokens, cached, [], cuts
+            return tokens, cached, [], spans
         points = {end for _, end in spans}
         for offset in save_at:
             if offset >= len(prompt):  # the whole prompt: no second tokenization
@@ -227,7 +263,7 @@ class LocalBackend:
                 shared = _shared_prefix(self._tokenize(prompt[:offset], passages)[0], tokens)
             points.add(min(shared, last))
         saves = sorted(p for p in points if cached < p <= last and not self.prefixes.holds(tokens[:p]))
-        return tokens, cached, saves, cuts
+        return tokens, cached, saves, spans
 
     def _restore(self, tokens: Sequence[int], length: int, blob: bytes) -> bool:
         """Load a saved state of ``tokens[:length]`` into the context's sequence (which it replaces)."""
@@ -245,21 +281,79 @@ class LocalBackend:
         llama.n_tokens = length
         return True
 
-    def _eval(self, tokens: Sequence[int], save: Sequence[int] | None = None) -> None:
+    def _eval(self, tokens: Sequence[int], save: Sequence[int] | None = None,
+              passage: tuple[int, int] | None = None) -> None:
         """Evaluate ``tokens`` after what the context holds; then, when ``save`` is given (the whole
-        prompt prefix now in the context), save that state."""
+        prompt prefix now in the context), save that state, and when ``passage`` is (a span of
+        the prompt just evaluated from its start), save its cells alone."""
         self._owner.check("_eval")
         self._llama.eval(tokens)
         self.prefilled_tokens += len(tokens)
         if save is not None and self.prefixes is not None:
+            blob = self._sequence_state(0)
+            if blob:
+                self.prefixes.put(save, blob)
+        if passage is not None and self.passage_states is not None:
             from llama_cpp import llama_cpp as lib
 
-            ctx = self._llama._ctx.ctx
-            size = lib.llama_state_seq_get_size(ctx, 0)
-            buffer = (ctypes.c_uint8 * size)()
-            written = lib.llama_state_seq_get_data(ctx, buffer, size, 0)
-            if written:
-                self.prefixes.put(save, bytes(memoryview(buffer)[:written]))
+            start, end = passage
+            memory = lib.llama_get_memory(self._llama._ctx.ctx)
+            lib.llama_memory_seq_cp(memory, 0, 1, start, end)
+            blob = self._sequence_state(1)
+            lib.llama_memory_seq_rm(memory, 1, -1, -1)
+            if blob:
+                self.passage_states.put(self._llama.input_ids[start:end].tolist(), blob)
+
+    def _sequence_state(self, sequence: int) -> bytes:
+        """One sequence's KV state, as llama.cpp serialises it (empty when that fails)."""
+        from llama_cpp import llama_cpp as lib
+
+        ctx = self._llama._ctx.ctx
+        size = lib.llama_state_seq_get_size(ctx, sequence)
+        buffer = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(ctx, buffer, size, sequence)
+        return bytes(memoryview(buffer)[:written]) if written else b""
+
+    def _assemble(self, tokens: Sequence[int], start: int, end: int) -> int | None:
+        """Place the saved cells of the passage ``tokens[start:end]``, computed after other text
+        and at other positions, into the prompt at ``start``: restored into the scratch sequence,
+        shifted there (llama.cpp rotates the keys on the next decode), copied into sequence 0.
+        Its first ``RECOMPUTE_TOKENS`` tokens are then evaluated again in place, now attending
+        to what precedes them here. Not exact: the passage's other cells still attend to the text
+        they were computed after. Returns how many tokens were placed without evaluation; None
+        (nothing placed) when no state is saved or restoring it fails."""
+        self._owner.check("_assemble")
+        from llama_cpp import llama_cpp as lib
+
+        assert self.passage_states is not None
+        blob = self.passage_states.get(tokens[start:end])
+        if blob is None:
+            return None
+        llama = self._llama
+        memory = lib.llama_get_memory(llama._ctx.ctx)
+        llama.n_tokens = start
+        llama._ctx.kv_cache_seq_rm(0, start, -1)
+        buffer = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
+        if lib.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(blob), 1) == 0:
+            lib.llama_memory_seq_rm(memory, 1, -1, -1)
+            log.warning("could not restore a saved passage of %d tokens; evaluating it instead", end - start)
+            return None
+        lib.llama_memory_seq_add(memory, 1, -1, -1, start - lib.llama_memory_seq_pos_min(memory, 1))
+        again = min(RECOMPUTE_TOKENS, end - start)
+        lib.llama_memory_seq_rm(memory, 1, start, start + again)
+        try:
+            if again:  # sequence 0 must grow position by position, so these come before the copy
+                llama.eval(tokens[start:start + again])
+                self.prefilled_tokens += again
+        except BaseException:
+            lib.llama_memory_seq_rm(memory, 1, -1, -1)
+            raise
+        lib.llama_memory_seq_cp(memory, 1, 0, -1, -1)
+        lib.llama_memory_seq_rm(memory, 1, -1, -1)
+        llama.input_ids[start:end] = tokens[start:end]
+        llama.n_tokens = end
+        self.assembled_tokens += end - start - again
+        return end - start - again
 
     def _step(self, generator: Any) -> tuple[bytes, bool]:
         """Evaluate the previous token and sample the next: one model step."""
@@ -368,23 +462,37 @@ class LocalBackend:
             self._lock.release()
 
     async def _prefill(self, turn: "_Turn", tokens: Sequence[int], start: int, save_points: list[int],
-                       cuts: Sequence[int] = ()) -> None:
+                       spans: Sequence[tuple[int, int]] = ()) -> int:
         """Evaluate ``tokens[start:-1]`` in scheduler steps (short ones while someone types), each
-        ending at the next of ``cuts`` or ``save_points`` it reaches; the last prompt token is left
-        for the step that reads its logits."""
+        ending at the next passage edge or save point it reaches; a passage whose cells were saved
+        in another prompt is assembled instead (when enabled). The last prompt token is left for
+        the step that reads its logits. Returns how many tokens were placed without evaluation."""
         run = self._scheduler.run
-        ends = sorted(set(save_points) | set(cuts))
+        ends = sorted(set(save_points) | {edge for span in spans for edge in span})
         saves = set(save_points)
+        begins = {s: e for s, e in spans}
+        placed = 0
+        passage: tuple[int, int] | None = None  # the passage being evaluated from its start, if any
         while start < len(tokens) - 1:
+            end_of = begins.get(start)
+            if end_of is not None and end_of <= len(tokens) - 1 and self.passage_states is not None:
+                assembled = await run(self._priority, self._assemble, tokens, start, end_of)
+                if assembled is not None:
+                    placed += assembled
+                    start = end_of
+                    continue
+            if end_of is not None:
+                passage = (start, end_of)
             typing = self.yield_to()
             turn.typed = turn.typed or typing
             step = YIELDING_PREFILL_STEP if typing else self._prefill_step
             end = min([start + step, len(tokens) - 1, *(e for e in ends if e > start)])
-            if end in saves:  # the step ends where a state is saved
-                await run(self._priority, self._eval, tokens[start:end], tokens[:end])
-            else:
-                await run(self._priority, self._eval, tokens[start:end])
+            whole = passage if passage is not None and passage[1] == end else None
+            await run(self._priority, self._eval, tokens[start:end], tokens[:end] if end in saves else None, whole)
+            if whole is not None:
+                passage = None
             start = end
+        return placed
 
     async def stream(
         self,
@@ -408,9 +516,9 @@ class LocalBackend:
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached, save_points, cuts = await run(self._priority, self._prepare, prompt, max_tokens, save_at, passages)
-            stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
-            await self._prefill(turn, tokens, cached, save_points, cuts)
+            tokens, cached, save_points, spans = await run(self._priority, self._prepare, prompt, max_tokens, save_at, passages)
+            stats.prompt_tokens = len(tokens)
+            stats.cached_tokens = cached + await self._prefill(turn, tokens, cached, save_points, spans)
             generator = self._llama.generate(tokens, temp=temperature, repeat_penalty=1.1 if temperature > 0 else 1.0)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stopper = StopMatcher(stop)
@@ -451,9 +559,9 @@ class LocalBackend:
         async with self._turn(stats, reservation) as turn:
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached, save_points, cuts = await run(self._priority, self._prepare, prompt, OPTION_TOKENS, save_at, passages)
-            stats.prompt_tokens, stats.cached_tokens = len(tokens), cached
-            await self._prefill(turn, tokens, cached, save_points, cuts)
+            tokens, cached, save_points, spans = await run(self._priority, self._prepare, prompt, OPTION_TOKENS, save_at, passages)
+            stats.prompt_tokens = len(tokens)
+            stats.cached_tokens = cached + await self._prefill(turn, tokens, cached, save_points, spans)
             first = await run(self._priority, self._last_logprobs, tokens)
             scores = [await run(self._priority, self._option_logprob, len(tokens), first, option) for option in options]
             best = max(range(len(options)), key=lambda i: scores[i][0])

@@ -112,6 +112,8 @@ async def stats(runtime: Runtime) -> schemas.Stats:
     }
     if model is not None and model.prefixes is not None:
         body["answer_kv_cache"] = model.prefixes.as_dict()
+    if model is not None and model.passage_states is not None:
+        body["answer_passage_states"] = {**model.passage_states.as_dict(), "assembled_tokens": model.assembled_tokens}
     body["large_tier"] = (
         {"configured": True, "model": runtime.settings.large_model, "breaker": large.breaker.state}
         if large is not None else {"configured": False}

@@ -82,6 +82,7 @@ class Components:
                 prefill_step=s.prefill_step_tokens, queue_limit=s.answer_queue_limit,
                 prefix_cache_bytes=int(s.answer_kv_cache_mb * 1024 * 1024), lora_path=answer_lora,
                 yield_to=lambda: autocomplete.active,  # answers prefill in short steps while someone types
+                assemble=s.answer_assemble_passages,
             )
             classifier = HardQueryClassifier.load()
             large = _large_tier(s, s.large_url, retriever.count_tokens) if s.large_url else None

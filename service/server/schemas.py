@@ -126,6 +126,7 @@ class Stats(Shape, omit_defaults=True):
     grounding: dict[str, Any]
     large_tier: LargeTier
     answer_kv_cache: dict[str, int] | None = None
+    answer_passage_states: dict[str, int] | None = None
     distill: DistillCounts | None = None
     adapter: AdapterInfo | None = None
 
