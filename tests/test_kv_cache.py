@@ -178,3 +178,24 @@ def test_a_passage_saved_elsewhere_is_shifted_into_place_and_answers_as_a_cold_p
     (text, prefilled, stats), (cold_text, cold_prefilled, cold_stats) = asyncio.run(scenario())
     assert "4417" in cold_text and text == cold_text
     assert stats.cached_tokens - cold_stats.cached_tokens == cold_prefilled - prefilled > 5  # the passage's rest
+
+
+@pytest.mark.slow
+def test_a_state_that_fails_to_restore_is_evaluated_again_from_the_start(backends) -> None:
+    """A saved state llama.cpp refuses (here one damaged on purpose, as no real state can be made
+    to fail) costs a full prefill, never an answer computed over a KV cache it emptied."""
+    cached, plain = backends
+    question = "When does the museum close?"
+
+    async def scenario() -> tuple[tuple[str, int, GenerationStats], tuple[str, int, GenerationStats]]:
+        await answer(cached, MUSEUM, question)
+        assert cached.prefixes is not None
+        for key in list(cached.prefixes._entries):
+            cached.prefixes._entries[key] = b"\x00" * 16  # no longer a state llama.cpp can read
+        await answer(cached, BREAD, "How long should the dough be kneaded?")  # the frame stays in the KV
+        await answer(plain, BREAD, "How long should the dough be kneaded?")
+        return await answer(cached, MUSEUM, question), await answer(plain, MUSEUM, question)
+
+    (text, prefilled, stats), (cold_text, cold_prefilled, _) = asyncio.run(scenario())
+    assert text == cold_text and "17:00" in text
+    assert stats.cached_tokens == 0 and prefilled == stats.prompt_tokens - 1
