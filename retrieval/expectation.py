@@ -17,14 +17,20 @@ from typing import Iterable, Sequence
 
 from smallfirst.retrieval.evidence import STOPWORDS, Evidence, content_words, words
 
-# The kinds of thing whose answer is a name. Kinds answered by a plain word as often as by a
-# name ("Which data type …?" → "deque", "Which standard …?") are left out on purpose.
+# The kinds of thing whose answer is a name, code-shaped or a plain word the sources call a thing
+# of that kind ("the deque type"). Left out: "file" and "directory", which head other nouns
+# ("Which file formats …?", "Which file name …?"); "format", often answered by several ("Markdown
+# and text"); and "model", whose names run over several words and numbers ("Gemma 3 270M"),
+# which no single option holds. "What kind of tool …?" asks for a description, not a name (while "What kind of error …?" wants one).
 CALLABLE_KINDS = ("function", "method", "decorator", "helper", "handler", "class", "exception", "error")
 OTHER_KINDS = ("module", "library", "statement", "keyword", "constant", "attribute", "variable", "flag", "option",
-               "action", "operator")
+               "action", "operator", "type", "standard", "tool", "script", "command", "argument", "parameter",
+               "setting", "field", "header", "key", "character", "algorithm", "interpreter", "package", "extension",
+               "endpoint", "syntax", "newsgroup")
 _KINDS = CALLABLE_KINDS + OTHER_KINDS
 _ASKS = re.compile(
     r"^\s*(?:which|what)\s+((?:[\w.\-/]+\s+){0,3}?)(" + "|".join(_KINDS) + r")(?:es|s)?\b", re.IGNORECASE)
+_DESCRIPTION = re.compile(r"\b(?:kind|sort|type)s?\s+of\b", re.IGNORECASE)  # "What kind of tool …?"
 _ENVIRONMENT = re.compile(r"\benvironment\s+variable", re.IGNORECASE)
 
 _CODE_NAME = re.compile(
@@ -57,6 +63,14 @@ def expected(question: str) -> Expectation | None:
     if match is None:
         return None
     kind = match.group(2).lower()
+    for word in question[match.end():].split()[:2]:  # "Which standard library module …?" asks for a module
+        following = word.lower().rstrip("?,.")
+        following = next((k for k in _KINDS if following in (k, k + "s", k + "es")), None)
+        if following is None:
+            break
+        kind = following
+    if kind not in CALLABLE_KINDS and _DESCRIPTION.search(match.group(1)):  # "What kind of error …?" still wants a name
+        return None
     return Expectation(kind, environment=kind == "variable" and bool(_ENVIRONMENT.search(question)))
 
 

@@ -140,7 +140,12 @@ The prompts are set by sys.ps1 and sys.ps2 in that file.
     ("What exception does mkdir raise when the folder exists?", "exception"),
     ("Which itertools function produces running totals?", "function"),
     ("Which environment variable names the startup file?", "variable"),
-    ("What data type gives fast appends at both ends?", None),
+    ("What data type gives fast appends at both ends?", "type"),
+    ("Which HTTP header does a browser use to identify itself?", "header"),
+    ("What kind of tool is Argument Clinic?", None),
+    ("What kind of error does int('x') raise?", "error"),
+    ("Which file formats can be ingested?", None),
+    ("Which standard library module measures small code snippets?", "module"),
     ("What is the default port?", None),
     ("How do I list a folder?", None),
 ])
