@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 MAX_TOKENS = 80
 
 
-def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple["PassagePrompt", list[str]]]:
+def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
+    """Every grounded question of a QA set with what the service builds for it: ``evidence``, the
+    sources' ``texts``, the small tier's ``prompt`` (int8 query vector, top 4, context assembly,
+    evidence windows), and the ``accepted`` answers."""
     from smallfirst.retrieval.context import assemble_context
     from smallfirst.retrieval.embedder import Embedder
     from smallfirst.retrieval.evidence import find_evidence
@@ -52,9 +55,16 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple["PassagePromp
         hits = store.search(embedder.embed_query(row["question"]), settings.top_k)
         context = assemble_context(hits, settings.context_tokens, count, settings.min_score)
         evidence = find_evidence(row["question"], context.sources, embedder.token_vectors)
-        out.append((evidence_passage_prompt(evidence, row["question"], settings.evidence_windows), row["answer_any"]))
+        out.append({"question": row["question"], "evidence": evidence, "texts": [h.text for h in context.sources],
+                    "prompt": evidence_passage_prompt(evidence, row["question"], settings.evidence_windows),
+                    "accepted": row["answer_any"]})
     store.close()
     return out
+
+
+def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple["PassagePrompt", list[str]]]:
+    """The small tier's prompt for every grounded question of a QA set, with the accepted answers."""
+    return [(q["prompt"], q["accepted"]) for q in questions(name, corpus, data_dir)]
 
 
 async def answers(items: list[tuple["PassagePrompt", list[str]]], cache_bytes: int, passes: int = 1) -> list[list[str]]:

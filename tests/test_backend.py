@@ -171,3 +171,42 @@ def test_choose_picks_the_likeliest_option_and_leaves_the_prompt_reusable(schedu
     assert picked == 1 and stats.finish == "stop" and stats.completion_tokens >= 1
     assert after_stats.cached_tokens == after_stats.prompt_tokens - 1  # only the last prompt token re-evaluated
     assert after.split()[:1] == cold.split()[:1]
+
+
+def test_options_are_scored_side_by_side_in_one_step_as_one_at_a_time_would(scheduler) -> None:
+    """Several multi-token options go through the model in one step, each in its own sequence
+    beside the prompt's, and score as they do one token a step; nothing of them stays behind."""
+    prompt = "The museum's rooms are named after painters. The blue room is the Vermeer room. The largest room is the"
+    options = ["Rembrandt van Rijn room", "Frans Hals gallery", "Johannes Vermeer room", "Jan Steen hall"]
+
+    async def scores(lanes: int, step: int) -> tuple[list[float], int, int, int]:
+        backend = await load(scheduler)
+        backend._lanes = lanes
+        stats = GenerationStats()
+        async with backend._turn(stats, None) as turn:
+            tokens, cached, saves, spans = await scheduler.run(Priority.ANSWER, backend._prepare, prompt, 24, (), ())
+            await backend._prefill(turn, tokens, cached, saves, spans)
+            first = await scheduler.run(Priority.ANSWER, backend._last_logprobs, tokens)
+            ids = await scheduler.run(Priority.ANSWER, backend._option_ids, options)
+            calls = []
+            rows = backend._option_rows
+            backend._option_rows = lambda batch: calls.append(len(batch)) or rows(batch)  # type: ignore[method-assign]
+            backend._prefill_step = step  # the prompt was evaluated in the same steps for both
+            result = await backend._score_options(turn, len(tokens), first, ids)
+            left = await scheduler.run(Priority.CONTROL, _largest_other_position, backend)
+        return result, len(calls), left, sum(len(i) - 1 for i in ids)
+
+    side, side_steps, side_left, rows = run(scores(8, 32))
+    single, single_steps, single_left, _ = run(scores(1, 1))
+    assert side_steps == 1 and single_steps == rows > 4
+    assert side_left == single_left == -1
+    assert max(abs(a - b) for a, b in zip(side, single)) < 0.03
+    assert max(range(4), key=side.__getitem__) == max(range(4), key=single.__getitem__)
+
+
+def _largest_other_position(backend: LocalBackend) -> int:
+    """The largest position any sequence but the prompt's holds (-1: none holds any)."""
+    from llama_cpp import llama_cpp as lib
+
+    memory = lib.llama_get_memory(backend._llama._ctx.ctx)
+    return max(lib.llama_memory_seq_pos_max(memory, s) for s in range(1, backend._lanes + 1))

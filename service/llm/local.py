@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RECOMPUTE_TOKENS = 16  # an assembled passage's first tokens are evaluated again in place (see _assemble)
 OPTION_TOKENS = 24  # an option of :meth:`LocalBackend.choose` is scored on this many tokens at most
+OPTION_SEQUENCES = 8  # options scored side by side, each in a sequence of its own beside the prompt's
 SHED_CHECK_S = 0.1  # how often a queued answer re-checks that its first token still fits its budget
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
 
@@ -158,8 +159,9 @@ class LocalBackend:
         self._holder_since: float | None = None
         self.times = LoadTimes()
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
-        # Each passage's own KV cells, saved to be shifted into other prompts (needs a second sequence).
-        self.passage_states = PrefixCache(prefix_cache_bytes) if assemble and prefix_cache_bytes > 0 else None
+        # Sequences beside the prompt's: options are scored in them, passages assembled in the first.
+        self._lanes = min(OPTION_SEQUENCES, int(getattr(getattr(llama, "context_params", None), "n_seq_max", 1)) - 1)
+        self.passage_states = PrefixCache(prefix_cache_bytes) if assemble and prefix_cache_bytes > 0 and self._lanes else None
         self.assembled_tokens = 0  # prompt tokens placed from passage states computed after other text
         self.prefilled_tokens = 0  # prompt tokens evaluated by prefill steps since load (restored ones excluded)
         self.n_ctx: int = n_ctx if n_ctx is not None else llama.n_ctx()
@@ -199,11 +201,10 @@ class LocalBackend:
         lora_path: Path | None = None, yield_to: Callable[[], bool] = lambda: False, assemble: bool = False,
     ) -> "LocalBackend":
         """Load the context (and its LoRA adapter, if any) on the scheduler thread, which then owns
-        it; ``assemble``: place passages saved after other text into new prompts (see :meth:`_assemble`)."""
-        assemble = assemble and prefix_cache_bytes > 0
-
+        it, with sequences beside the prompt's for :meth:`choose` and :meth:`_assemble`; ``assemble``:
+        place passages saved after other text into new prompts."""
         def make() -> tuple[Any, OwnerThread, int]:
-            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path, sequences=2 if assemble else 1)
+            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path, sequences=1 + OPTION_SEQUENCES)
             return llama, OwnerThread(f"LocalBackend {name}"), llama.n_ctx()
 
         llama, owner, size = await scheduler.run(Priority.CONTROL, make)
@@ -381,19 +382,93 @@ class LocalBackend:
         self._llama.eval(tokens[-1:])
         return self._logprobs()
 
-    def _option_logprob(self, prompt_length: int, first: Any, option: str) -> tuple[float, int]:
-        """Mean log-probability of ``option``'s tokens after the prompt, and how many there are (the
-        prompt's KV stays; the option's own entries are dropped by the next evaluation)."""
-        self._owner.check("_option_logprob")
-        llama = self._llama
-        ids = llama.tokenize((" " + option).encode("utf-8"), add_bos=False, special=False)[:OPTION_TOKENS]
-        total = float(first[ids[0]])
-        llama.n_tokens = prompt_length
-        for previous, token in zip(ids, ids[1:]):
-            llama.eval([previous])
-            total += float(self._logprobs()[token])
-        llama.n_tokens = prompt_length  # the prompt stays reusable by the next request
-        return total / len(ids), len(ids)
+    def _option_ids(self, options: Sequence[str]) -> list[list[int]]:
+        """Each option's tokens as they would follow the prompt (at most ``OPTION_TOKENS``)."""
+        self._owner.check("_option_ids")
+        tokenize = self._llama.tokenize
+        return [tokenize((" " + option).encode("utf-8"), add_bos=False, special=False)[:OPTION_TOKENS] or [0]
+                for option in options]
+
+    def _fork(self, prompt_length: int, count: int) -> None:
+        """Give sequences 1..``count`` the prompt's cells (shared, not copied: the cache is unified)."""
+        self._owner.check("_fork")
+        from llama_cpp import llama_cpp as lib
+
+        memory = lib.llama_get_memory(self._llama._ctx.ctx)
+        for sequence in range(1, count + 1):
+            lib.llama_memory_seq_rm(memory, sequence, -1, -1)
+            lib.llama_memory_seq_cp(memory, 0, sequence, 0, prompt_length)
+
+    def _unfork(self, count: int) -> None:
+        """Drop sequences 1..``count``; the prompt's cells stay with sequence 0."""
+        self._owner.check("_unfork")
+        from llama_cpp import llama_cpp as lib
+
+        memory = lib.llama_get_memory(self._llama._ctx.ctx)
+        for sequence in range(1, count + 1):
+            lib.llama_memory_seq_rm(memory, sequence, -1, -1)
+
+    def _option_rows(self, rows: Sequence[tuple[int, int, int, int]]) -> list[float]:
+        """One decode of option tokens, each row (sequence, position, token, next token) in its
+        option's own sequence; the log-probability of each row's next token."""
+        self._owner.check("_option_rows")
+        import numpy as np
+        from llama_cpp import llama_cpp as lib
+
+        ctx = self._llama._ctx.ctx
+        batch = lib.llama_batch_init(len(rows), 0, 1)
+        try:
+            for i, (sequence, position, token, _) in enumerate(rows):
+                batch.token[i] = token
+                batch.pos[i] = position
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = sequence
+                batch.logits[i] = True
+            batch.n_tokens = len(rows)
+            code = lib.llama_decode(ctx, batch)
+            if code != 0:
+                raise RuntimeError(f"llama_decode returned {code}")
+            self.prefilled_tokens += len(rows)
+            out = []
+            n_vocab = self._llama.n_vocab()
+            for i, (_, _, _, target) in enumerate(rows):
+                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
+                top = float(logits.max())
+                out.append(float(logits[target]) - top - float(np.log(np.exp(logits - top).sum())))
+            return out
+        finally:
+            lib.llama_batch_free(batch)
+
+    async def _score_options(self, turn: "_Turn", prompt_length: int, first: Any, ids: list[list[int]]) -> list[float]:
+        """Each option's mean token log-probability after the prompt, teacher-forced. Up to
+        ``OPTION_SEQUENCES`` options go side by side, each in its own sequence sharing the prompt's
+        cells, their tokens in steps of at most a prefill step's rows, so a handful of short
+        options costs one step, not one per token, and keystrokes still slip between steps."""
+        if not self._lanes:
+            raise ConfigError(f"the {self.name} model's context has no sequence to score options in")
+        run = self._scheduler.run
+        totals = [float(first[option[0]]) for option in ids]
+        for group in range(0, len(ids), self._lanes):
+            members = list(range(group, min(group + self._lanes, len(ids))))
+            rows = [(1 + k, prompt_length + j, ids[i][j], ids[i][j + 1])
+                    for k, i in enumerate(members) for j in range(len(ids[i]) - 1)]
+            owners = [members[row[0] - 1] for row in rows]
+            if not rows:
+                continue
+            await run(self._priority, self._fork, prompt_length, len(members))
+            try:
+                done = 0
+                while done < len(rows):
+                    typing = self.yield_to()
+                    turn.typed = turn.typed or typing
+                    step = YIELDING_PREFILL_STEP if typing else self._prefill_step
+                    scores = await run(self._priority, self._option_rows, rows[done:done + step])
+                    for owner, score in zip(owners[done:done + step], scores):
+                        totals[owner] += score
+                    done += step
+            finally:
+                await asyncio.shield(run(Priority.CONTROL, self._unfork, len(members)))
+        return [total / len(option) for total, option in zip(totals, ids)]
 
     # The stream --------------------------------------------------------------------------
 
@@ -552,7 +627,7 @@ class LocalBackend:
     ) -> int:
         """Which of ``options`` the model finds likeliest to continue ``prompt`` (each option's mean
         token log-probability, teacher-forced): an answer picked among what the sources hold
-        rather than written freely. One scheduler step per option, so keystrokes slip between."""
+        rather than written freely (see :meth:`_score_options`)."""
         if not options:
             raise ValueError("choose needs at least one option")
         stats = stats if stats is not None else GenerationStats()
@@ -563,10 +638,11 @@ class LocalBackend:
             stats.prompt_tokens = len(tokens)
             stats.cached_tokens = cached + await self._prefill(turn, tokens, cached, save_points, spans)
             first = await run(self._priority, self._last_logprobs, tokens)
-            scores = [await run(self._priority, self._option_logprob, len(tokens), first, option) for option in options]
-            best = max(range(len(options)), key=lambda i: scores[i][0])
+            ids = await run(self._priority, self._option_ids, options)
+            scores = await self._score_options(turn, len(tokens), first, ids)
+            best = max(range(len(options)), key=lambda i: scores[i])
             stats.prefill_ms = (time.perf_counter() - started) * 1000
             turn.first_token_s = time.perf_counter() - turn.held_from
-            stats.completion_tokens = scores[best][1]
+            stats.completion_tokens = len(ids[best])
             stats.finish = "stop"
             return best
