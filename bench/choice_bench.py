@@ -8,7 +8,7 @@ scoring up to eight options side by side (each in its own sequence sharing the p
 their tokens in steps of 32 rows), one scoring one token of one option per step, as options
 were scored before. Both hold the same
 prompt's KV before each choice (the prompt is evaluated once, untimed), so the time is the
-choice's own: the prompt's last token and the options. They take turns on each question. Also
+choice's own: the question after the last passage, evaluated again, and the options. They take turns on each question. Also
 counts the choices that differ and the right ones. Prints the figures last, in one plain line.
 """
 
@@ -39,7 +39,9 @@ async def measure(items: list[dict]) -> dict[str, list]:
     path = bundled_model_path()
     side = await LocalBackend.load("small", path, 2048, 0, scheduler, Priority.ANSWER, 32, 16, 1 << 30)
     single = await LocalBackend.load("small", path, 2048, 0, scheduler, Priority.ANSWER, 32, 16, 1 << 30)
-    single._lanes = 1  # ... and, while it chooses, one token a step: how options were scored before
+    single._lanes = 1
+    rows = single._option_rows  # ... and one token a step: how options were scored before
+    single._option_rows = lambda batch: [score for row in batch for score in rows([row])]  # type: ignore[method-assign]
     out: dict[str, list] = {"side_ms": [], "single_ms": [], "same": [], "right_side": [], "right_single": [],
                             "options": []}
     try:
@@ -54,9 +56,7 @@ async def measure(items: list[dict]) -> dict[str, list]:
             prompt = item["prompt"]
             picks = []
             for model, key in ((side, "side_ms"), (single, "single_ms")):
-                model._prefill_step = 32
-                await model.choose(prompt.text, names[:1], passages=prompt.passages)  # the prompt now in the KV
-                model._prefill_step = 32 if model is side else 1
+                await model.choose(prompt.text, names[:1], passages=prompt.passages)  # the sources now in the KV
                 started = time.perf_counter()
                 picks.append(await model.choose(prompt.text, names, passages=prompt.passages))
                 out[key].append((time.perf_counter() - started) * 1000)

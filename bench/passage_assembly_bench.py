@@ -106,8 +106,9 @@ async def measure(items: list[tuple["PassagePrompt", list[str]]]) -> dict[str, l
         for prompt, accepted in items:
             question = prompt.text.rsplit("Question: ", 1)[1].removesuffix("\nAnswer:")
             blocks = [prompt.text[a:b].removesuffix("\n\n") for a, b in prompt.passages]
-            for block in blocks[1:]:
-                await trace(assembling, passage_prompt([block], question), follow=[])
+            for i, block in enumerate(blocks[1:], 1):  # a passage ends in a blank line unless it is the last
+                alone = [block] if i == len(blocks) - 1 else [block, "[9] Notes\nNothing else."]
+                await trace(assembling, passage_prompt(alone, question), follow=[])
             first, tops = await trace(full, prompt)
             placed = assembling.assembled_tokens
             first_a, tops_a = await trace(assembling, prompt, follow=tops)
@@ -117,7 +118,7 @@ async def measure(items: list[tuple["PassagePrompt", list[str]]]) -> dict[str, l
             out["kl_noise"].append(kl(first, first_n))
             out["agree"].append(statistics.mean(a == b for a, b in zip(tops, tops_a)) if tops else 1.0)
             out["agree_noise"].append(statistics.mean(a == b for a, b in zip(tops, tops_n)) if tops else 1.0)
-            _, own = await trace(assembling, prompt)  # its greedy answer (the passages now exact-cached too)
+            _, own = await trace(assembling, prompt)  # its own greedy answer, on the same assembled cells
             out["right_full"].append(_matches(text(tops), accepted))
             out["right_assembled"].append(_matches(text(own), accepted))
     finally:

@@ -48,7 +48,8 @@ async def ask(model: "LocalBackend", prompt: "PassagePrompt", passages: bool = T
     first = None
     pieces = []
     async for piece in model.stream(prompt.text, max_tokens=ANSWER_TOKENS, stop=ANSWER_STOPS,
-                                    save_at=(len(prompt.text),), passages=prompt.passages if passages else ()):
+                                    save_at=() if passages else (len(prompt.text),),  # as the service does
+                                    passages=prompt.passages if passages else ()):
         if first is None:
             first = (time.perf_counter() - started) * 1000
         pieces.append(piece)

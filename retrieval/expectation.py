@@ -29,7 +29,7 @@ OTHER_KINDS = ("module", "library", "statement", "keyword", "constant", "attribu
                "endpoint", "syntax", "newsgroup")
 _KINDS = CALLABLE_KINDS + OTHER_KINDS
 _ASKS = re.compile(
-    r"^\s*(?:which|what)\s+((?:[\w.\-/]+\s+){0,3}?)(" + "|".join(_KINDS) + r")(?:es|s)?\b", re.IGNORECASE)
+    r"^\s*(?:which|what)\s+((?:[\w.\-/]+\s+){0,3}?)(" + "|".join(_KINDS) + r")(?:es|s)?\b(?!-)", re.IGNORECASE)
 _DESCRIPTION = re.compile(r"\b(?:kind|sort|type)s?\s+of\b", re.IGNORECASE)  # "What kind of tool …?"
 _ENVIRONMENT = re.compile(r"\benvironment\s+variable", re.IGNORECASE)
 
@@ -57,19 +57,31 @@ class Expectation:
         return f"the name of {'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind}"
 
 
+def _kind(word: str) -> str | None:
+    """The kind a word of a question names ("modules" → module), if any."""
+    word = word.lower().rstrip("?,.;:")
+    return next((k for k in _KINDS if word in (k, k + "s", k + "es")), None)
+
+
 def expected(question: str) -> Expectation | None:
     """The name a question asks for, or ``None`` when it does not ask for one."""
     match = _ASKS.match(question)
     if match is None:
         return None
-    kind = match.group(2).lower()
-    for word in question[match.end():].split()[:2]:  # "Which standard library module …?" asks for a module
-        following = word.lower().rstrip("?,.")
-        following = next((k for k in _KINDS if following in (k, k + "s", k + "es")), None)
+    kind: str | None = match.group(2).lower()
+    after = question[match.end():].split()
+    described = bool(_DESCRIPTION.search(match.group(1)))
+    if kind == "type" and after[:1] == ["of"]:  # "What type of error …?": the kind follows
+        described, kind, after = True, _kind(after[1]) if len(after) > 1 else None, after[2:]
+        if kind is None:
+            return None
+    for word in after[:2]:  # "Which standard library module …?" asks for a module
+        following = _kind(word)
         if following is None:
             break
         kind = following
-    if kind not in CALLABLE_KINDS and _DESCRIPTION.search(match.group(1)):  # "What kind of error …?" still wants a name
+    assert kind is not None
+    if described and kind not in CALLABLE_KINDS:  # "What kind of tool …?" wants a description, "… of error …?" a name
         return None
     return Expectation(kind, environment=kind == "variable" and bool(_ENVIRONMENT.search(question)))
 

@@ -69,7 +69,7 @@ class Settings:
     complete_context_tokens: int = _opt(120, "Model tokens of the retrieved passage in front of the typed text.")
     complete_prefix_reuse: bool = _opt(True, "Reuse the KV prefix and cached retrieval between keystrokes (off: every keystroke retrieves and prefills from scratch, a baseline for benchmarks).")
     answer_kv_cache_mb: float = _opt(256.0, "Saved KV states of answer prompts, taken where each source passage ends: a new question on sources seen before evaluates only its own few tokens, and the same question again too; least recently used out first; 0 turns it off.")
-    answer_assemble_passages: bool = _opt(False, "Also place a passage saved in another prompt, after other text, into a new prompt (shifted into place, its first tokens evaluated again): fewer tokens to evaluate when sources come in new combinations, but not exact, so off by default. Keeps a second store of passage states, bounded by answer_kv_cache_mb too.")
+    answer_assemble_passages: bool = _opt(False, "Also place a passage saved in another prompt, after other text, into a new prompt (shifted into place, its first tokens evaluated again): fewer tokens to evaluate when sources come in new combinations, but not exact, so off by default. Keeps a second store of passage states, as large again as answer_kv_cache_mb.")
     adapter_path: Path | None = _opt(None, "Folder written by `smallfirst distill`: its accepted LoRA adapter is applied to the small tier's answers.")
     complete_adapter: bool = _opt(False, "Apply the adapter to autocomplete too (off: suggestions stay on the base model).")
     prefill_step_tokens: int = _opt(32, "Prompt tokens evaluated per scheduler step (bounds how long a keystroke waits).")

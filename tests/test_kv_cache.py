@@ -199,3 +199,21 @@ def test_a_state_that_fails_to_restore_is_evaluated_again_from_the_start(backend
     (text, prefilled, stats), (cold_text, cold_prefilled, _) = asyncio.run(scenario())
     assert text == cold_text and "17:00" in text
     assert stats.cached_tokens == 0 and prefilled == stats.prompt_tokens - 1
+
+
+@pytest.mark.slow
+def test_no_state_is_restored_that_ends_inside_a_passage(backends) -> None:
+    """A passage that begins with a whole passage seen before (its text extended) is evaluated
+    from its start: the state saved at the shorter one's end would cut it into other steps."""
+    cached, plain = backends
+    longer = LIGHTHOUSE + " Guided tours start at noon and last an hour."
+
+    async def scenario() -> tuple[GenerationStats, GenerationStats]:
+        await passage_answer(cached, [LIGHTHOUSE], "When does the museum close?")  # saved at LIGHTHOUSE's end
+        await passage_answer(cached, [BREAD], "How long should the dough be kneaded?")
+        await passage_answer(plain, [BREAD], "How long should the dough be kneaded?")
+        return (await passage_answer(cached, [longer], "When do guided tours start?"))[2], \
+            (await passage_answer(plain, [longer], "When do guided tours start?"))[2]
+
+    stats, cold_stats = asyncio.run(scenario())
+    assert stats.cached_tokens == cold_stats.cached_tokens  # the frame alone

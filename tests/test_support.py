@@ -146,6 +146,9 @@ The prompts are set by sys.ps1 and sys.ps2 in that file.
     ("What kind of error does int('x') raise?", "error"),
     ("Which file formats can be ingested?", None),
     ("Which standard library module measures small code snippets?", "module"),
+    ("What type of tool is Argument Clinic?", None),
+    ("What type of error does int('x') raise?", "error"),
+    ("What command-line option silences pip?", "option"),
     ("What is the default port?", None),
     ("How do I list a folder?", None),
 ])

@@ -8,7 +8,9 @@ tokens, never on which prompt the context held before. The answer model saves th
 sequence 0 (llama.cpp's per-sequence state, ~18 KB a token for Gemma 3 270M) where each
 passage ends, under the exact tokens it covers. A new question on the same sources restores
 the state after its last passage and evaluates only its own few tokens; the restored state is
-bit for bit the one a cold prefill computes, so the answer is the same as without it.
+bit for bit the one a cold prefill computes in the same steps (steps are shorter while someone
+types), so the answer is the same as without it. Only states that end at a passage's edge are
+restored into a prompt with passages.
 
 Optionally (``SMALLFIRST_ANSWER_ASSEMBLE_PASSAGES``) each passage's own cells are also kept,
 under its tokens alone, and placed into prompts where the passage follows other text: shifted to
@@ -22,7 +24,7 @@ which is bounded in bytes.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from typing import Sequence
+from typing import Collection, Sequence
 
 
 class PrefixCache:
@@ -40,10 +42,12 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def longest(self, tokens: Sequence[int], longer_than: int, at_most: int) -> tuple[int, bytes] | None:
-        """The longest stored prefix of ``tokens`` with a length in (``longer_than``, ``at_most``]."""
+    def longest(self, tokens: Sequence[int], longer_than: int, at_most: int,
+                only: Collection[int] | None = None) -> tuple[int, bytes] | None:
+        """The longest stored prefix of ``tokens`` with a length in (``longer_than``, ``at_most``],
+        and among ``only`` when given."""
         for length in sorted(self._lengths, reverse=True):
-            if length > at_most or length > len(tokens):
+            if length > at_most or length > len(tokens) or (only is not None and length not in only):
                 continue
             if length <= longer_than:
                 break

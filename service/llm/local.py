@@ -163,7 +163,7 @@ class LocalBackend:
         self._lanes = min(OPTION_SEQUENCES, int(getattr(getattr(llama, "context_params", None), "n_seq_max", 1)) - 1)
         self.passage_states = PrefixCache(prefix_cache_bytes) if assemble and prefix_cache_bytes > 0 and self._lanes else None
         self.assembled_tokens = 0  # prompt tokens placed from passage states computed after other text
-        self.prefilled_tokens = 0  # prompt tokens evaluated by prefill steps since load (restored ones excluded)
+        self.prefilled_tokens = 0  # tokens evaluated by prefill steps and option scoring since load (restored ones excluded)
         self.n_ctx: int = n_ctx if n_ctx is not None else llama.n_ctx()
         self.yield_to = yield_to  # True: prefill in short steps (someone is typing)
 
@@ -246,11 +246,14 @@ class LocalBackend:
         cached = min(_shared_prefix(llama.input_ids[: llama.n_tokens], tokens), last)
         # What follows the last whole passage in the KV is evaluated again from that passage's end:
         # each piece is then always computed in the same steps after the same prefix, whichever
-        # prompt came before, and a passage found in the KV or restored answers as a cold prefill.
+        # prompt came before, and a passage found in the KV or restored answers as a cold prefill
+        # in the same steps would (while someone types, steps are shorter: an equally valid state
+        # that differs in the last bits).
         cached = max([edge for span in spans for edge in span if edge <= cached], default=cached)
         llama.n_tokens = cached  # the next eval drops KV entries from here on
         if self.prefixes is not None and not truncated:  # a truncated prompt's positions match no saved state
-            found = self.prefixes.longest(tokens, longer_than=cached, at_most=last)
+            edges = {edge for span in spans for edge in span} | {last} if spans else None
+            found = self.prefixes.longest(tokens, longer_than=cached, at_most=last, only=edges)  # never inside a passage
             if found is not None:
                 cached = found[0] if self._restore(tokens, *found) else 0  # a failed restore empties the sequence
         spans = [(start, end) for start, end in spans if end > cached]
@@ -299,11 +302,12 @@ class LocalBackend:
 
             start, end = passage
             memory = lib.llama_get_memory(self._llama._ctx.ctx)
+            lib.llama_memory_seq_rm(memory, 1, -1, -1)
             lib.llama_memory_seq_cp(memory, 0, 1, start, end)
             blob = self._sequence_state(1)
             lib.llama_memory_seq_rm(memory, 1, -1, -1)
-            if blob:
-                self.passage_states.put(self._llama.input_ids[start:end].tolist(), blob)
+            if blob:  # stored with the position it starts at
+                self.passage_states.put(self._llama.input_ids[start:end].tolist(), start.to_bytes(4, "little") + blob)
 
     def _sequence_state(self, sequence: int) -> bytes:
         """One sequence's KV state, as llama.cpp serialises it (empty when that fails)."""
@@ -327,19 +331,21 @@ class LocalBackend:
         from llama_cpp import llama_cpp as lib
 
         assert self.passage_states is not None
-        blob = self.passage_states.get(tokens[start:end])
-        if blob is None:
+        stored = self.passage_states.get(tokens[start:end])
+        if stored is None:
             return None
+        was, blob = int.from_bytes(stored[:4], "little"), stored[4:]
         llama = self._llama
         memory = lib.llama_get_memory(llama._ctx.ctx)
         llama.n_tokens = start
         llama._ctx.kv_cache_seq_rm(0, start, -1)
         buffer = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
+        lib.llama_memory_seq_rm(memory, 1, -1, -1)
         if lib.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(blob), 1) == 0:
             lib.llama_memory_seq_rm(memory, 1, -1, -1)
             log.warning("could not restore a saved passage of %d tokens; evaluating it instead", end - start)
             return None
-        lib.llama_memory_seq_add(memory, 1, -1, -1, start - lib.llama_memory_seq_pos_min(memory, 1))
+        lib.llama_memory_seq_add(memory, 1, -1, -1, start - was)
         again = min(RECOMPUTE_TOKENS, end - start)
         lib.llama_memory_seq_rm(memory, 1, start, start + again)
         try:
@@ -427,7 +433,7 @@ class LocalBackend:
             batch.n_tokens = len(rows)
             code = lib.llama_decode(ctx, batch)
             if code != 0:
-                raise RuntimeError(f"llama_decode returned {code}")
+                raise UpstreamError(f"the {self.name} model failed to score options (llama_decode returned {code})")
             self.prefilled_tokens += len(rows)
             out = []
             n_vocab = self._llama.n_vocab()
@@ -455,8 +461,8 @@ class LocalBackend:
             owners = [members[row[0] - 1] for row in rows]
             if not rows:
                 continue
-            await run(self._priority, self._fork, prompt_length, len(members))
             try:
+                await run(self._priority, self._fork, prompt_length, len(members))
                 done = 0
                 while done < len(rows):
                     typing = self.yield_to()
@@ -555,6 +561,7 @@ class LocalBackend:
                 if assembled is not None:
                     placed += assembled
                     start = end_of
+                    saves = set()  # what follows holds approximate cells: not for the exact store
                     continue
             if end_of is not None:
                 passage = (start, end_of)
@@ -634,7 +641,8 @@ class LocalBackend:
         async with self._turn(stats, reservation) as turn:
             run = self._scheduler.run
             started = time.perf_counter()
-            tokens, cached, save_points, spans = await run(self._priority, self._prepare, prompt, OPTION_TOKENS, save_at, passages)
+            room = OPTION_TOKENS * min(len(options), max(1, self._lanes))  # the options' cells, side by side
+            tokens, cached, save_points, spans = await run(self._priority, self._prepare, prompt, room, save_at, passages)
             stats.prompt_tokens = len(tokens)
             stats.cached_tokens = cached + await self._prefill(turn, tokens, cached, save_points, spans)
             first = await run(self._priority, self._last_logprobs, tokens)
