@@ -153,6 +153,17 @@ def _rejected(answer: str, why: str, evidence: Evidence | None) -> Verdict:
     return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], evidence)
 
 
+_WH_PHRASE = re.compile(r"^\s*(?:which|what(?!\s+(?:is|are|was|were|do|does|did|can|could|should|must|will|would)\b))"
+                        r"\s+((?:\S+\s+){0,2}\S+)", re.IGNORECASE)
+
+
+def _answer_kind(question: str) -> str:
+    """The words of "Which file formats …?" that say what kind of thing answers it: an answer
+    naming that kind ("The following files …") says nothing yet of what the question is about."""
+    match = _WH_PHRASE.match(question)
+    return match.group(1) if match else ""
+
+
 def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sources: Sequence[str]) -> Verdict:
     """Check ``answer`` against the ranked evidence windows and the full source texts."""
     best_window = evidence[0] if evidence else None
@@ -170,6 +181,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
                                for c in missing], best_window)
     asked = set(content_words(question))
     new_words = [w for w in content_words(clean) if w not in asked]
+    restated = {w for w in content_words(clean) if w in asked} - set(content_words(_answer_kind(question)))
     asked_claims = {c.key for c in claims(question)}
     if not new_words and all(c.key in asked_claims for c in found):
         return _rejected(answer, "the answer only restates the question", best_window)
@@ -196,6 +208,8 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         if not all(_holds(c, core if c.kind == "number" else window_text, core_numbers) for c in found):
             continue
         window = set(content_words(window_text))
+        if restated and not restated & set(content_words(core)):  # its values, said of something else
+            continue
         if sum(w in window for w in new_words) >= COVERAGE * len(new_words):
             return Verdict(True, [], ev)
     why = "its values are not stated beside what the question asks about" if found else \

@@ -106,6 +106,36 @@ def test_a_fluent_paraphrase_with_nothing_from_the_sources_is_not_supported() ->
     assert not verdict.supported
 
 
+SCHEDULING = """Scheduling › Two cores
+
+On a machine with two cores, the model and the embedder compete for the same cores.
+A waiting answer step is passed over by at most two keystroke steps in a row, then runs (a keystroke may then wait for one answer step, 15 to 35 milliseconds).
+
+Install › First run
+
+The first install builds llama.cpp from source and takes about six and a half minutes on two cores.
+"""
+
+
+def test_a_value_said_of_another_subject_is_not_supported() -> None:
+    """"The first install takes 15 to 35 milliseconds": the value stands in the sources, but in a
+    sentence about keystrokes, and nothing there is about a first install."""
+    question = "How long does the first install take on two cores?"
+    texts = SCHEDULING.split("Install ›")
+    texts[1] = "Install ›" + texts[1]
+    found = evidence_for(question, texts[0])  # the install section was not retrieved
+    verdict = check_answer(question, "The first install takes 15 to 35 milliseconds.", found.ranked, [texts[0]])
+    assert not verdict.supported
+    found = evidence_for(question, *texts)
+    right = "The first install takes about six and a half minutes [2]."
+    assert check_answer(question, right, found.ranked, texts).supported
+    # The words that say what kind of thing answers it do not count as its subject.
+    question = "Which file formats can smallfirst ingest?"
+    source = "Ingest › Formats\nMarkdown, HTML and plain text are read; anything else is skipped."
+    found = evidence_for(question, source)
+    assert check_answer(question, "The files it reads are Markdown, HTML and plain text.", found.ranked, [source]).supported
+
+
 def test_a_refusal_is_not_an_answer() -> None:
     question = "Where does the harbor ferry leave from?"
     verdict = check_answer(question, "The documents do not say.", evidence_for(question, FERRY).ranked, [FERRY])
