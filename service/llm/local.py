@@ -249,11 +249,12 @@ class LocalBackend:
         # prompt came before, and a passage found in the KV or restored answers as a cold prefill
         # in the same steps would (while someone types, steps are shorter: an equally valid state
         # that differs in the last bits).
-        cached = max([edge for span in spans for edge in span if edge <= cached], default=cached)
+        edges = {edge for span in spans for edge in span}
+        cached = max([edge for edge in edges if edge <= cached], default=cached)
         llama.n_tokens = cached  # the next eval drops KV entries from here on
         if self.prefixes is not None and not truncated:  # a truncated prompt's positions match no saved state
-            edges = {edge for span in spans for edge in span} | {last} if spans else None
-            found = self.prefixes.longest(tokens, longer_than=cached, at_most=last, only=edges)  # never inside a passage
+            found = self.prefixes.longest(tokens, longer_than=cached, at_most=last,
+                                          only=edges | {last} if edges else None)  # never inside a passage
             if found is not None:
                 cached = found[0] if self._restore(tokens, *found) else 0  # a failed restore empties the sequence
         spans = [(start, end) for start, end in spans if end > cached]
@@ -372,12 +373,12 @@ class LocalBackend:
             return b"", True
         return self._llama.detokenize([token]), False
 
-    def _logprobs(self) -> Any:
-        """Log-probabilities of the next token after what the context last evaluated."""
+    def _logprobs(self, row: int = -1) -> Any:
+        """Log-probabilities of the next token after a row of the last decode (the last by default)."""
         import numpy as np
         from llama_cpp import llama_cpp as lib
 
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._llama._ctx.ctx, -1), shape=(self._llama.n_vocab(),))
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._llama._ctx.ctx, row), shape=(self._llama.n_vocab(),))
         top = float(logits.max())
         return logits - top - float(np.log(np.exp(logits - top).sum()))
 
@@ -418,7 +419,6 @@ class LocalBackend:
         """One decode of option tokens, each row (sequence, position, token, next token) in its
         option's own sequence; the log-probability of each row's next token."""
         self._owner.check("_option_rows")
-        import numpy as np
         from llama_cpp import llama_cpp as lib
 
         ctx = self._llama._ctx.ctx
@@ -435,13 +435,7 @@ class LocalBackend:
             if code != 0:
                 raise UpstreamError(f"the {self.name} model failed to score options (llama_decode returned {code})")
             self.prefilled_tokens += len(rows)
-            out = []
-            n_vocab = self._llama.n_vocab()
-            for i, (_, _, _, target) in enumerate(rows):
-                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
-                top = float(logits.max())
-                out.append(float(logits[target]) - top - float(np.log(np.exp(logits - top).sum())))
-            return out
+            return [float(self._logprobs(i)[target]) for i, (_, _, _, target) in enumerate(rows)]
         finally:
             lib.llama_batch_free(batch)
 
