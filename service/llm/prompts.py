@@ -56,7 +56,7 @@ class PassagePrompt:
 def evidence_prompt(evidence: EvidenceSet, question: str, windows: int) -> str:
     """The small tier's answer prompt: the ``windows`` best evidence sentences in the frame.
     The service and distillation's training data both build it here."""
-    return answer_prompt(evidence.windows(windows), question)
+    return evidence_passage_prompt(evidence, question, windows).text
 
 
 def evidence_passage_prompt(evidence: EvidenceSet, question: str, windows: int) -> PassagePrompt:
