@@ -2,8 +2,8 @@
 
     python bench/eval_bench.py [--sets docs,pydoc] [--store-cache DIR] [--out FILE]
 
-For each set: ingest its corpus into a store (kept in ``--store-cache`` between runs: ingest is
-incremental), start `smallfirst serve` with greedy answers and the stand-in large tier
+For each set: ingest its corpus into a store (kept in ``--store-cache`` between runs, with the
+copied pydoc corpus beside it, so ingest is incremental), start `smallfirst serve` with greedy answers and the stand-in large tier
 (`python -m llama_cpp.server` on the bundled model), run `smallfirst eval --json`, and print
 the summary. Corpora: ``docs/`` for bench/qa/docs.jsonl; Debian's python3.11-doc tutorial,
 howto and five library pages for bench/qa/pydoc.jsonl (`apt-get install python3.11-doc`).
@@ -77,7 +77,9 @@ def main() -> int:
         command, large_url = large_tier()
         with running(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, f"{large_url}/models", "the large tier", 120):
             for name in names:
-                corpus = ROOT / "docs" if name == "docs" else pydoc_corpus(Path(tmp) / "pydoc")
+                # The copied corpus lives beside its cached store: a new path each run would be a new
+                # document root to ingest, and the store would fill with copies of every chunk.
+                corpus = ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
                 results[name] = evaluate(name, corpus, cache / name, large_url)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=1))
