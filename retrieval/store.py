@@ -55,6 +55,21 @@ class ChunkPoint:
         }
 
 
+DUPLICATE_REACH = 8  # a search looks this many times top_k deep at most for distinct chunks
+
+
+def distinct_hits(hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` without those whose text (whitespace aside) repeats an earlier one's."""
+    seen: set[str] = set()
+    out: list[Hit] = []
+    for hit in hits:
+        key = " ".join(hit.text.split())
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+    return out
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result."""
@@ -71,11 +86,11 @@ class Hit:
     language: str | None = None
 
     @classmethod
-    def from_point(cls, point: models.ScoredPoint) -> "Hit":
+    def from_point(cls, point: models.ScoredPoint) -> Hit:
         return cls.from_payload(str(point.id), float(point.score), point.payload)
 
     @classmethod
-    def from_payload(cls, point_id: str, score: float, payload: dict[str, Any] | None) -> "Hit":
+    def from_payload(cls, point_id: str, score: float, payload: dict[str, Any] | None) -> Hit:
         p = payload or {}
         return cls(
             id=point_id, score=score, doc_id=str(p.get("doc_id", "")),
@@ -267,7 +282,21 @@ class VectorStore:
                 return docs
 
     def search(self, vector: Sequence[float], top_k: int) -> list[Hit]:
-        """The ``top_k`` chunks nearest to ``vector`` by cosine similarity."""
+        """The ``top_k`` distinct chunks nearest to ``vector`` by cosine similarity.
+
+        A chunk whose text repeats a better hit's (the same page ingested under two roots, a
+        boilerplate paragraph on every page) is skipped, so copies never crowd out other text;
+        the search reaches further, up to ``DUPLICATE_REACH`` times ``top_k``, to make up for them."""
+        limit = top_k
+        while True:
+            found = self._nearest(vector, limit)
+            hits = distinct_hits(found)
+            if len(hits) >= top_k or len(found) < limit or limit >= top_k * DUPLICATE_REACH:
+                return hits[:top_k]
+            limit = min(limit * 2, top_k * DUPLICATE_REACH)
+
+    def _nearest(self, vector: Sequence[float], top_k: int) -> list[Hit]:
+        """The ``top_k`` chunks nearest to ``vector``, copies included."""
         index = self._index
         if index is not None:
             try:

@@ -47,6 +47,20 @@ def test_search_ranks_by_cosine_and_carries_the_payload(store: VectorStore) -> N
     assert hits[0].score == pytest.approx(float(vectors[7] @ (query / np.linalg.norm(query))), abs=1e-4)
 
 
+def test_copies_of_a_chunk_do_not_crowd_out_other_text(store: VectorStore) -> None:
+    """The same page ingested under ten roots: a search gives each text once, and still top_k of them."""
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 4)
+    store.upsert([ChunkPoint(doc_id=f"root{root}/page", doc_version="v1", chunk_index=0, chunk_count=1, title="page",
+                             uri=f"root{root}/page.md", text="the  same\ntext", vector=vectors[0].tolist())
+                  for root in range(10)])
+    near = [(vectors[0] + 0.3 * vectors[i]) / np.linalg.norm(vectors[0] + 0.3 * vectors[i]) for i in (1, 2, 3)]
+    store.upsert(chunk(f"d{i}", "v1", 0, vector) for i, vector in zip((1, 2, 3), near))
+    hits = store.search(vectors[0], 4)
+    assert [" ".join(h.text.split()) for h in hits][0] == "the same text"
+    assert sorted(h.text for h in hits[1:]) == ["d1 v1 0", "d2 v1 0", "d3 v1 0"]
+
+
 def test_replacing_a_version_and_deleting_a_document(store: VectorStore) -> None:
     rng = np.random.default_rng(2)
     old, new, other = unit(rng, 3), unit(rng, 3), unit(rng, 3)
