@@ -4,7 +4,7 @@ how many are right each way, on both QA sets.
     python bench/answer_kv_bench.py
 
 Builds the small tier's prompt for every grounded question of both QA sets exactly as the
-service does (int8 query vector, top 4, context assembly, evidence windows), then answers them
+service does (int8 query vector, top_k chunks, context assembly, evidence windows), then answers them
 twice over in one sequence on a model with saved states (the second pass restores each prompt's
 state) and once on a model without. Reuse that is exact changes nothing. Prints the figures last, in one plain line.
 """
@@ -32,7 +32,7 @@ MAX_TOKENS = 80
 
 def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     """Every grounded question of a QA set with what the service builds for it: ``evidence``, the
-    sources' ``texts``, the small tier's ``prompt`` (int8 query vector, top 4, context assembly,
+    sources' ``texts``, the small tier's ``prompt`` (int8 query vector, top_k chunks, context assembly,
     evidence windows), and the ``accepted`` answers."""
     from smallfirst.retrieval.context import assemble_context
     from smallfirst.retrieval.embedder import Embedder

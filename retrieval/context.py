@@ -1,4 +1,4 @@
-"""Context assembly: the best hits, numbered for citation, under a token budget."""
+"""Context assembly: the best hits numbered for citation, and the chunks that fit a token budget."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ MAX_CHARS_PER_TOKEN = 12
 
 @dataclass(frozen=True)
 class Context:
-    """The text placed in the prompt and the hits it cites, in citation order ([1] first)."""
+    """The hits an answer cites, in citation order ([1] first), and the text of those whose whole
+    chunk fits the prompt budget, each under its own number."""
 
     text: str
     sources: tuple[Hit, ...]
@@ -41,10 +42,13 @@ def format_source(number: int, hit: Hit) -> str:
 def assemble_context(
     hits: Sequence[Hit], budget_tokens: int, count_tokens: Callable[[str], int], min_score: float = 0.0,
 ) -> Context:
-    """Take hits best-first while they fit the budget; skip duplicates and low scores.
+    """Number the hits best-first, without duplicates or low scores, and put the chunks that fit
+    the budget in the text.
 
-    A hit that does not fit is skipped rather than ending the assembly, so a long chunk
-    never crowds out a shorter, lower-ranked one that fits.
+    Every numbered hit is a source: the small tier's evidence comes from its sentences, and a
+    sentence costs the prompt far less than a chunk. Only whole chunks go in the text (the large
+    tier's context); one that does not fit is skipped rather than ending it, so a long chunk never
+    crowds out a shorter, lower-ranked one.
     """
     chosen: list[Hit] = []
     blocks: list[str] = []
@@ -52,17 +56,17 @@ def assemble_context(
     seen: set[str] = set()
     max_chars = budget_tokens * MAX_CHARS_PER_TOKEN
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
-        if hit.score < min_score or len(hit.text) > max_chars:
-            continue
         key = " ".join(hit.text.split())
-        if not key or key in seen:
-            continue
-        block = format_source(len(chosen) + 1, hit)
-        cost = count_tokens(block + "\n\n")
-        if used + cost > budget_tokens:
+        if hit.score < min_score or not key or key in seen:
             continue
         seen.add(key)
         chosen.append(hit)
+        if len(hit.text) > max_chars:
+            continue
+        block = format_source(len(chosen), hit)
+        cost = count_tokens(block + "\n\n")
+        if used + cost > budget_tokens:
+            continue
         blocks.append(block)
         used += cost
     return Context(text="\n\n".join(blocks), sources=tuple(chosen), tokens=used)

@@ -93,9 +93,10 @@ def name_key(name: str) -> str:
 
 def _is_new(name: str, asked: set[str]) -> bool:
     """A name is new unless the question already holds it (``next()`` for "… its next element?"),
-    while ``__next__`` is a name of its own."""
+    also when qualified (``json.JSONDecodeError`` for "… is JSONDecodeError a subclass of?"), while
+    ``__next__`` is a name of its own."""
     key = name_key(name)
-    return key not in asked and key not in STOPWORDS
+    return key not in asked and key.rsplit(".", 1)[-1] not in asked and key not in STOPWORDS
 
 
 def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
@@ -109,6 +110,17 @@ def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
                 yield tokens[j]
 
 
+def _fits_kind(name: str, kind: str) -> bool:
+    """Whether a code-shaped name can be a thing of this kind: a call (``read_gauge()``) names only
+    something callable, never a module or a standard; an exception class is capitalised
+    (``ValueError``, ``json.JSONDecodeError``), never a snake_case name like ``weird_json``."""
+    if name.endswith("()") and kind not in CALLABLE_KINDS:
+        return False
+    if kind in ("exception", "error"):
+        return name.lstrip("@").rsplit(".", 1)[-1][:1].isupper()
+    return True
+
+
 def names_given(answer: str, question: str, expectation: Expectation, sources: str) -> list[str]:
     """The names ``answer`` gives that the question did not: code-shaped names (only CAPS ones for an
     environment variable; flags and ``name=value`` only for a flag or an option), or a plain word the answer itself
@@ -117,7 +129,7 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
     if expectation.environment:
         found = _CAPS.findall(answer)
     else:
-        found = _CODE_NAME.findall(answer)
+        found = [name for name in _CODE_NAME.findall(answer) if _fits_kind(name, expectation.kind)]
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
         haystack = set(words(sources))

@@ -74,7 +74,7 @@ class Settings:
     complete_adapter: bool = _opt(False, "Apply the adapter to autocomplete too (off: suggestions stay on the base model).")
     prefill_step_tokens: int = _opt(32, "Prompt tokens evaluated per scheduler step (bounds how long a keystroke waits).")
     # Retrieval and answers
-    top_k: int = _opt(4, "Chunks retrieved for an answer when the request gives no top_k.")
+    top_k: int = _opt(8, "Chunks retrieved for an answer when the request gives no top_k: its sources, and its evidence sentences' pool.")
     max_top_k: int = _opt(16, "Largest top_k a request may ask for.")
     min_score: float = _opt(0.2, "Hits scoring below this cosine similarity are not used as context.")
     context_tokens: int = _opt(360, "Token budget of the retrieved context in an answer prompt.")

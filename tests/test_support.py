@@ -60,6 +60,22 @@ def test_evidence_windows_number_sources_in_hit_order() -> None:
     assert "Timetable\nThe first ferry leaves at 06:40 on weekdays and at 08:15 on Sundays." in windows
 
 
+def test_a_sentence_of_a_better_chunk_outranks_the_same_words_in_a_worse_one() -> None:
+    question = "When does the first ferry leave on Sundays?"
+    sentence = "The first ferry leaves at 08:15 on Sundays."
+    far, near = hit(f"Timetable\n{sentence}", score=0.3), hit(f"Timetable\n{sentence}", score=0.8)
+    found = find_evidence(question, [far, near], None)  # listed far first: only the chunks' own scores tell them apart
+    assert found.ranked[0].source == 1 and found.ranked[0].score > found.ranked[1].score
+    assert 0.0 < found.ranked[1].score < found.ranked[0].score <= 1.0
+
+
+def test_a_prompt_block_names_the_page_and_the_nearest_heading_only() -> None:
+    text = "Ferries — Harbour guide › Ferries › Timetable\nThe first ferry leaves at 08:15 on Sundays."
+    found = find_evidence("When does the first ferry leave on Sundays?", [hit(text, title="Ferries — Harbour guide")], None)
+    assert found.ranked[0].sentence.label == "Ferries — Harbour guide › Ferries › Timetable"  # whole, for the check
+    assert found.windows(1) == "[1] Ferries\nTimetable\nThe first ferry leaves at 08:15 on Sundays."
+
+
 def test_numbers_are_compared_by_value_and_unit() -> None:
     keys = [c.key for c in numbers("4MB, 4 MB, four megabytes, 06:40, 1,000 tokens, twelve")]
     assert keys == [(4.0, "mb")] * 3 + [(400, "time"), (1000.0, "token"), (12.0, None)]
@@ -143,6 +159,13 @@ def test_a_refusal_is_not_an_answer() -> None:
 
 
 @pytest.mark.slow
+def test_an_answer_that_stops_at_its_colon_is_not_supported() -> None:
+    question = "When does the first ferry leave on Sundays?"
+    found = evidence_for(question, FERRY)
+    verdict = check_answer(question, "The first ferry on Sundays leaves at the time below:", found.ranked, [FERRY])
+    assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer stops before what it introduces"
+
+
 def test_evidence_with_the_embedder_token_vectors(embedder) -> None:
     """The cheap semantic half: unit vectors from the real model's token embeddings."""
     vectors = embedder.token_vectors(["autocomplete slots", "Autocomplete slots in the shared context", ""])
@@ -235,6 +258,30 @@ def test_a_keyword_argument_names_a_flag_but_not_a_function() -> None:
     assert function is not None
     assert names_given("lru_cache(maxsize=None)", question, function, sources) == []  # the question's own name, and an argument
     assert names_given("cache_info()", question, function, sources) == ["cache_info()"]
+
+
+def test_a_qualified_form_of_the_questions_own_name_is_not_new() -> None:
+    question = "Which built-in exception is JSONDecodeError a subclass of?"
+    sources = "exception json.JSONDecodeError(msg, doc, pos): subclass of ValueError with the following attributes."
+    expectation = expected(question)
+    assert expectation is not None
+    assert names_given("json.JSONDecodeError [1].", question, expectation, sources) == []
+    assert names_given("ValueError [1].", question, expectation, sources) == ["ValueError"]
+
+
+def test_a_name_must_have_the_shape_of_the_kind_asked_for() -> None:
+    sources = "Decoding weird_json with json.loads() raises json.JSONDecodeError; as_integer_ratio() gives a fraction."
+    exception = "What exception does json.loads raise when the input is not valid JSON?"
+    found = expected(exception)
+    assert found is not None
+    assert names_given("weird_json [1].", exception, found, sources) == []  # snake_case is no exception class
+    assert names_given("json.JSONDecodeError [1].", exception, found, sources) == ["json.JSONDecodeError"]
+    standard = "Which floating point standard do almost all platforms use?"
+    found = expected(standard)
+    assert found is not None and names_given("as_integer_ratio() [1].", standard, found, sources) == []  # a call is no standard
+    method = expected("Which float method returns a fraction?")
+    assert method is not None and names_given("as_integer_ratio() [1].", "Which float method returns a fraction?", method,
+                                              sources) == ["as_integer_ratio()"]
 
 
 def test_name_options_come_from_the_best_evidence_sentences_new_to_the_question() -> None:
