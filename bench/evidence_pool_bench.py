@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def as_before(before: bool) -> Iterator[None]:
     saved = evidence_module.CHUNK_WEIGHT, evidence_module.prompt_title, evidence_module.prompt_label
     if before:
         evidence_module.CHUNK_WEIGHT = 0.0
-        evidence_module.prompt_title = lambda title: " ".join(title.split())  # type: ignore[assignment]
+        evidence_module.prompt_title = lambda title, suffix: " ".join(title.split())  # type: ignore[assignment]
         evidence_module.prompt_label = lambda label: label  # type: ignore[assignment]
     try:
         yield
@@ -78,7 +79,7 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
                 context = assemble_context(store.search(vector, top_k), settings.context_tokens, count, settings.min_score)
                 sources = context.sources
                 if way == "fit":  # only the chunks whose whole text is in the context, as before
-                    sources = tuple(h for i, h in enumerate(sources) if f"[{i + 1}] " in context.text)
+                    sources = tuple(h for i, h in enumerate(sources) if re.search(rf"^\[{i + 1}\] ", context.text, re.M))
                 with as_before(way == "fit"):
                     found = evidence_module.find_evidence(question, sources, embedder.token_vectors)
                     prompt = evidence_passage_prompt(found, question, settings.evidence_windows)

@@ -13,7 +13,7 @@ _FRAME_LINE = re.compile(r"^\s*(#{3,}|question\s*:|answer\s*:|sources\s*:|\[\d+\
 # The prompt fences sources between <<< and >>>: a run of three or more in the text itself is broken up.
 _FENCE_RUN = re.compile(r"<{3,}|>{3,}")
 # More characters than this per budget token cannot fit (a token is rarely over 12 characters), so such
-# a hit is skipped before anything counts its tokens: a huge chunk never stalls the event loop.
+# a hit is left out of the text before anything counts its tokens: a huge chunk never stalls a thread.
 MAX_CHARS_PER_TOKEN = 12
 
 

@@ -37,7 +37,7 @@ _WORD = re.compile(r"[a-z0-9_]+(?:[.-][a-z0-9_]+)*")
 # "e.g. this" and "3.5" stay whole.
 _SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\betc\.)(?<!\bvs\.)\s+(?=[\"'(\[`A-Z0-9])")
 _CRUMB = " › "
-_SITE_SUFFIX = re.compile(r"\s+[—|]\s+[^—|]*$")  # "Classes — Python 3.11.2 documentation": the site's name
+_TITLE_END = re.compile(r"\s+[—–|-]\s+[^—–|]*$")  # " — Python 3.11.2 documentation" in "9. Classes — Python …"
 
 STOPWORDS = frozenset("""
 a an the and or but if then else of to in on at by for with from into onto over under as is are was were be been
@@ -206,11 +206,20 @@ def score_sentences(question: str, sentences: Sequence[Sentence], embed: EmbedTe
     return LEXICAL_WEIGHT * lexical + (1 - LEXICAL_WEIGHT) * semantic
 
 
-def prompt_title(title: str) -> str:
-    """A page title as a prompt shows it: without the site's name that ends every page's title
-    ("Classes — Python 3.11.2 documentation")."""
+def site_suffix(titles: Sequence[str]) -> str:
+    """The ending ("… — Python 3.11.2 documentation") that at least two and half of these page
+    titles share: the site's name, not the page's ("" when there is none)."""
+    ends = Counter(m.group(0) for m in (_TITLE_END.search(" ".join(t.split())) for t in titles) if m)
+    if not ends:
+        return ""
+    end, count = ends.most_common(1)[0]
+    return end if count >= 2 and 2 * count >= len(titles) else ""
+
+
+def prompt_title(title: str, suffix: str) -> str:
+    """A page title as a prompt shows it: without the site's name ``suffix``."""
     title = " ".join(title.split())
-    return _SITE_SUFFIX.sub("", title) or title
+    return title[: -len(suffix)] if suffix and title.endswith(suffix) and len(title) > len(suffix) else title
 
 
 def prompt_label(label: str) -> str:
@@ -231,7 +240,7 @@ class EvidenceSet:
         """The prompt text of the ``count`` best evidence sentences, each with its label and
         neighbours, grouped under their source's number and title (sources in hit order). Every
         token here is prefilled for each question, so a breadcrumb label shows only its last
-        heading and a title drops the site's name that ends every page's title."""
+        heading and a title drops the site's name that the sources' titles end with."""
         return "\n\n".join(self.window_blocks(count))
 
     def window_blocks(self, count: int) -> list[str]:
@@ -244,6 +253,7 @@ class EvidenceSet:
                         and (j == ev.index or self.sentences[j].label == ev.sentence.label):
                     rows.add(j)
         blocks = []
+        suffix = site_suffix([hit.title for hit in self.hits])
         for source in sorted(chosen):
             hit = self.hits[source]
             lines: list[str] = []
@@ -259,7 +269,7 @@ class EvidenceSet:
                 else:
                     lines[-1] += " " + sentence.text
                 previous = j
-            blocks.append(f"[{source + 1}] {prompt_title(hit.title) or hit.doc_id}\n" + "\n".join(lines))
+            blocks.append(f"[{source + 1}] {prompt_title(hit.title, suffix) or hit.doc_id}\n" + "\n".join(lines))
         return blocks
 
 

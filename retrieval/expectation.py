@@ -91,12 +91,13 @@ def name_key(name: str) -> str:
     return name.lower().lstrip("@").removesuffix("()")
 
 
-def _is_new(name: str, asked: set[str]) -> bool:
+def _is_new(name: str, asked: set[str], asked_names: set[str]) -> bool:
     """A name is new unless the question already holds it (``next()`` for "… its next element?"),
-    also when qualified (``json.JSONDecodeError`` for "… is JSONDecodeError a subclass of?"), while
-    ``__next__`` is a name of its own."""
+    also when it qualifies a name the question gave (``json.JSONDecodeError`` for "… is
+    JSONDecodeError a subclass of?"), while ``__next__`` is a name of its own, and so is
+    ``comp.lang.python`` for a question about Python."""
     key = name_key(name)
-    return key not in asked and key.rsplit(".", 1)[-1] not in asked and key not in STOPWORDS
+    return key not in asked and key.rsplit(".", 1)[-1] not in asked_names and key not in STOPWORDS
 
 
 def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
@@ -110,15 +111,20 @@ def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
                 yield tokens[j]
 
 
+# Kinds whose names are never written as a call: ``as_integer_ratio()`` is no standard.
+_NOT_CALLED = ("module", "library", "package", "standard", "newsgroup", "statement", "keyword", "operator", "header",
+               "extension", "syntax", "endpoint", "character", "variable", "constant", "setting", "field", "key", "flag",
+               "option", "action", "argument", "parameter", "script", "interpreter")
+
+
 def _fits_kind(name: str, kind: str) -> bool:
-    """Whether a code-shaped name can be a thing of this kind: a call (``read_gauge()``) names only
-    something callable, never a module or a standard; an exception class is capitalised
-    (``ValueError``, ``json.JSONDecodeError``), never a snake_case name like ``weird_json``."""
-    if name.endswith("()") and kind not in CALLABLE_KINDS:
+    """Whether a name can be a thing of this kind: a call (``read_gauge()``) never names a module
+    or a standard, and a bare snake_case name (``weird_json``) is no exception class, while
+    ``ValueError`` and a qualified ``re.error`` are."""
+    if name.endswith("()") and kind in _NOT_CALLED:
         return False
-    if kind in ("exception", "error"):
-        return name.lstrip("@").rsplit(".", 1)[-1][:1].isupper()
-    return True
+    bare = name.lstrip("@")
+    return not (kind == "exception" and "." not in bare and "_" in bare.strip("_") and bare.islower())
 
 
 def names_given(answer: str, question: str, expectation: Expectation, sources: str) -> list[str]:
@@ -126,15 +132,16 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
     environment variable; flags and ``name=value`` only for a flag or an option), or a plain word the answer itself
     calls a thing of the asked kind, provided the sources hold it."""
     asked = set(content_words(question)) | set(words(question)) | set(re.findall(r"\w+", question.lower()))
+    asked_names = {name_key(name) for name in _CODE_NAME.findall(question)}
     if expectation.environment:
         found = _CAPS.findall(answer)
     else:
-        found = [name for name in _CODE_NAME.findall(answer) if _fits_kind(name, expectation.kind)]
+        found = _CODE_NAME.findall(answer)
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
-    return [name for name in found if _is_new(name, asked)]
+    return [name for name in found if _is_new(name, asked, asked_names) and _fits_kind(name, expectation.kind)]
 
 
 MAX_OPTIONS = 8  # names the small model chooses among: each costs a few model steps

@@ -55,21 +55,6 @@ class ChunkPoint:
         }
 
 
-DUPLICATE_REACH = 8  # a search looks this many times top_k deep at most for distinct chunks
-
-
-def distinct_hits(hits: Sequence[Hit]) -> list[Hit]:
-    """``hits`` without those whose text (whitespace aside) repeats an earlier one's."""
-    seen: set[str] = set()
-    out: list[Hit] = []
-    for hit in hits:
-        key = " ".join(hit.text.split())
-        if key not in seen:
-            seen.add(key)
-            out.append(hit)
-    return out
-
-
 @dataclass(frozen=True)
 class Hit:
     """One search result."""
@@ -98,6 +83,21 @@ class Hit:
             title=str(p.get("title", "")), uri=str(p.get("uri", "")), text=str(p.get("text", "")),
             page=p.get("page"), language=p.get("language"),
         )
+
+
+DUPLICATE_REACH = 8  # a search looks this many times top_k deep at most for distinct chunks
+
+
+def distinct_hits(hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` without those whose text (whitespace aside) repeats an earlier one's."""
+    seen: set[str] = set()
+    out: list[Hit] = []
+    for hit in hits:
+        key = " ".join(hit.text.split())
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+    return out
 
 
 @dataclass

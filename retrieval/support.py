@@ -172,7 +172,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         return _rejected(answer, "empty answer", None)
     if _REFUSAL.search(clean):
         return _rejected(answer, "the answer says the sources do not answer", best_window)
-    if clean.rstrip().endswith(":"):  # "The first line should be:", cut at the blank line before what it announced
+    if answer.rstrip().endswith(":"):  # "The first line should be:", cut at the blank line before what it announced
         return _rejected(answer, "the answer stops before what it introduces", best_window)
     all_text = "\n".join(sources)
     all_numbers = numbers(all_text)

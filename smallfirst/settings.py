@@ -77,7 +77,7 @@ class Settings:
     top_k: int = _opt(8, "Chunks retrieved for an answer when the request gives no top_k: its sources, and its evidence sentences' pool.")
     max_top_k: int = _opt(16, "Largest top_k a request may ask for.")
     min_score: float = _opt(0.2, "Hits scoring below this cosine similarity are not used as context.")
-    context_tokens: int = _opt(360, "Token budget of the retrieved context in an answer prompt.")
+    context_tokens: int = _opt(360, "Token budget of the whole chunks in the large tier's answer prompt (the small tier's holds evidence sentences).")
     answer_max_tokens: int = _opt(200, "Most tokens generated for an answer.")
     answer_temperature: float = _opt(0.0, "Sampling temperature for answers (0: greedy, the same answer every time).")
     evidence_windows: int = _opt(3, "Evidence sentences (each with its label and neighbours) in the small tier's answer prompt.")

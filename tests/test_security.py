@@ -297,7 +297,8 @@ def test_context_assembly_skips_a_hit_too_long_to_fit_before_counting_it() -> No
     huge = Hit(id="h", score=0.9, doc_id="d/huge.txt", doc_version="v", chunk_index=0, title="Huge", uri="", text="x" * 2_000_000)
     small = Hit(id="s", score=0.5, doc_id="d/small.txt", doc_version="v", chunk_index=0, title="Small", uri="", text="A short fact.")
     context = assemble_context([huge, small], 360, count)
-    assert [h.id for h in context.sources] == ["s"] and max(counted) < 10_000
+    assert [h.id for h in context.sources] == ["h", "s"] and max(counted) < 10_000  # cited, never counted
+    assert context.text == "[2] Small\nA short fact."
 
 
 # 6. JSON bodies ---------------------------------------------------------------------------------

@@ -71,9 +71,12 @@ def test_a_sentence_of_a_better_chunk_outranks_the_same_words_in_a_worse_one() -
 
 def test_a_prompt_block_names_the_page_and_the_nearest_heading_only() -> None:
     text = "Ferries — Harbour guide › Ferries › Timetable\nThe first ferry leaves at 08:15 on Sundays."
-    found = find_evidence("When does the first ferry leave on Sundays?", [hit(text, title="Ferries — Harbour guide")], None)
+    hits = [hit(text, title="Ferries — Harbour guide"), hit("Opening hours are posted.", title="Museum — Harbour guide")]
+    found = find_evidence("When does the first ferry leave on Sundays?", hits, None)
     assert found.ranked[0].sentence.label == "Ferries — Harbour guide › Ferries › Timetable"  # whole, for the check
     assert found.windows(1) == "[1] Ferries\nTimetable\nThe first ferry leaves at 08:15 on Sundays."
+    alone = find_evidence("When does the first ferry leave on Sundays?", hits[:1], None)  # one title: no site to tell
+    assert alone.windows(1).startswith("[1] Ferries — Harbour guide\nTimetable\n")
 
 
 def test_numbers_are_compared_by_value_and_unit() -> None:
@@ -158,14 +161,16 @@ def test_a_refusal_is_not_an_answer() -> None:
     assert not verdict.supported
 
 
-@pytest.mark.slow
 def test_an_answer_that_stops_at_its_colon_is_not_supported() -> None:
     question = "When does the first ferry leave on Sundays?"
     found = evidence_for(question, FERRY)
     verdict = check_answer(question, "The first ferry on Sundays leaves at the time below:", found.ranked, [FERRY])
     assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer stops before what it introduces"
+    verdict = check_answer(question, "The first ferry on Sundays leaves at 08:15: [1]", found.ranked, [FERRY])
+    assert verdict.supported  # a colon before its citation ends nothing
 
 
+@pytest.mark.slow
 def test_evidence_with_the_embedder_token_vectors(embedder) -> None:
     """The cheap semantic half: unit vectors from the real model's token embeddings."""
     vectors = embedder.token_vectors(["autocomplete slots", "Autocomplete slots in the shared context", ""])
@@ -267,6 +272,10 @@ def test_a_qualified_form_of_the_questions_own_name_is_not_new() -> None:
     assert expectation is not None
     assert names_given("json.JSONDecodeError [1].", question, expectation, sources) == []
     assert names_given("ValueError [1].", question, expectation, sources) == ["ValueError"]
+    newsgroup = "Which newsgroup can I post Python questions to?"
+    found = expected(newsgroup)
+    assert found is not None and names_given("comp.lang.python [1].", newsgroup, found, "comp.lang.python") == \
+        ["comp.lang.python"]  # a plain word of the question is no name it gave
 
 
 def test_a_name_must_have_the_shape_of_the_kind_asked_for() -> None:
@@ -275,6 +284,8 @@ def test_a_name_must_have_the_shape_of_the_kind_asked_for() -> None:
     found = expected(exception)
     assert found is not None
     assert names_given("weird_json [1].", exception, found, sources) == []  # snake_case is no exception class
+    assert names_given("It raises the weird_json exception.", exception, found, sources) == []
+    assert names_given("re.error [1].", exception, found, sources + " re.error") == ["re.error"]
     assert names_given("json.JSONDecodeError [1].", exception, found, sources) == ["json.JSONDecodeError"]
     standard = "Which floating point standard do almost all platforms use?"
     found = expected(standard)

@@ -184,7 +184,7 @@ def error_frame(error: SmallfirstError, request_id: str | None) -> dict[str, Any
 
 def source_entry(hit: Hit, evidence: Evidence | None = None) -> dict[str, Any]:
     """One entry of a ``sources`` frame; ``evidence`` offsets index the chunk's text."""
-    text = " ".join(hit.text.split())
+    text = " ".join(hit.text[: SNIPPET_CHARS * 4].split())  # a snippet reads no further, however long the chunk
     snippet = text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
     entry: dict[str, Any] = {
         "doc_id": hit.doc_id, "title": hit.title, "uri": hit.uri, "chunk_index": hit.chunk_index,

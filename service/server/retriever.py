@@ -87,8 +87,9 @@ class Retriever:
         return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
 
     async def ground(self, question: str, hits: Sequence[Hit]) -> tuple[Context, EvidenceSet]:
-        """The context the hits fit in (counted in the small model's tokens) and the sentences of
-        its sources scored for the question: one short scheduler step."""
+        """The hits as numbered sources, with the whole chunks that fit the large tier's budget
+        (counted in the small model's tokens), and every sentence of the sources scored for the
+        question: one short scheduler step."""
         s, count, vectors = self.settings, self.tokenizer.count, self.embedder.token_vectors
 
         def work() -> tuple[Context, EvidenceSet]:
