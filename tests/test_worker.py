@@ -162,13 +162,19 @@ def test_watch_mode_sees_add_change_delete(tmp_path: Path) -> None:
         assert line, proc.stderr.read()
         return json.loads(line)
 
+    def put(name: str, text: str) -> None:
+        """Write a file whole in one step: a write in two (create empty, then fill) may be seen half done."""
+        staged = tmp_path / f"{name}.staged"
+        staged.write_text(text)
+        os.replace(staged, folder / name)
+
     try:
         assert next_summary()["added"] == 1
         while "watching" not in (line := proc.stderr.readline()):  # blocks until the next line
             assert line, "the watcher exited before it said it was watching"
-        (folder / "b.md").write_text("# B\n\nThe second note is about bananas.\n")
+        put("b.md", "# B\n\nThe second note is about bananas.\n")
         assert next_summary()["added"] == 1
-        (folder / "a.md").write_text("# A\n\nThe first note is now about apricots.\n")
+        put("a.md", "# A\n\nThe first note is now about apricots.\n")
         assert next_summary()["changed"] == 1
         (folder / "b.md").unlink()
         summary = next_summary()
