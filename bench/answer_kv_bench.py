@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval_bench import SETS, pydoc_corpus
-from harness import BIN, ROOT, bench_env
+from harness import ROOT, ingested_store
 
 sys.path.insert(0, str(ROOT))
 
@@ -35,19 +34,10 @@ def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     sources' ``texts``, the small tier's ``prompt`` (int8 query vector, top_k chunks, context assembly,
     evidence windows), and the ``accepted`` answers."""
     from smallfirst.retrieval.context import assemble_context
-    from smallfirst.retrieval.embedder import Embedder
     from smallfirst.retrieval.evidence import find_evidence
-    from smallfirst.settings import Settings
-    from smallfirst.retrieval.store import VectorStore
-    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
     from smallfirst.service.llm.prompts import evidence_passage_prompt
 
-    subprocess.run([str(BIN / "smallfirst"), "ingest", str(corpus), "--no-progress"], env=bench_env(data_dir),
-                   check=True, stdout=subprocess.DEVNULL)
-    settings = Settings.load({"SMALLFIRST_DATA_DIR": str(data_dir)})
-    embedder = Embedder(cache_size=1)
-    store = VectorStore.open(settings.collection, embedder.dimension, path=settings.qdrant_path)
-    count = Tokenizer(bundled_model_path()).count
+    settings, embedder, store, count = ingested_store(corpus, data_dir)
     out = []
     for row in (json.loads(line) for line in SETS[name].read_text().splitlines() if line.strip()):
         if row["kind"] != "grounded":

@@ -20,7 +20,6 @@ import contextlib
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from eval_bench import SETS, pydoc_corpus
-from harness import BIN, ROOT, bench_env
+from harness import ROOT, ingested_store
 
 sys.path.insert(0, str(ROOT))
 
@@ -56,18 +55,9 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     """Both prompts of every grounded question, with the rank of its answer in each evidence list."""
     import smallfirst.retrieval.evidence as evidence_module
     from smallfirst.retrieval.context import assemble_context
-    from smallfirst.retrieval.embedder import Embedder
-    from smallfirst.retrieval.store import VectorStore
-    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
     from smallfirst.service.llm.prompts import evidence_passage_prompt
-    from smallfirst.settings import Settings
 
-    subprocess.run([str(BIN / "smallfirst"), "ingest", str(corpus), "--no-progress"], env=bench_env(data_dir),
-                   check=True, stdout=subprocess.DEVNULL)
-    settings = Settings.load({"SMALLFIRST_DATA_DIR": str(data_dir)})
-    embedder = Embedder(cache_size=1)
-    store = VectorStore.open(settings.collection, embedder.dimension, path=settings.qdrant_path)
-    count = Tokenizer(bundled_model_path()).count
+    settings, embedder, store, count = ingested_store(corpus, data_dir)
     out = []
     try:
         for row in (json.loads(line) for line in SETS[name].read_text().splitlines() if line.strip()):

@@ -34,6 +34,22 @@ def ingest(folder: Path, env: dict[str, str]) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+def ingested_store(corpus: Path, data_dir: Path) -> tuple:
+    """``corpus`` ingested into ``data_dir`` (incremental), and what the service retrieves with
+    there: its settings, the embedder, the open store and the small model's token counter."""
+    sys.path.insert(0, str(ROOT))
+    from smallfirst.retrieval.embedder import Embedder
+    from smallfirst.retrieval.store import VectorStore
+    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
+    from smallfirst.settings import Settings
+
+    ingest(corpus, bench_env(data_dir))
+    settings = Settings.load({"SMALLFIRST_DATA_DIR": str(data_dir)})
+    embedder = Embedder(cache_size=1)
+    store = VectorStore.open(settings.collection, embedder.dimension, path=settings.qdrant_path)
+    return settings, embedder, store, Tokenizer(bundled_model_path()).count
+
+
 @contextlib.contextmanager
 def running(command: list[str], env: dict[str, str], ready_url: str, what: str, timeout_s: float) -> Iterator[None]:
     """Run ``command`` until the block ends; enter the block once ``ready_url`` answers 200."""
