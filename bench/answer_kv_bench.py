@@ -35,6 +35,7 @@ def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     evidence windows), and the ``accepted`` answers."""
     from smallfirst.retrieval.context import assemble_context
     from smallfirst.retrieval.evidence import find_evidence
+    from smallfirst.retrieval.expectation import names_first
     from smallfirst.service.llm.prompts import evidence_passage_prompt
 
     settings, embedder, store, count = ingested_store(corpus, data_dir)
@@ -44,7 +45,7 @@ def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
             continue
         hits = store.search(embedder.embed_query(row["question"]), settings.top_k)
         context = assemble_context(hits, settings.context_tokens, count, settings.min_score)
-        evidence = find_evidence(row["question"], context.sources, embedder.token_vectors)
+        evidence = names_first(row["question"], find_evidence(row["question"], context.sources, embedder.token_vectors))
         out.append({"question": row["question"], "evidence": evidence, "texts": [h.text for h in context.sources],
                     "prompt": evidence_passage_prompt(evidence, row["question"], settings.evidence_windows),
                     "accepted": row["answer_any"]})

@@ -12,24 +12,25 @@ evidence gives, which the small tier picks its answer among.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
-from smallfirst.retrieval.evidence import STOPWORDS, Evidence, content_words, words
+from smallfirst.retrieval.evidence import STOPWORDS, Evidence, EvidenceSet, content_words, words
 
 # The kinds of thing whose answer is a name, code-shaped or a plain word the sources call a thing
 # of that kind ("the deque type"). Left out: "file" and "directory", which head other nouns
 # ("Which file formats …?", "Which file name …?"); "format", often answered by several ("Markdown
 # and text"); and "model", whose names run over several words and numbers ("Gemma 3 270M"),
 # which no single option holds. "What kind of tool …?" asks for a description, not a name (while "What kind of error …?" wants one).
-CALLABLE_KINDS = ("function", "method", "decorator", "helper", "handler", "class", "exception", "error")
+CALLABLE_KINDS = ("function", "method", "decorator", "helper", "handler", "class", "exception", "error", "built-in")
 OTHER_KINDS = ("module", "library", "statement", "keyword", "constant", "attribute", "variable", "flag", "option",
                "action", "operator", "type", "standard", "tool", "script", "command", "argument", "parameter",
                "setting", "field", "header", "key", "character", "algorithm", "interpreter", "package", "extension",
                "endpoint", "syntax", "newsgroup")
 _KINDS = CALLABLE_KINDS + OTHER_KINDS
+LEAD = r"^\s*(?:[^?,]{1,60},\s*)?"  # "With the 'replace' error handler, which character …?"
 _ASKS = re.compile(
-    r"^\s*(?:which|what)\s+((?:[\w.\-/]+\s+){0,3}?)(" + "|".join(_KINDS) + r")(?:es|s)?\b(?!-)", re.IGNORECASE)
+    LEAD + r"(?:which|what)\s+((?:[\w.\-/]+\s+){0,3}?)(" + "|".join(_KINDS) + r")(?:es|s)?\b(?!-)", re.IGNORECASE)
 _DESCRIPTION = re.compile(r"\b(?:kind|sort|type)s?\s+of\b", re.IGNORECASE)  # "What kind of tool …?"
 _ENVIRONMENT = re.compile(r"\benvironment\s+variable", re.IGNORECASE)
 
@@ -42,6 +43,7 @@ _CODE_NAME = re.compile(
 )
 _FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, or a keyword argument: strict=False
 _CAPS = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")
+OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
         found = _CODE_NAME.findall(answer)
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
+        if expectation.kind == "operator":
+            found += OPERATOR.findall(answer)
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
     return [name for name in found if _is_new(name, asked, asked_names) and _fits_kind(name, expectation.kind)]
@@ -160,8 +164,7 @@ def name_options(question: str, expectation: Expectation, evidence: Sequence[Evi
     options: list[tuple[str, int]] = []
     seen: set[str] = set()
     for ev in evidence[:sentences]:
-        core = f"{ev.sentence.label}\n{ev.text}" if ev.sentence.label else ev.text
-        for name in names_given(core, question, expectation, sources):
+        for name in names_given(_core(ev), question, expectation, sources):
             key = name_key(name)
             if key in seen or _is_abbreviation(name):
                 continue
@@ -170,9 +173,32 @@ def name_options(question: str, expectation: Expectation, evidence: Sequence[Evi
     return options[:MAX_OPTIONS]
 
 
+NAMED_DEPTH = 4  # best evidence sentences among which those giving a name come first
+
+
+def _core(ev: Evidence) -> str:
+    return f"{ev.sentence.label}\n{ev.text}" if ev.sentence.label else ev.text
+
+
+def names_first(question: str, evidence: EvidenceSet) -> EvidenceSet:
+    """For a question that asks for a name, the evidence with those of its best ``NAMED_DEPTH``
+    sentences that give a new name ahead of those that give none, each group in score order: a
+    sentence without a name cannot answer "Which method …?", however many of its words it shares."""
+    expectation = expected(question)
+    if expectation is None:
+        return evidence
+    sources = "\n".join(hit.text for hit in evidence.hits)
+    head = evidence.ranked[:NAMED_DEPTH]
+    naming = [ev for ev in head if names_given(_core(ev), question, expectation, sources)]
+    if not naming or len(naming) == len(head):
+        return evidence
+    rest = [ev for ev in head if all(ev is not named for named in naming)]
+    return replace(evidence, ranked=(*naming, *rest, *evidence.ranked[NAMED_DEPTH:]))
+
+
 def answer_phrase(name: str, expectation: Expectation) -> str:
     """How an answer states a chosen name: as it is when it is code-shaped (``read_gauge()``),
     else with the kind the question asked for ("heapq module"), as the sources called it."""
-    if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name):
+    if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name) or OPERATOR.fullmatch(name):
         return name
     return f"{name} {expectation.kind}"

@@ -10,7 +10,8 @@ A deterministic gate, no model call. An answer is supported when
    and at least half of the answer's own content words (those not already in the question);
 3. when the question asks for a name ("Which method …?", "What exception …?"), the answer
    gives one the question did not already name, and the best evidence sentence (or its label
-   line) holds it (:mod:`smallfirst.retrieval.expectation`).
+   line) holds it and at least ``NAME_SUBJECT_SHARE`` of the question's terms
+   (:mod:`smallfirst.retrieval.expectation`); an answer that is that name alone needs no more.
 
 The second rule catches the common failure of a small model: a number that really is in the
 sources, but belongs to a neighbouring setting, or a fluent paraphrase with nothing checkable.
@@ -24,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from smallfirst.retrieval.evidence import Evidence, content_words
-from smallfirst.retrieval.expectation import expected, name_key, names_given
+from smallfirst.retrieval.expectation import LEAD, OPERATOR, expected, name_key, names_given
 
 COVERAGE = 0.5  # share of the answer's new content words one window must hold
 WINDOWS = 3  # evidence windows (best first) an answer may be backed by
 MIN_RELATIVE_SCORE = 0.5  # ...each scoring at least this share of the best
 SUBJECT_SHARE = 1.0  # ...and holding as many of the question's terms as the best-matching window holds
+NAME_SUBJECT_SHARE = 0.4  # share of the question's terms the sentence giving an asked-for name must hold
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -65,7 +67,6 @@ _IDENTIFIER = re.compile(
     r"|0x[0-9a-fA-F]+"  # a hex literal
     r"|[A-Za-z]*_\w*|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Z]{2,}\w*)(?!\w)"  # snake_case, camelCase, PascalCase, CAPS
 )
-_OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 _CITATION = re.compile(r"\[\d+\]")
 _REFUSAL = re.compile(r"\b(do(?:es)? not (?:say|cover|mention|contain|state)|no information|not (?:stated|mentioned))\b", re.I)
 
@@ -134,7 +135,7 @@ def claims(answer: str) -> list[Claim]:
             continue
         token = m.group(1).rstrip(".")
         found.append(Claim("identifier", token, m.start(), m.start() + len(token), (token.lower().removesuffix("()"),)))
-    for m in _OPERATOR.finditer(answer):
+    for m in OPERATOR.finditer(answer):
         if not any(a <= m.start() < b for a, b in taken):
             found.append(Claim("identifier", m.group(1), m.start(), m.end(), (m.group(1),)))
     return sorted(found, key=lambda c: c.start)
@@ -153,7 +154,7 @@ def _rejected(answer: str, why: str, evidence: Evidence | None) -> Verdict:
     return Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], evidence)
 
 
-_WH_PHRASE = re.compile(r"^\s*(?:which|what(?!\s+(?:is|are|was|were|do|does|did|can|could|should|must|will|would)\b))"
+_WH_PHRASE = re.compile(LEAD + r"(?:which|what(?!\s+(?:is|are|was|were|do|does|did|can|could|should|must|will|would)\b))"
                         r"\s+((?:\S+\s+){0,2}\S+)", re.IGNORECASE)
 
 
@@ -162,6 +163,20 @@ def _answer_kind(question: str) -> str:
     naming that kind ("The following files …") says nothing yet of what the question is about."""
     match = _WH_PHRASE.match(question)
     return match.group(1) if match else ""
+
+
+def _new_words(answer_words: list[str], asked: set[str], question_words: list[str]) -> list[str]:
+    """The answer's content words the question does not hold, also as one word ("filename" for
+    "file name") or in two ("small first" for "smallfirst")."""
+    asked = asked | {a + b for a, b in zip(question_words, question_words[1:])}
+    joined = {i for i, (a, b) in enumerate(zip(answer_words, answer_words[1:])) if a + b in asked}
+    return [w for i, w in enumerate(answer_words) if w not in asked and i not in joined and i - 1 not in joined]
+
+
+def _only_names(new_words: list[str], names: list[str], kind: str) -> bool:
+    """Whether the answer's new words are all parts of the names it gives, or the kind's word."""
+    parts = {kind} | {w for name in names for w in content_words(name)}
+    return all(w in parts for w in new_words)
 
 
 def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sources: Sequence[str]) -> Verdict:
@@ -182,7 +197,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         return Verdict(False, [{"text": c.text, "start": c.start, "end": c.end, "why": f"{c.kind} not in the sources"}
                                for c in missing], best_window)
     asked = set(content_words(question))
-    new_words = [w for w in content_words(clean) if w not in asked]
+    new_words = _new_words(content_words(clean), asked, content_words(question))
     restated = {w for w in content_words(clean) if w in asked} - set(content_words(_answer_kind(question)))
     asked_claims = {c.key for c in claims(question)}
     if not new_words and all(c.key in asked_claims for c in found):
@@ -196,6 +211,11 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         top = " ".join(f"{best_window.sentence.label} {best_window.text}".lower().split()) if best_window else ""
         if not any(name_key(name) in top for name in given):
             return _rejected(answer, "the name it gives is not in the best evidence sentence", best_window)
+        terms = asked - set(content_words(_answer_kind(question)))
+        if len(terms & set(content_words(top))) < NAME_SUBJECT_SHARE * len(terms):
+            return _rejected(answer, "the sentence giving the name is not about what the question asks", best_window)
+        if _only_names(new_words, given, expectation.kind):  # "--with-dtrace [1].": the name is the whole claim
+            return Verdict(True, [], best_window)
     best = best_window.score if best_window else 0.0
     candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]
     # The window must be about what the question asks: as many of its terms as the best-matching window holds, nearly.

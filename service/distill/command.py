@@ -90,6 +90,7 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
     """Each QA file's grounded questions with the prompt the service would build for them."""
     from smallfirst.retrieval.context import assemble_context
     from smallfirst.retrieval.evidence import find_evidence
+    from smallfirst.retrieval.expectation import names_first
     from smallfirst.retrieval.store import VectorStore
     from smallfirst.retrieval.support import check_answer
     from smallfirst.service.tools.eval import load_questions
@@ -120,7 +121,7 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
                 question = row["question"]
                 hits = collection(row.get("collection")).search(embedder.embed_query(question), settings.top_k)
                 context = assemble_context(hits, settings.context_tokens, count_tokens, settings.min_score)
-                evidence = find_evidence(question, context.sources, embedder.token_vectors)
+                evidence = names_first(question, find_evidence(question, context.sources, embedder.token_vectors))
                 texts = [h.text for h in context.sources]
                 items.append(QAItem(
                     question, tuple(row["answer_any"]), evidence_prompt(evidence, question, settings.evidence_windows),

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import orjson
 
 from smallfirst.retrieval.evidence import EmbedTexts, EvidenceSet, find_evidence
+from smallfirst.retrieval.expectation import names_first
 from smallfirst.retrieval.store import Hit
 from smallfirst.retrieval.support import check_answer
 from smallfirst.service.llm.prompts import ANSWER_STOPS, evidence_prompt
@@ -101,7 +102,7 @@ def build_example(entry: dict[str, Any], embed: EmbedTexts | None, windows: int)
     target = clean_target(answer)
     if not target:
         return None, "empty"
-    evidence: EvidenceSet = find_evidence(question, hits, embed)
+    evidence: EvidenceSet = names_first(question, find_evidence(question, hits, embed))
     verdict = check_answer(question, target, evidence.ranked, [h.text for h in hits])
     if not verdict.supported:
         why = verdict.unsupported[0]["why"] if verdict.unsupported else ""
