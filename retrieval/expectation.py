@@ -42,7 +42,7 @@ _CODE_NAME = re.compile(
     r"|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Z]{3,}\w*|[A-Z]{2,}[a-z]\w*)(?![\w=])"  # camelCase, PascalCase, CAPS
 )
 _FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, or a keyword argument: strict=False
-_CAPS = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")
+_CAPS = re.compile(r"\b[A-Z][A-Z0-9_]+[A-Z0-9]\b")  # PYTHONSTARTUP, SMALLFIRST_PORT; not a prefix like SMALLFIRST_
 OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 
 
@@ -121,12 +121,18 @@ _NOT_CALLED = ("module", "library", "package", "standard", "newsgroup", "stateme
 
 def _fits_kind(name: str, kind: str) -> bool:
     """Whether a name can be a thing of this kind: a call (``read_gauge()``) never names a module
-    or a standard, and a bare snake_case name (``weird_json``) is no exception class, while
-    ``ValueError`` and a qualified ``re.error`` are."""
+    or a standard, and neither a bare snake_case name (``weird_json``) nor an attribute
+    (``JSONDecodeError.msg``) is an exception class, while ``ValueError`` and a qualified
+    ``re.error`` are."""
     if name.endswith("()") and kind in _NOT_CALLED:
         return False
-    bare = name.lstrip("@")
-    return not (kind == "exception" and "." not in bare and "_" in bare.strip("_") and bare.islower())
+    if kind not in ("exception", "error"):
+        return True
+    bare = name.lstrip("@").removesuffix("()")
+    last = bare.rsplit(".", 1)[-1]
+    if "." in bare:  # re.error, json.JSONDecodeError; not an attribute such as JSONDecodeError.msg
+        return last[:1].isupper() or last.endswith("error")
+    return not ("_" in bare.strip("_") and bare.islower())
 
 
 def names_given(answer: str, question: str, expectation: Expectation, sources: str) -> list[str]:

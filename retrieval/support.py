@@ -5,9 +5,11 @@ A deterministic gate, no model call. An answer is supported when
 1. every checkable claim in it (numbers with their units, identifiers and code tokens,
    quoted strings) occurs in its sources, with numbers compared by value and unit, so that
    "4MB", "4 MB" and "four megabytes" are one value; and
-2. one evidence window about what the question asks holds every claim (a number in the
+2. one evidence window about what the question asks (holding at least half as many of its terms as
+   the best-matching window) holds every claim (a number in the
    sentence itself or its label line; a name or quote there or in the neighbouring sentences),
-   and at least half of the answer's own content words (those not already in the question);
+   and at least half of the answer's own content words (those not already in the question), while
+   its sentence holds most of the question's words the answer repeats (the subject its values are of);
 3. when the question asks for a name ("Which method …?", "What exception …?"), the answer
    gives one the question did not already name, and the best evidence sentence (or its label
    line) holds it and at least ``NAME_SUBJECT_SHARE`` of the question's terms
@@ -30,7 +32,8 @@ from smallfirst.retrieval.expectation import LEAD, OPERATOR, expected, name_key,
 COVERAGE = 0.5  # share of the answer's new content words one window must hold
 WINDOWS = 3  # evidence windows (best first) an answer may be backed by
 MIN_RELATIVE_SCORE = 0.5  # ...each scoring at least this share of the best
-SUBJECT_SHARE = 1.0  # ...and holding as many of the question's terms as the best-matching window holds
+SUBJECT_SHARE = 0.5  # ...and holding at least half as many of the question's terms as the best-matching one
+RESTATED_SHARE = 0.7  # share of the question's words the answer repeats that the window's sentence must hold
 NAME_SUBJECT_SHARE = 0.4  # share of the question's terms the sentence giving an asked-for name must hold
 
 _NUMBER_WORDS = {
@@ -165,6 +168,20 @@ def _answer_kind(question: str) -> str:
     return match.group(1) if match else ""
 
 
+def _repeats(answer: str) -> bool:
+    """Whether a sentence of the answer comes again: a small model caught in a loop until its token
+    limit ("This idiom is called … This idiom is called …")."""
+    seen: set[str] = set()
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", answer):
+        key = " ".join(sentence.lower().split())
+        if len(key) < 12:
+            continue
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
 def _new_words(answer_words: list[str], asked: set[str], question_words: list[str]) -> list[str]:
     """The answer's content words the question does not hold, also as one word ("filename" for
     "file name") or in two ("small first" for "smallfirst")."""
@@ -187,6 +204,8 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         return _rejected(answer, "empty answer", None)
     if _REFUSAL.search(clean):
         return _rejected(answer, "the answer says the sources do not answer", best_window)
+    if _repeats(clean):
+        return _rejected(answer, "the answer repeats itself", best_window)
     if answer.rstrip().endswith(":"):  # "The first line should be:", cut at the blank line before what it announced
         return _rejected(answer, "the answer stops before what it introduces", best_window)
     all_text = "\n".join(sources)
@@ -230,7 +249,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         if not all(_holds(c, core if c.kind == "number" else window_text, core_numbers) for c in found):
             continue
         window = set(content_words(window_text))
-        if restated and not restated & set(content_words(core)):  # its values, said of something else
+        if len(restated & set(content_words(core))) < RESTATED_SHARE * len(restated):  # said of something else
             continue
         if sum(w in window for w in new_words) >= COVERAGE * len(new_words):
             return Verdict(True, [], ev)

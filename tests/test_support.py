@@ -208,6 +208,9 @@ The prompts are set by sys.ps1 and sys.ps2 in that file.
     ("What type of error does int('x') raise?", "error"),
     ("What command-line option silences pip?", "option"),
     ("What is the default port?", None),
+    ("With the 'replace' error handler, which character is substituted for bytes that cannot be decoded?", "character"),
+    ("Which built-in gives me both the index and the value while looping?", "built-in"),
+    ("Which operator does floor division?", "operator"),
     ("How do I list a folder?", None),
 ])
 def test_questions_that_ask_for_a_name_are_recognised(question: str, kind: str | None) -> None:
@@ -231,6 +234,8 @@ def test_an_environment_variable_question_wants_a_capitalised_name() -> None:
     found = evidence_for(question, ITERATORS)
     assert check_answer(question, "PYTHONSTARTUP names that file [1].", found.ranked, [ITERATORS]).supported
     verdict = check_answer(question, "The file is named by sys.ps1 [1].", found.ranked, [ITERATORS])
+    expectation = expected(question)
+    assert expectation is not None and names_given("Each has the PYTHON_ prefix.", question, expectation, "PYTHON_") == []
     assert not verdict.supported and "environment variable" in verdict.unsupported[0]["why"]
 
 
@@ -287,6 +292,7 @@ def test_a_name_must_have_the_shape_of_the_kind_asked_for() -> None:
     assert names_given("It raises the weird_json exception.", exception, found, sources) == []
     assert names_given("re.error [1].", exception, found, sources + " re.error") == ["re.error"]
     assert names_given("json.JSONDecodeError [1].", exception, found, sources) == ["json.JSONDecodeError"]
+    assert names_given("json.JSONDecodeError.msg [1].", exception, found, sources + " msg") == []  # an attribute
     standard = "Which floating point standard do almost all platforms use?"
     found = expected(standard)
     assert found is not None and names_given("as_integer_ratio() [1].", standard, found, sources) == []  # a call is no standard
@@ -330,3 +336,56 @@ def test_a_chosen_plain_word_is_stated_with_the_kind_asked_for() -> None:
     found = evidence_for(question, sources)
     assert not check_answer(question, "heapq [1].", found.ranked, [sources]).supported  # a bare word names nothing
     assert check_answer(question, "heapq module [1].", found.ranked, [sources]).supported
+
+
+def test_the_sentence_giving_the_name_must_be_about_what_the_question_asks() -> None:
+    question = "Which socket type constant is used for a streaming TCP socket?"
+    off_topic = "The address family is given as AF_INET."
+    found = evidence_for(question, off_topic)
+    verdict = check_answer(question, "AF_INET [1].", found.ranked, [off_topic])  # the best sentence, but not about it
+    assert not verdict.supported
+    assert verdict.unsupported[0]["why"] == "the sentence giving the name is not about what the question asks"
+    on_topic = "A streaming TCP socket is made with SOCK_STREAM."
+    found = evidence_for(question, on_topic)
+    assert check_answer(question, "SOCK_STREAM [1].", found.ranked, [on_topic]).supported
+
+
+def test_a_name_that_is_the_whole_answer_needs_no_other_window() -> None:
+    question = "Which configure option enables the DTrace markers when building CPython?"
+    sources = ("Building\n\nCPython must then be configured with the --with-dtrace option.\n\n"
+               "Markers\n\nDTrace markers are details of the CPython interpreter; building them needs DTrace tools.")
+    found = evidence_for(question, sources)
+    assert "--with-dtrace" in found.ranked[0].text  # another window holds more of the question's terms
+    assert check_answer(question, "--with-dtrace [1].", found.ranked, [sources]).supported
+
+
+def test_sentences_that_give_a_name_come_first() -> None:
+    from smallfirst.retrieval.expectation import names_first
+
+    question = "Which function returns the rain gauge level?"
+    sources = "Rain gauge\n\nThe rain gauge level is returned in millimetres, once an hour. Call read_gauge() for it."
+    found = evidence_for(question, sources)
+    assert "read_gauge()" not in found.ranked[0].text
+    ordered = names_first(question, found)
+    assert "read_gauge()" in ordered.ranked[0].text and len(ordered.ranked) == len(found.ranked)
+    assert names_first("When is the gauge read?", found) is found  # a question that asks for no name keeps its order
+
+
+def test_an_operator_names_the_operator_asked_for() -> None:
+    question = "Which operator does floor division?"
+    sources = "Arithmetic\n\nTo do floor division and get an integer result you can use the // operator."
+    expectation = expected(question)
+    assert expectation is not None and names_given(" // ", question, expectation, sources) == ["//"]
+    found = evidence_for(question, sources)
+    assert check_answer(question, "// [1].", found.ranked, [sources]).supported
+
+
+@pytest.mark.parametrize(("question", "answer"), [
+    ("Which file name is conventionally used to store the output of pip freeze?", "The filename is the name of the file."),
+    ("Which embedding model does smallfirst use?", "The small first model."),
+])
+def test_a_question_word_spelt_as_one_word_or_two_is_no_new_word(question: str, answer: str) -> None:
+    sources = "Files\n\nThe filename is kept; smallfirst uses a small first model for the name of the file."
+    found = evidence_for(question, sources)
+    verdict = check_answer(question, answer, found.ranked, [sources])
+    assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer only restates the question"
