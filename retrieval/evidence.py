@@ -233,7 +233,7 @@ class EvidenceSet:
 
     hits: tuple[Hit, ...]
     sentences: tuple[Sentence, ...]
-    ranked: tuple[Evidence, ...]  # every sentence as evidence, best first
+    ranked: tuple[Evidence, ...]  # every sentence as evidence, best first (see expectation.names_first)
     best: tuple[Evidence | None, ...]  # per hit, in hit order
 
     def windows(self, count: int) -> str:

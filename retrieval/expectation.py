@@ -28,7 +28,10 @@ OTHER_KINDS = ("module", "library", "statement", "keyword", "constant", "attribu
                "setting", "field", "header", "key", "character", "algorithm", "interpreter", "package", "extension",
                "endpoint", "syntax", "newsgroup")
 _KINDS = CALLABLE_KINDS + OTHER_KINDS
-LEAD = r"^\s*(?:[^?,]{1,60},\s*)?"  # "With the 'replace' error handler, which character …?"
+# A lead-in phrase before the question word ("With the 'replace' error handler, which character …?"),
+# but no clause that is itself a question ("Does pathlib, which module …, support globbing?").
+LEAD = (r"^\s*(?:(?!(?:what|which|who|whom|whose|how|why|when|where|does|do|did|is|are|was|were|can|could|should"
+        r"|will|would|may|must|has|have|had)\b)[^?,]{1,60},\s*)?")
 _ASKS = re.compile(
     LEAD + r"(?:which|what)\s+((?:[\w.\-/]+\s+){0,3}?)(" + "|".join(_KINDS) + r")(?:es|s)?\b(?!-)", re.IGNORECASE)
 _DESCRIPTION = re.compile(r"\b(?:kind|sort|type)s?\s+of\b", re.IGNORECASE)  # "What kind of tool …?"
@@ -148,7 +151,7 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
         if expectation.kind == "operator":
-            found += OPERATOR.findall(answer)
+            found += [op for op in OPERATOR.findall(answer) if set(op) != {"-"}]  # not a dash or a rule: --, ---
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
     return [name for name in found if _is_new(name, asked, asked_names) and _fits_kind(name, expectation.kind)]
@@ -195,11 +198,11 @@ def names_first(question: str, evidence: EvidenceSet) -> EvidenceSet:
         return evidence
     sources = "\n".join(hit.text for hit in evidence.hits)
     head = evidence.ranked[:NAMED_DEPTH]
-    naming = [ev for ev in head if names_given(_core(ev), question, expectation, sources)]
-    if not naming or len(naming) == len(head):
+    gives = [bool(names_given(_core(ev), question, expectation, sources)) for ev in head]
+    if gives == sorted(gives, reverse=True):  # already first, or none gives one
         return evidence
-    rest = [ev for ev in head if all(ev is not named for named in naming)]
-    return replace(evidence, ranked=(*naming, *rest, *evidence.ranked[NAMED_DEPTH:]))
+    order = sorted(range(len(head)), key=lambda i: not gives[i])  # stable: score order within each group
+    return replace(evidence, ranked=(*(head[i] for i in order), *evidence.ranked[NAMED_DEPTH:]))
 
 
 def answer_phrase(name: str, expectation: Expectation) -> str:

@@ -230,14 +230,14 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
         top = " ".join(f"{best_window.sentence.label} {best_window.text}".lower().split()) if best_window else ""
         if not any(name_key(name) in top for name in given):
             return _rejected(answer, "the name it gives is not in the best evidence sentence", best_window)
-        terms = asked - set(content_words(_answer_kind(question)))
+        terms = asked - set(content_words(_answer_kind(question))) or asked - {expectation.kind}
         if len(terms & set(content_words(top))) < NAME_SUBJECT_SHARE * len(terms):
             return _rejected(answer, "the sentence giving the name is not about what the question asks", best_window)
         if _only_names(new_words, given, expectation.kind):  # "--with-dtrace [1].": the name is the whole claim
             return Verdict(True, [], best_window)
-    best = best_window.score if best_window else 0.0
+    best = max((ev.score for ev in evidence), default=0.0)  # names_first may put a lower score first
     candidates = [ev for ev in evidence[:WINDOWS] if ev.score >= MIN_RELATIVE_SCORE * best]
-    # The window must be about what the question asks: as many of its terms as the best-matching window holds, nearly.
+    # The window must be about what the question asks: at least half as many of its terms as the best-matching one.
     about = {id(ev): len(asked & set(content_words(f"{ev.sentence.label} {ev.text}"))) for ev in candidates}
     most = max(about.values(), default=0)
     for ev in candidates:

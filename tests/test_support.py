@@ -211,6 +211,7 @@ The prompts are set by sys.ps1 and sys.ps2 in that file.
     ("With the 'replace' error handler, which character is substituted for bytes that cannot be decoded?", "character"),
     ("Which built-in gives me both the index and the value while looping?", "built-in"),
     ("Which operator does floor division?", "operator"),
+    ("Does pathlib, which module replaces os.path, support globbing?", None),  # a clause, not a lead-in
     ("How do I list a folder?", None),
 ])
 def test_questions_that_ask_for_a_name_are_recognised(question: str, kind: str | None) -> None:
@@ -234,9 +235,9 @@ def test_an_environment_variable_question_wants_a_capitalised_name() -> None:
     found = evidence_for(question, ITERATORS)
     assert check_answer(question, "PYTHONSTARTUP names that file [1].", found.ranked, [ITERATORS]).supported
     verdict = check_answer(question, "The file is named by sys.ps1 [1].", found.ranked, [ITERATORS])
+    assert not verdict.supported and "environment variable" in verdict.unsupported[0]["why"]
     expectation = expected(question)
     assert expectation is not None and names_given("Each has the PYTHON_ prefix.", question, expectation, "PYTHON_") == []
-    assert not verdict.supported and "environment variable" in verdict.unsupported[0]["why"]
 
 
 def test_names_given_counts_plain_words_the_answer_calls_a_thing_of_the_asked_kind() -> None:
@@ -355,8 +356,10 @@ def test_a_name_that_is_the_whole_answer_needs_no_other_window() -> None:
     sources = ("Building\n\nCPython must then be configured with the --with-dtrace option.\n\n"
                "Markers\n\nDTrace markers are details of the CPython interpreter; building them needs DTrace tools.")
     found = evidence_for(question, sources)
-    assert "--with-dtrace" in found.ranked[0].text  # another window holds more of the question's terms
+    assert "--with-dtrace" in found.ranked[0].text
     assert check_answer(question, "--with-dtrace [1].", found.ranked, [sources]).supported
+    # The question's own words around it add no claim: the name is still the whole answer.
+    assert check_answer(question, "--with-dtrace for DTrace markers [1].", found.ranked, [sources]).supported
 
 
 def test_sentences_that_give_a_name_come_first() -> None:
@@ -369,6 +372,7 @@ def test_sentences_that_give_a_name_come_first() -> None:
     ordered = names_first(question, found)
     assert "read_gauge()" in ordered.ranked[0].text and len(ordered.ranked) == len(found.ranked)
     assert names_first("When is the gauge read?", found) is found  # a question that asks for no name keeps its order
+    assert names_first(question, ordered) is ordered
 
 
 def test_an_operator_names_the_operator_asked_for() -> None:
@@ -376,6 +380,7 @@ def test_an_operator_names_the_operator_asked_for() -> None:
     sources = "Arithmetic\n\nTo do floor division and get an integer result you can use the // operator."
     expectation = expected(question)
     assert expectation is not None and names_given(" // ", question, expectation, sources) == ["//"]
+    assert names_given("Arithmetic\n---\nUse it -- or not.", question, expectation, sources) == []  # dashes, a rule
     found = evidence_for(question, sources)
     assert check_answer(question, "// [1].", found.ranked, [sources]).supported
 
@@ -389,3 +394,22 @@ def test_a_question_word_spelt_as_one_word_or_two_is_no_new_word(question: str, 
     found = evidence_for(question, sources)
     verdict = check_answer(question, answer, found.ranked, [sources])
     assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer only restates the question"
+
+
+def test_an_answer_caught_in_a_loop_is_not_supported() -> None:
+    question = "What does the DSU sorting idiom stand for?"
+    sources = "Sorting\n\nThis idiom is called Decorate-Sort-Undecorate after its three steps."
+    found = evidence_for(question, sources)
+    assert check_answer(question, "It is called Decorate-Sort-Undecorate [1].", found.ranked, [sources]).supported
+    looping = "It is called Decorate-Sort-Undecorate. This idiom is the first step.\nThis idiom is the first step."
+    verdict = check_answer(question, looping, found.ranked, [sources])
+    assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer repeats itself"
+
+
+def test_a_value_beside_its_subject_in_a_less_matching_window_is_supported() -> None:
+    question = "What is the default port of the service?"
+    sources = ("Origins\n\nBy default only the service's own origin may connect: the exact scheme, host and port of the page.\n\n"
+               "Settings\n\nThe service listens on 127.0.0.1 and 8000 by default.")
+    found = evidence_for(question, sources)
+    assert "8000" not in found.ranked[0].text  # the best window holds more of the question's terms, but no value
+    assert check_answer(question, "8000 by default [1].", found.ranked, [sources]).supported
