@@ -138,10 +138,21 @@ def _fits_kind(name: str, kind: str) -> bool:
     return not ("_" in bare.strip("_") and bare.islower())
 
 
+def _proper_names(answer: str, kind: str) -> Iterable[str]:
+    """Names of several capitalised words the answer calls a thing of this kind: "GNU Readline"
+    for "the GNU Readline library", which no single word of it names."""
+    for match in re.finditer(r"((?:[A-Z0-9][\w.+-]*\s+){2,4})" + re.escape(kind) + r"(?:es|s)?\b", answer):
+        parts = match.group(1).split()
+        while parts and parts[0].lower() in STOPWORDS:  # "This GNU Readline library"
+            parts.pop(0)
+        if len(parts) >= 2:
+            yield " ".join(parts)
+
+
 def names_given(answer: str, question: str, expectation: Expectation, sources: str) -> list[str]:
     """The names ``answer`` gives that the question did not: code-shaped names (only CAPS ones for an
     environment variable; flags and ``name=value`` only for a flag or an option), or a plain word the answer itself
-    calls a thing of the asked kind, provided the sources hold it."""
+    calls a thing of the asked kind (or several capitalised words: "GNU Readline"), provided the sources hold it."""
     asked = set(content_words(question)) | set(words(question)) | set(re.findall(r"\w+", question.lower()))
     asked_names = {name_key(name) for name in _CODE_NAME.findall(question)}
     if expectation.environment:
@@ -154,6 +165,11 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
             found += [op for op in OPERATOR.findall(answer) if set(op) != {"-"}]  # not a dash or a rule: --, ---
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
+        flat = " ".join(sources.lower().split())
+        for name in _proper_names(answer, expectation.kind):
+            if name.lower() in flat:  # the whole name, and none of its words alone
+                parts = {part.lower() for part in name.split()}
+                found = [f for f in found if f.lower() not in parts] + [name]
     return [name for name in found if _is_new(name, asked, asked_names) and _fits_kind(name, expectation.kind)]
 
 

@@ -413,3 +413,13 @@ def test_a_value_beside_its_subject_in_a_less_matching_window_is_supported() -> 
     found = evidence_for(question, sources)
     assert "8000" not in found.ranked[0].text  # the best window holds more of the question's terms, but no value
     assert check_answer(question, "8000 by default [1].", found.ranked, [sources]).supported
+
+
+def test_a_name_of_several_capitalised_words_is_one_name() -> None:
+    question = "What library implements input line editing in the interactive interpreter?"
+    sources = "Interactive editing\n\nThis is implemented using the GNU Readline library, which supports styles of editing."
+    expectation = expected(question)
+    assert expectation is not None
+    assert names_given(sources, question, expectation, sources) == ["GNU Readline"]  # not "GNU" and "readline" apart
+    found = evidence_for(question, sources)
+    assert check_answer(question, "GNU Readline library [1].", found.ranked, [sources]).supported
