@@ -11,9 +11,14 @@ A deterministic gate, no model call. An answer is supported when
    and at least half of the answer's own content words (those not already in the question), while
    its sentence holds most of the question's words the answer repeats (the subject its values are of);
 3. when the question asks for a name ("Which method …?", "What exception …?"), the answer
-   gives one the question did not already name, and the best evidence sentence (or its label
-   line) holds it and at least ``NAME_SUBJECT_SHARE`` of the question's terms
-   (:mod:`smallfirst.retrieval.expectation`); an answer that is that name alone needs no more.
+   gives one the question did not already name, and the first evidence sentence (name-giving
+   ones come first, see :func:`~smallfirst.retrieval.expectation.names_first`) or its label line
+   holds it and at least ``NAME_SUBJECT_SHARE`` of the question's terms; an answer that is that
+   name alone needs no more.
+
+An answer is never supported when it says the sources do not answer, repeats a sentence (a loop
+until its token limit), ends at a colon before what it announces, or only restates the question
+(a question's word spelt as one word or two, "filename" for "file name", is no new word).
 
 The second rule catches the common failure of a small model: a number that really is in the
 sources, but belongs to a neighbouring setting, or a fluent paraphrase with nothing checkable.
