@@ -6,7 +6,7 @@ For every grounded question of both QA sets, builds the small tier's prompt two 
 the service did before (top 4 distinct chunks, evidence sentences only from those whose whole
 chunk fits ``SMALLFIRST_CONTEXT_TOKENS``, ranked without their chunk's search score), and *pool*,
 as it does now (top ``SMALLFIRST_TOP_K`` = 8, every chunk's sentences, the chunk's score weighing
-in). Two models, each with the service's answer KV cache, get the questions in the same order and
+in, and for a question that asks for a name the sentences that give one first). Two models, each with the service's answer KV cache, get the questions in the same order and
 take turns on each; the time is the first token of a greedy answer (prefill included). Also
 counts the prompts' tokens and where the first accepted answer string stands among the ranked
 evidence sentences. Prints the figures last, in one plain line.
@@ -55,6 +55,7 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     """Both prompts of every grounded question, with the rank of its answer in each evidence list."""
     import smallfirst.retrieval.evidence as evidence_module
     from smallfirst.retrieval.context import assemble_context
+    from smallfirst.retrieval.expectation import names_first
     from smallfirst.service.llm.prompts import evidence_passage_prompt
 
     settings, embedder, store, count = ingested_store(corpus, data_dir)
@@ -72,6 +73,8 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
                     sources = tuple(h for i, h in enumerate(sources) if re.search(rf"^\[{i + 1}\] ", context.text, re.M))
                 with as_before(way == "fit"):
                     found = evidence_module.find_evidence(question, sources, embedder.token_vectors)
+                    if way == "pool":
+                        found = names_first(question, found)
                     prompt = evidence_passage_prompt(found, question, settings.evidence_windows)
                 rank = next((i for i, ev in enumerate(found.ranked) if any(
                     a in " ".join(f"{ev.sentence.label} {ev.text}".lower().split()) for a in item["accepted"])), None)
