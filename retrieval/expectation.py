@@ -46,6 +46,12 @@ _CODE_NAME = re.compile(
 )
 _FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, or a keyword argument: strict=False
 _CAPS = re.compile(r"\b[A-Z][A-Z0-9_]+[A-Z0-9]\b")  # PYTHONSTARTUP, SMALLFIRST_PORT; not a prefix like SMALLFIRST_
+# A keyboard key, alone or with modifiers: Tab, Escape, Ctrl+C, Shift-Enter, F5. The answer to "Which key …?"
+# in a widget's or a tool's docs is a plain capitalised word that no code-shaped pattern takes.
+_MODIFIER = r"(?:Ctrl|Control|Alt|Shift|Cmd|Command|Meta|Super)[+-]"
+KEY_NAME = re.compile(  # bare only where the word is seldom a verb or a noun at a sentence's start (not Return, End)
+    r"(?<![\w+-])(?:" + _MODIFIER + r")*(?:Tab|Enter|Escape|Esc|Space|Spacebar|Backspace|PageUp|PageDown|F\d{1,2})(?![\w+-])"
+    r"|(?<![\w+-])(?:" + _MODIFIER + r")+(?:Return|Delete|Del|Insert|Home|End|[A-Za-z0-9])(?![\w+-])")
 OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 
 
@@ -161,6 +167,8 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
         found = _CODE_NAME.findall(answer)
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
+        if expectation.kind == "key":
+            found += KEY_NAME.findall(answer)
         if expectation.kind == "operator":
             found += [op for op in OPERATOR.findall(answer) if set(op) != {"-"}]  # not a dash or a rule: --, ---
         haystack = set(words(sources))
@@ -224,6 +232,6 @@ def names_first(question: str, evidence: EvidenceSet) -> EvidenceSet:
 def answer_phrase(name: str, expectation: Expectation) -> str:
     """How an answer states a chosen name: as it is when it is code-shaped (``read_gauge()``),
     else with the kind the question asked for ("heapq module"), as the sources called it."""
-    if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name) or OPERATOR.fullmatch(name):
+    if any(p.fullmatch(name) for p in (_CODE_NAME, _FLAG, _CAPS, OPERATOR, KEY_NAME)):
         return name
     return f"{name} {expectation.kind}"

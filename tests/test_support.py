@@ -385,6 +385,21 @@ def test_an_operator_names_the_operator_asked_for() -> None:
     assert check_answer(question, "// [1].", found.ranked, [sources]).supported
 
 
+def test_a_keyboard_key_names_the_key_asked_for() -> None:
+    from smallfirst.retrieval.expectation import names_first
+
+    question = "Which key accepts a suggestion?"
+    expectation = expected(question)
+    assert expectation is not None
+    assert names_given("Tab accepts it; Ctrl+Z or Shift-Enter undo. Return the text.", question, expectation, "") == [
+        "Tab", "Ctrl+Z", "Shift-Enter"]  # "Return" starting a sentence is no key
+    sources = ("Suggestions\n\nA suggestion shows in grey after the cursor, and Tab accepts the suggestion.\n\n"
+               "Limits\n\nEach suggestion is cut at max_tokens tokens.")
+    found = names_first(question, evidence_for(question, sources))
+    assert "Tab" in found.ranked[0].text  # not the sentence whose only name is max_tokens
+    assert check_answer(question, "Tab [1].", found.ranked, [sources]).supported
+
+
 @pytest.mark.parametrize(("question", "answer"), [
     ("Which file name is conventionally used to store the output of pip freeze?", "The filename is the name of the file."),
     ("Which embedding model does smallfirst use?", "The small first model."),
