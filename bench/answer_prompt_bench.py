@@ -1,0 +1,139 @@
+"""The small tier's answer now against the whole-chunk prompt it replaced, on the same questions, in one run.
+
+    python bench/answer_prompt_bench.py [--store-cache DIR]
+
+For every grounded question of both QA sets, the small model answers two ways:
+
+- *chunks*, the prompt before evidence: the 4 best chunks, each whole while they fit
+  ``SMALLFIRST_CONTEXT_TOKENS``, in the same few-shot frame, answered greedily;
+- *evidence*, as the service answers now: evidence sentences from the ``SMALLFIRST_TOP_K`` best
+  chunks (name-giving sentences first for a question that asks for a name), the best
+  ``SMALLFIRST_EVIDENCE_WINDOWS`` of them in the frame, and the name chosen among the options the
+  evidence gives, or else a greedy answer.
+
+Both prompts' source blocks are passages with the service's answer KV cache, one model each; the
+two take turns on each question. The first token is what a user waits for: the first streamed
+token, or the chosen name once the options are scored. An answer is right when it holds one of
+the question's accepted strings, as in ``smallfirst eval``. Prints the figures last, in one plain line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eval_bench import SETS, pydoc_corpus
+from harness import ROOT, ingested_store
+
+sys.path.insert(0, str(ROOT))
+
+CHUNKS_TOP_K = 4  # chunks the answer prompt held before evidence
+WAYS = ("chunks", "evidence")
+
+
+def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
+    """Both prompts of every grounded question, with the evidence way's name options."""
+    from smallfirst.retrieval.context import assemble_context, format_source
+    from smallfirst.retrieval.evidence import find_evidence
+    from smallfirst.retrieval.expectation import answer_phrase, expected, name_options, names_first
+    from smallfirst.service.llm.prompts import evidence_passage_prompt, passage_prompt
+
+    settings, embedder, store, count = ingested_store(corpus, data_dir)
+    out = []
+    try:
+        for row in (json.loads(line) for line in SETS[name].read_text().splitlines() if line.strip()):
+            if row["kind"] != "grounded":
+                continue
+            question, vector = row["question"], embedder.embed_query(row["question"])
+            item: dict = {"accepted": row["answer_any"]}
+            context = assemble_context(store.search(vector, CHUNKS_TOP_K), settings.context_tokens, count,
+                                       settings.min_score)
+            blocks = [block for i, hit in enumerate(context.sources)
+                      if (block := format_source(i + 1, hit)) in context.text]
+            item["chunks"] = {"prompt": passage_prompt(blocks, question), "options": []}
+            context = assemble_context(store.search(vector, settings.top_k), settings.context_tokens, count,
+                                       settings.min_score)
+            found = names_first(question, find_evidence(question, context.sources, embedder.token_vectors))
+            expectation = expected(question) if settings.answer_name_choice else None
+            options = name_options(question, expectation, found.ranked, "\n".join(h.text for h in found.hits)) \
+                if expectation is not None else []
+            item["evidence"] = {"prompt": evidence_passage_prompt(found, question, settings.evidence_windows),
+                                "options": [(f"{answer_phrase(n, expectation)} [{s + 1}].", n) for n, s in options]}
+            for way in WAYS:
+                item[way]["tokens"] = count(item[way]["prompt"].text)
+            out.append(item)
+    finally:
+        store.close()
+    return out
+
+
+async def answers(items: list[dict]) -> None:
+    """Each way's answer and its first-token time, into ``item[way]``."""
+    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.prompts import ANSWER_STOPS
+    from smallfirst.service.scheduler import CpuScheduler, Priority
+    from smallfirst.settings import Settings
+
+    settings = Settings.load({})
+    scheduler = CpuScheduler()
+    scheduler.start()
+    path, cache = bundled_model_path(), int(settings.answer_kv_cache_mb * 1024 * 1024)
+    models = {way: await LocalBackend.load("small", path, settings.answer_ctx, 0, scheduler, Priority.ANSWER,
+                                           settings.prefill_step_tokens, 16, cache) for way in WAYS}
+    try:
+        for i, item in enumerate(items):
+            for way in (WAYS if i % 2 == 0 else WAYS[::-1]):
+                prompt, options, model = item[way]["prompt"], item[way]["options"], models[way]
+                started = time.perf_counter()
+                if options:
+                    best = await model.choose(prompt.text, [n for _, n in options], passages=prompt.passages)
+                    item[way]["first_ms"] = (time.perf_counter() - started) * 1000
+                    item[way]["answer"] = options[best][0]
+                    continue
+                text = []
+                async for token in model.stream(prompt.text, max_tokens=settings.answer_max_tokens, stop=ANSWER_STOPS,
+                                                temperature=0.0, passages=prompt.passages):
+                    if not text:
+                        item[way]["first_ms"] = (time.perf_counter() - started) * 1000
+                    text.append(token)
+                item[way].setdefault("first_ms", (time.perf_counter() - started) * 1000)
+                item[way]["answer"] = "".join(text)
+    finally:
+        scheduler.stop()
+
+
+def main() -> int:
+    from smallfirst.service.tools.eval import _matches
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store-cache", type=Path, default=None, help="Keep the ingested stores here between runs.")
+    args = parser.parse_args()
+    line = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.store_cache or Path(tmp)
+        for name in ("docs", "pydoc"):
+            corpus = ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
+            items = prompts(name, corpus, cache / name)
+            asyncio.run(answers(items))
+            figures = {}
+            for way in WAYS:
+                figures[way] = (statistics.median(item[way]["first_ms"] for item in items),
+                                statistics.median(item[way]["tokens"] for item in items),
+                                sum(_matches(item[way]["answer"], item["accepted"]) for item in items))
+                print(f"{name} {way}: first token p50 {figures[way][0]:.0f} ms, prompt {figures[way][1]:.0f} tokens p50, "
+                      f"answers right {figures[way][2]}/{len(items)}")
+            before, now = figures["chunks"], figures["evidence"]
+            line.append(f"{name}: ttft_p50_ms chunks={before[0]:.0f} evidence={now[0]:.0f} ratio={now[0] / before[0]:.2f} "
+                        f"tokens_p50 {before[1]:.0f}->{now[1]:.0f} right {before[2]}->{now[2]}/{len(items)}")
+    print(" | ".join(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
