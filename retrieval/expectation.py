@@ -232,6 +232,8 @@ def names_first(question: str, evidence: EvidenceSet) -> EvidenceSet:
 def answer_phrase(name: str, expectation: Expectation) -> str:
     """How an answer states a chosen name: as it is when it is code-shaped (``read_gauge()``),
     else with the kind the question asked for ("heapq module"), as the sources called it."""
-    if any(p.fullmatch(name) for p in (_CODE_NAME, _FLAG, _CAPS, OPERATOR, KEY_NAME)):
+    if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name) or OPERATOR.fullmatch(name):
+        return name
+    if expectation.kind == "key" and KEY_NAME.fullmatch(name):  # "Tab", not "Tab key"
         return name
     return f"{name} {expectation.kind}"

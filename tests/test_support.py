@@ -386,7 +386,7 @@ def test_an_operator_names_the_operator_asked_for() -> None:
 
 
 def test_a_keyboard_key_names_the_key_asked_for() -> None:
-    from smallfirst.retrieval.expectation import names_first
+    from smallfirst.retrieval.expectation import Expectation, answer_phrase, names_first
 
     question = "Which key accepts a suggestion?"
     expectation = expected(question)
@@ -398,6 +398,8 @@ def test_a_keyboard_key_names_the_key_asked_for() -> None:
     found = names_first(question, evidence_for(question, sources))
     assert "Tab" in found.ranked[0].text  # not the sentence whose only name is max_tokens
     assert check_answer(question, "Tab [1].", found.ranked, [sources]).supported
+    assert answer_phrase("Tab", expectation) == "Tab"  # a key is stated as it is, a plain word with its kind
+    assert answer_phrase("Space", Expectation("character")) == "Space character"
 
 
 @pytest.mark.parametrize(("question", "answer"), [
