@@ -47,11 +47,15 @@ _CODE_NAME = re.compile(
 _FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, or a keyword argument: strict=False
 _CAPS = re.compile(r"\b[A-Z][A-Z0-9_]+[A-Z0-9]\b")  # PYTHONSTARTUP, SMALLFIRST_PORT; not a prefix like SMALLFIRST_
 # A keyboard key, alone or with modifiers: Tab, Escape, Ctrl+C, Shift-Enter, F5. The answer to "Which key …?"
-# in a widget's or a tool's docs is a plain capitalised word that no code-shaped pattern takes.
-_MODIFIER = r"(?:Ctrl|Control|Alt|Shift|Cmd|Command|Meta|Super)[+-]"
-KEY_NAME = re.compile(  # bare only where the word is seldom a verb or a noun at a sentence's start (not Return, End)
-    r"(?<![\w+-])(?:" + _MODIFIER + r")*(?:Tab|Enter|Escape|Esc|Space|Spacebar|Backspace|PageUp|PageDown|F\d{1,2})(?![\w+-])"
-    r"|(?<![\w+-])(?:" + _MODIFIER + r")+(?:Return|Delete|Del|Insert|Home|End|[A-Za-z0-9])(?![\w+-])")
+# in a widget's or a tool's docs is a plain capitalised word that no code-shaped pattern takes. Alone, only
+# words that name little else, and not as an imperative before its object ("Enter the command", "Escape a
+# string"); Return, Delete, Home or End only after a modifier. Not taken: arrows, punctuation keys, "Ctrl + C".
+_MODIFIER = r"(?:Ctrl|Control|Alt|Shift|Cmd|Command|Meta|Super|Option)[+-]"
+_OBJECT = r"(?!\s+(?:the|a|an|your|my|our|its|their|this|these|that|those|any|all|each|every|some|it|them)\b)"
+_KEY_NAME = re.compile(
+    r"(?<![\w+-])(?:(?:" + _MODIFIER + r")+(?:Return|Delete|Del|Insert|Home|End|[A-Za-z0-9])"
+    r"|(?:" + _MODIFIER + r")*(?:Tab|Enter|Escape|Esc|Space|Spacebar|Backspace|PageUp|PageDown|F(?:1[0-9]|2[0-4]|[1-9])))"
+    r"(?![\w+-])" + _OBJECT)
 OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 
 
@@ -168,13 +172,15 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
         if expectation.kind == "key":
-            found += KEY_NAME.findall(answer)
+            found += _KEY_NAME.findall(answer)
         if expectation.kind == "operator":
             found += [op for op in OPERATOR.findall(answer) if set(op) != {"-"}]  # not a dash or a rule: --, ---
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
         flat = " ".join(sources.lower().split())
         for name in _proper_names(answer, expectation.kind):
+            if expectation.kind == "key" and _KEY_NAME.search(name):  # "Press Tab key" names Tab
+                continue
             if name.lower() in flat:  # the whole name, and none of its words alone
                 parts = {part.lower() for part in name.split()}
                 found = [f for f in found if f.lower() not in parts] + [name]
@@ -234,6 +240,6 @@ def answer_phrase(name: str, expectation: Expectation) -> str:
     else with the kind the question asked for ("heapq module"), as the sources called it."""
     if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name) or OPERATOR.fullmatch(name):
         return name
-    if expectation.kind == "key" and KEY_NAME.fullmatch(name):  # "Tab", not "Tab key"
+    if expectation.kind == "key" and _KEY_NAME.fullmatch(name):  # "Tab", not "Tab key"
         return name
     return f"{name} {expectation.kind}"

@@ -201,6 +201,12 @@ def _only_names(new_words: list[str], names: list[str], kind: str) -> bool:
     return all(w in parts for w in new_words)
 
 
+def _stands_in(key: str, text: str) -> bool:
+    """Whether a name (in :func:`name_key` form) stands in ``text`` as a word of its own, a plural
+    allowed ("deques"): "esc" is not in "describes", nor "tab" in "table"."""
+    return re.search(rf"(?<!\w){re.escape(key)}(?:e?s)?(?!\w)", text) is not None
+
+
 def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sources: Sequence[str]) -> Verdict:
     """Check ``answer`` against the ranked evidence windows and the full source texts."""
     best_window = evidence[0] if evidence else None
@@ -233,7 +239,7 @@ def check_answer(question: str, answer: str, evidence: Sequence[Evidence], sourc
             return _rejected(answer, f"the question asks for {expectation.describe()} and the answer gives none it did not "
                                      "already name", best_window)
         top = " ".join(f"{best_window.sentence.label} {best_window.text}".lower().split()) if best_window else ""
-        if not any(name_key(name) in top for name in given):
+        if not any(_stands_in(name_key(name), top) for name in given):
             return _rejected(answer, "the name it gives is not in the best evidence sentence", best_window)
         terms = asked - set(content_words(_answer_kind(question))) or asked - {expectation.kind}
         if len(terms & set(content_words(top))) < NAME_SUBJECT_SHARE * len(terms):

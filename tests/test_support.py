@@ -391,15 +391,27 @@ def test_a_keyboard_key_names_the_key_asked_for() -> None:
     question = "Which key accepts a suggestion?"
     expectation = expected(question)
     assert expectation is not None
-    assert names_given("Tab accepts it; Ctrl+Z or Shift-Enter undo. Return the text.", question, expectation, "") == [
-        "Tab", "Ctrl+Z", "Shift-Enter"]  # "Return" starting a sentence is no key
+    given = names_given("Tab accepts it; Ctrl+Z or Shift-Enter undo. Return the text. Enter the command.", question,
+                        expectation, "")
+    assert given == ["Tab", "Ctrl+Z", "Shift-Enter"]  # "Return" and "Enter the" start sentences as verbs
+    assert names_given("Press Tab key to take it.", question, expectation, "press tab key") == ["Tab", "tab"]  # not "Press Tab"
     sources = ("Suggestions\n\nA suggestion shows in grey after the cursor, and Tab accepts the suggestion.\n\n"
                "Limits\n\nEach suggestion is cut at max_tokens tokens.")
     found = names_first(question, evidence_for(question, sources))
     assert "Tab" in found.ranked[0].text  # not the sentence whose only name is max_tokens
     assert check_answer(question, "Tab [1].", found.ranked, [sources]).supported
-    assert answer_phrase("Tab", expectation) == "Tab"  # a key is stated as it is, a plain word with its kind
-    assert answer_phrase("Space", Expectation("character")) == "Space character"
+    assert answer_phrase("Tab", expectation) == "Tab"  # a key is stated as it is
+    assert answer_phrase("Space", Expectation("character")) == "Space character"  # a plain word with its kind
+
+
+def test_a_name_must_stand_in_the_sentence_as_a_word_of_its_own() -> None:
+    question = "Which key dismisses a suggestion?"
+    sources = "Suggestions\n\nThe suggestion table is shown in grey, and Escape dismisses the suggestion."
+    found = evidence_for(question, sources)
+    assert check_answer(question, "Escape [1].", found.ranked, [sources]).supported
+    verdict = check_answer(question, "Tab [1].", found.ranked, [sources])  # "tab" only inside "table"
+    assert not verdict.supported
+    assert verdict.unsupported[0]["why"] == "the name it gives is not in the best evidence sentence"
 
 
 @pytest.mark.parametrize(("question", "answer"), [
