@@ -22,17 +22,15 @@ Prints the figures last, in one plain line.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
-from eval_bench import SETS, pydoc_corpus
+from eval_bench import SETS, qa_corpora, store_cache_parser
 from harness import ROOT, ingested_store
 
 sys.path.insert(0, str(ROOT))
@@ -151,15 +149,11 @@ async def answers(items: list[dict]) -> None:
 def main() -> int:
     from smallfirst.service.tools.eval import _matches
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store-cache", type=Path, default=None, help="Keep the ingested stores here between runs.")
-    args = parser.parse_args()
+    args = store_cache_parser(__doc__).parse_args()
     line = []
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = args.store_cache or Path(tmp)
-        for name in ("docs", "pydoc"):
-            corpus = ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
-            items = prompts(name, corpus, cache / name)
+    with qa_corpora(args.store_cache) as sets:
+        for name, corpus, data_dir in sets:
+            items = prompts(name, corpus, data_dir)
             asyncio.run(answers(items))
             named = [item for item in items if item["evidence"]["options"]]
             figures = {}

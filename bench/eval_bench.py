@@ -13,12 +13,14 @@ Prints the headline figures last, in one plain line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from harness import BIN, ROOT, bench_env, free_port, ingest, running, service
 
@@ -39,6 +41,28 @@ def pydoc_corpus(dest: Path) -> Path:
     for name in PYDOC_LIBRARY:
         shutil.copy2(PYDOC / "library" / f"{name}.html", dest / "library" / f"{name}.html")
     return dest
+
+
+def set_corpus(name: str, cache: Path) -> Path:
+    """A QA set's corpus. The copied pydoc pages live beside the cached stores: a new path each run
+    would be a new document root to ingest, and the store would fill with copies of every chunk."""
+    return ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
+
+
+def store_cache_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A bench's command line with ``--store-cache``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store-cache", type=Path, default=None, help="Keep the ingested stores here between runs.")
+    return parser
+
+
+@contextlib.contextmanager
+def qa_corpora(store_cache: Path | None) -> Iterator[list[tuple[str, Path, Path]]]:
+    """Each QA set's name, corpus and store folder, under ``store_cache`` or, without one, a
+    temporary folder removed when the block ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = store_cache or Path(tmp)
+        yield [(name, set_corpus(name, cache), cache / name) for name in SETS]
 
 
 def large_tier() -> tuple[list[str], str]:
@@ -65,9 +89,8 @@ def evaluate(name: str, corpus: Path, store: Path, large_url: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = store_cache_parser(__doc__)
     parser.add_argument("--sets", default="docs,pydoc")
-    parser.add_argument("--store-cache", type=Path, default=None, help="Keep the ingested stores here between runs.")
     parser.add_argument("--out", type=Path, default=None, help="Write every outcome as JSON here.")
     args = parser.parse_args()
     names = [n for n in args.sets.split(",") if n]
@@ -77,10 +100,7 @@ def main() -> int:
         command, large_url = large_tier()
         with running(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, f"{large_url}/models", "the large tier", 120):
             for name in names:
-                # The copied corpus lives beside its cached store: a new path each run would be a new
-                # document root to ingest, and the store would fill with copies of every chunk.
-                corpus = ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
-                results[name] = evaluate(name, corpus, cache / name, large_url)
+                results[name] = evaluate(name, set_corpus(name, cache), cache / name, large_url)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=1))
                 print(f"== {name}")

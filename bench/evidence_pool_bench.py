@@ -14,19 +14,17 @@ evidence sentences. Prints the figures last, in one plain line.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from eval_bench import SETS, pydoc_corpus
+from eval_bench import SETS, qa_corpora, store_cache_parser
 from harness import ROOT, ingested_store
 
 sys.path.insert(0, str(ROOT))
@@ -111,15 +109,11 @@ async def first_tokens(items: list[dict]) -> dict[str, list[float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store-cache", type=Path, default=None, help="Keep the ingested stores here between runs.")
-    args = parser.parse_args()
+    args = store_cache_parser(__doc__).parse_args()
     line = []
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = args.store_cache or Path(tmp)
-        for name in ("docs", "pydoc"):
-            corpus = ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
-            items = prompts(name, corpus, cache / name)
+    with qa_corpora(args.store_cache) as sets:
+        for name, corpus, data_dir in sets:
+            items = prompts(name, corpus, data_dir)
             times = asyncio.run(first_tokens(items))
             figures = {}
             for way in ("fit", "pool"):
