@@ -67,7 +67,7 @@ async def trace(model: "LocalBackend", prompt: "PassagePrompt", follow: Sequence
     from smallfirst.service.scheduler import Priority
 
     run = model._scheduler.run
-    async with model._turn(GenerationStats(), None) as turn:
+    async with model.queue.turn(GenerationStats(), None) as turn:
         spans = prompt.passages if passages else ()
         tokens, cached, saves, pieces = await run(Priority.ANSWER, model._prepare, prompt.text, ANSWER_TOKENS, (), spans)
         await model._prefill(turn, tokens, cached, saves, pieces)

@@ -117,7 +117,7 @@ class Settings:
     rate_burst: int = _opt(60, "Burst size of the per-connection rate limit.")
     max_inflight: int = _opt(4, "Requests one connection may have in flight.")
     answer_queue_limit: int = _opt(16, "Answers waiting for the model before new ones get 'busy'.")
-    answer_wait_budget_s: float = _opt(5.0, "Longest predicted wait for a small answer's first token (measured service times x queue ahead); past it an answer goes to the large tier (small_unavailable), or gets 'busy' with retry_after_ms at once. An admitted answer whose first token can no longer come within it while queued is given up the same way.")
+    answer_wait_budget_s: float = _opt(5.0, "Longest predicted wait behind other requests before a small answer takes the model (measured service times x queue ahead; never its own prefill, so an idle model always admits); past it an answer goes to the large tier (small_unavailable), or gets 'busy' with retry_after_ms at once. An admitted answer whose turn can no longer come within it while queued is given up the same way.")
     idle_timeout_s: float = _opt(600.0, "Close a connection that sent nothing for this long.")
     max_chunk_chars: int = _opt(4000, "Longest chunk in characters, for every format (long words and lines are cut).")
     max_json_bytes: int = _opt(65536, "Largest JSON request body.")

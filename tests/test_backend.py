@@ -151,7 +151,7 @@ def test_an_admitted_answer_is_given_up_in_the_queue_once_its_budget_cannot_be_m
         waiting_after = backend.waiting
         rest = [piece async for piece in holder]  # the holder finishes and frees the model
         text, stats = await unadmitted
-        return admitted.exception(), backend.shed, waiting_after, rest, stats
+        return admitted.exception(), backend.queue.shed, waiting_after, rest, stats
     error, shed, waiting_after, rest, stats = run(scenario())
     assert isinstance(error, Busy) and error.retry_after_ms is not None and error.retry_after_ms >= 100, error
     assert "budget" in error.message
@@ -183,7 +183,7 @@ def test_options_are_scored_side_by_side_in_one_step_as_one_at_a_time_would(sche
         backend = await load(scheduler)
         backend._lanes = lanes
         stats = GenerationStats()
-        async with backend._turn(stats, None) as turn:
+        async with backend.queue.turn(stats, None) as turn:
             tokens, cached, saves, spans = await scheduler.run(Priority.ANSWER, backend._prepare, prompt, 24, (), ())
             await backend._prefill(turn, tokens, cached, saves, spans)
             first = await scheduler.run(Priority.ANSWER, backend._last_logprobs, tokens)

@@ -219,3 +219,96 @@ def test_the_widget_suggests_accepts_dismisses_and_never_paints_stale_text(serve
     assert out["paints"]  # suggestions were painted while the text was being cut back
     for paint in out["paints"]:  # every painted suggestion belongs to the text in the box
         assert paint["last"] is not None and paint["value"].startswith(paint["last"]), paint
+
+
+# In the page: ask through the page's own widget module into a view of fresh elements, either over
+# a real connection to the server or over a scripted transport that replays protocol frames (for
+# the routes that need a configured large tier, an answer the check rejects, or a busy model).
+ROUTE_HARNESS = """
+window.__route = async (question, options, script) => {
+  const { connect, askInto } = await import('/static/widget.js');
+  const el = (tag) => document.createElement(tag);
+  const view = { answer: el('p'), sources: el('ol'), meta: el('p'), route: el('p') };
+  const lines = [];
+  new MutationObserver(() => lines.push(view.route.textContent))
+    .observe(view.route, { childList: true, characterData: true, subtree: true });
+  let client;
+  const asked = [];
+  if (script) {
+    let n = 0;
+    client = {
+      nextId: (prefix) => `${prefix}${++n}`,
+      cancel() {},
+      request(frame, on) {
+        asked.push(frame);
+        const frames = script[asked.length - 1] ?? [];
+        frames.forEach((f, i) => setTimeout(() => on({ ...f, id: frame.id }), 10 * (i + 1)));
+      },
+    };
+  } else {
+    client = window.__client ??= connect();
+    await new Promise((ok) => { const wait = () => (client.ready ? ok() : setTimeout(wait, 20)); wait(); });
+  }
+  await new Promise((ok) => { view.onDone = ok; askInto(view, client, question, options); });
+  return { line: view.route.textContent, lines, asked: asked.map((f) => f.tier ?? null), meta: view.meta.textContent };
+};
+"""
+
+DONE = {"type": "done", "finish": "stop", "usage": {"completion_tokens": 3, "prompt_tokens": 9},
+        "timings_ms": {"first_token": 5, "total": 9}}
+
+
+def test_the_route_line_says_in_plain_words_where_each_answer_came_from(server: Server, browser_page: str) -> None:
+    unsupported_without_large = [[
+        {"type": "sources", "sources": []}, {"type": "token", "seq": 0, "text": "Nine."},
+        {"type": "escalated", "reason": "unsupported_answer", "tier": "large"},
+        {"type": "fallback", "from": "large", "to": "small", "reason": "large_unconfigured"},
+        {"type": "token", "seq": 1, "text": "\u201cThe museum closes at five.\u201d [1]"},
+        {**DONE, "tier": "small", "supported": False, "flagged": True},
+    ]]
+    escalated_to_large = [[
+        {"type": "sources", "sources": []}, {"type": "escalated", "reason": "hard_query", "tier": "large"},
+        {"type": "token", "seq": 0, "text": "def price():"}, {**DONE, "tier": "large"},
+    ]]
+    busy_then_answered = [
+        [{"type": "error", "code": "busy", "message": "the small model is busy", "retryable": True, "retry_after_ms": 300}],
+        [{"type": "sources", "sources": []}, {"type": "token", "seq": 0, "text": "Five."},
+         {**DONE, "tier": "small", "supported": True}],
+    ]
+    busy_twice = [busy_then_answered[0], busy_then_answered[0]]
+
+    async def scenario() -> dict[str, Any]:
+        async with websockets.connect(browser_page, max_size=None) as ws:
+            page = Page(ws)
+            await page.call("Page.enable")
+            await page.call("Page.addScriptToEvaluateOnNewDocument", source=ROUTE_HARNESS)
+            await page.call("Page.navigate", url=server.http + "/")
+            await until(lambda: page.js("typeof window.__route === 'function'"), 20, "the page is loaded")
+
+            async def route(question: str, options: dict[str, Any], script: Any = None) -> dict[str, Any]:
+                return await page.js(f"window.__route({json.dumps(question)}, {json.dumps(options)}, "
+                                     f"{json.dumps(script)})")
+            return {
+                "off_topic": await route("Who painted the Mona Lisa?", {}),  # the real server: no large tier
+                "forced_small": await route("When does the lighthouse museum close?", {"tier": "small"}),
+                "unsupported": await route("q", {}, unsupported_without_large),
+                "large": await route("q", {}, escalated_to_large),
+                "busy": await route("q", {}, busy_then_answered),
+                "busy_twice": await route("q", {}, busy_twice),
+            }
+
+    out = asyncio.run(scenario())
+    assert out["off_topic"]["line"] == ("Not covered by the documents, and no large model is configured "
+                                        "to answer instead."), out["off_topic"]
+    assert out["forced_small"]["line"] in ("Answered by the small model, as requested, and checked against the sources.",
+                                           "Checked against the sources: not supported, so the closest passage is "
+                                           "shown instead."), out["forced_small"]
+    assert out["unsupported"]["line"] == ("Checked against the sources: not supported, so the closest passage "
+                                          "is shown instead."), out["unsupported"]
+    assert out["large"]["line"] == "Sent to the large model: the question is hard.", out["large"]
+    busy = out["busy"]
+    assert "The small model is busy; trying again in 1 s." in busy["lines"], busy
+    assert len(busy["asked"]) == 2 and busy["line"] == "Answered by the small model, and checked against the sources."
+    twice = out["busy_twice"]  # retried once only, then told plainly
+    assert len(twice["asked"]) == 2 and twice["line"] == ("The small model is still busy; please try again in a "
+                                                         "few seconds."), twice

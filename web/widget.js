@@ -142,19 +142,67 @@ function sourceHref(source) {
   return `/api/source?doc_id=${encodeURIComponent(source.doc_id)}`;
 }
 
-const ROUTE_NOTES = {
-  no_context: "no document matched the question",
-  low_grounding: "the documents barely match the question",
-  hard_query: "a hard question",
-  small_unavailable: "the local model is busy",
-  unsupported_answer: "the local answer could not be checked against the sources",
+// Why an answer left the small model, as the end of a sentence.
+const ESCALATION_WHY = {
+  no_context: "the question is not covered by the documents",
+  low_grounding: "the documents barely touch the question",
+  hard_query: "the question is hard",
+  small_unavailable: "the small model is busy",
+};
+// What went wrong with the large model, as the start of a clause.
+const FALLBACK_WHAT = {
+  large_unavailable: "the large model is unavailable",
+  large_timeout: "the large model did not answer in time",
+  large_error: "the large model failed",
 };
 
-function routeLine(escalation, fallback) {
-  const why = ROUTE_NOTES[escalation] ?? escalation;
-  if (!fallback) return `sent to the large model: ${why}`;
-  const failed = fallback === "large_unconfigured" ? "no large model configured" : `large model failed (${fallback})`;
-  return `answered locally: ${failed} for ${why}`;
+/**
+ * The route an answer took, in one plain sentence, from what its frames said: `escalation`
+ * (reason) and `escalationTier` of its `escalated` frame, `fallback` (reason) of its `fallback`
+ * frame, `forced` (the tier the page asked for), and from `done`: `flagged` and `supported`.
+ */
+export function routeSentence({ escalation = null, escalationTier = null, fallback = null, forced = null,
+                                flagged = false, supported, done = false } = {}) {
+  const failed = FALLBACK_WHAT[fallback] ?? (fallback && fallback !== "large_unconfigured" ? `the large model failed (${fallback})` : null);
+  if (escalation === "unsupported_answer") {
+    if (escalationTier === "large" && !fallback && !flagged) {
+      return `Checked against the sources: not supported, so the large model ${done ? "answered" : "answers"} instead.`;
+    }
+    return failed
+      ? `Checked against the sources: not supported, and ${failed}, so the closest passage is shown instead.`
+      : "Checked against the sources: not supported, so the closest passage is shown instead.";
+  }
+  if (escalation) {
+    const why = ESCALATION_WHY[escalation] ?? `the router chose it (${escalation})`;
+    if (!fallback) return `Sent to the large model: ${why}.`;
+    if (escalation === "no_context" || escalation === "low_grounding") {
+      return fallback === "large_unconfigured"
+        ? "Not covered by the documents, and no large model is configured to answer instead."
+        : `Not covered by the documents, and ${failed}, so nothing else could answer.`;
+    }
+    return fallback === "large_unconfigured"
+      ? `No large model is configured, so the small model answered (${why}).`
+      : `Sent to the large model (${why}), but ${failed}, so the small model answered.`;
+  }
+  if (fallback) {
+    return fallback === "large_unconfigured"
+      ? "No large model is configured, so the small model answered."
+      : `${failed[0].toUpperCase()}${failed.slice(1)}, so the small model answered.`;
+  }
+  if (!done) return forced === "large" ? "Asked of the large model, as requested." : "";
+  if (forced === "large") return "Answered by the large model, as requested.";
+  const asked = forced === "small" ? ", as requested" : "";
+  if (supported === true) return `Answered by the small model${asked}, and checked against the sources.`;
+  if (supported === false) return `Answered by the small model${asked}; the sources do not support it.`;
+  return `Answered by the small model${asked}.`;
+}
+
+/** What a `busy` refusal means, and whether the page tries again by itself. */
+export function busySentence(retryAfterMs, retrying) {
+  const seconds = Math.max(1, Math.ceil((retryAfterMs ?? 1000) / 1000));
+  return retrying
+    ? `The small model is busy; trying again in ${seconds} s.`
+    : `The small model is still busy; please try again in a few seconds.`;
 }
 
 /** Each source with its title link, score, and its evidence sentence highlighted (the best one marked as top). */
@@ -191,48 +239,71 @@ function renderSources(list, sources) {
 /**
  * Ask `question` and stream the answer and its sources into `view` ({answer, sources, meta, route}).
  * A small-tier answer shows as "checking" until its support check passes; one that fails is
- * replaced (an `escalated` frame with reason `unsupported_answer` clears it). Returns a stop function.
+ * replaced (an `escalated` frame with reason `unsupported_answer` clears it). The route line says
+ * in one sentence where the answer came from and why. A `busy` refusal is retried once, after
+ * `retry_after_ms`. `tier` forces a tier. Returns a stop function.
  */
-export function askInto(view, client, question, { topK } = {}) {
-  const id = client.nextId("a");
-  view.answer.textContent = "";
-  view.answer.className = "answer";
-  view.sources.replaceChildren();
-  if (view.route) view.route.textContent = "";
-  view.meta.textContent = "retrieving…";
-  const frame = { type: "ask", id, question };
-  if (topK) frame.top_k = topK;
-  let escalation = null;
-  let tier = "small";
+export function askInto(view, client, question, { topK, tier: forced = null } = {}) {
+  let id = null;
+  let retry = null;
+  let stopped = false;
   const showRoute = (text) => { if (view.route) view.route.textContent = text; };
-  client.request(frame, (msg) => {
-    if (msg.type === "sources") {
-      view.meta.textContent = "generating…";
-      renderSources(view.sources, msg.sources);
-    } else if (msg.type === "escalated") {
-      escalation = msg.reason;
-      tier = msg.tier;
-      if (msg.reason === "unsupported_answer") view.answer.textContent = "";
-      view.answer.className = tier === "small" ? "answer pending" : "answer";
-      showRoute(routeLine(escalation, null));
-    } else if (msg.type === "fallback") {
-      tier = "small";
-      showRoute(routeLine(escalation ?? "forced", msg.reason));
-    } else if (msg.type === "token") {
-      if (tier === "small" && !view.answer.textContent) view.answer.className = "answer pending";
-      view.answer.textContent += msg.text;
-    } else if (msg.type === "done") {
-      view.answer.className = msg.flagged ? "answer flagged" : "answer";
-      if (msg.supported === false && !msg.flagged && !escalation) view.answer.className = "answer flagged";
-      const t = msg.timings_ms;
-      const check = msg.supported === undefined ? "" : msg.supported ? " · checked against the sources" : " · not supported by the sources";
-      view.meta.textContent = `${msg.finish} · ${msg.tier}${check} · first token ${t.first_token ?? "–"} ms · total ${t.total} ms · ${msg.usage.completion_tokens} tokens`;
-      view.onDone?.();
-    } else if (msg.type === "error") {
-      const retry = msg.retry_after_ms ? ` · try again in about ${Math.ceil(msg.retry_after_ms / 1000)} s` : "";
-      view.meta.textContent = `error (${msg.code}): ${msg.message}${retry}`;
-      view.onDone?.();
-    }
-  });
-  return () => client.cancel(id);
+  function start(retried) {
+    id = client.nextId("a");
+    view.answer.textContent = "";
+    view.answer.className = "answer";
+    view.sources.replaceChildren();
+    view.meta.textContent = retried ? "retrying…" : "retrieving…";
+    const frame = { type: "ask", id, question };
+    if (topK) frame.top_k = topK;
+    if (forced) frame.tier = forced;
+    const route = { escalation: null, escalationTier: null, fallback: null, forced };
+    let tier = forced === "large" ? "large" : "small";
+    showRoute(routeSentence(route));
+    client.request(frame, (msg) => {
+      if (msg.type === "sources") {
+        view.meta.textContent = "generating…";
+        renderSources(view.sources, msg.sources);
+      } else if (msg.type === "escalated") {
+        route.escalation = msg.reason;
+        route.escalationTier = msg.tier;
+        tier = msg.tier;
+        if (msg.reason === "unsupported_answer") view.answer.textContent = "";
+        view.answer.className = tier === "small" ? "answer pending" : "answer";
+        showRoute(routeSentence(route));
+      } else if (msg.type === "fallback") {
+        tier = "small";
+        route.fallback = msg.reason;
+        showRoute(routeSentence(route));
+      } else if (msg.type === "token") {
+        if (tier === "small" && !view.answer.textContent) view.answer.className = "answer pending";
+        view.answer.textContent += msg.text;
+      } else if (msg.type === "done") {
+        view.answer.className = msg.flagged ? "answer flagged" : "answer";
+        if (msg.supported === false && !msg.flagged && !route.escalation) view.answer.className = "answer flagged";
+        showRoute(routeSentence({ ...route, flagged: Boolean(msg.flagged), supported: msg.supported, done: true }));
+        const t = msg.timings_ms;
+        const check = msg.supported === undefined ? "" : msg.supported ? " · checked against the sources" : " · not supported by the sources";
+        view.meta.textContent = `${msg.finish} · ${msg.tier}${check} · first token ${t.first_token ?? "–"} ms · total ${t.total} ms · ${msg.usage.completion_tokens} tokens`;
+        view.onDone?.();
+      } else if (msg.type === "error") {
+        if (msg.code === "busy" && msg.retry_after_ms && !retried && !stopped) {
+          showRoute(busySentence(msg.retry_after_ms, true));
+          view.meta.textContent = `busy: ${msg.message}`;
+          retry = setTimeout(() => { retry = null; if (!stopped) start(true); }, msg.retry_after_ms);
+          return;
+        }
+        if (msg.code === "busy") showRoute(busySentence(msg.retry_after_ms, false));
+        const again = msg.retry_after_ms ? ` · try again in about ${Math.ceil(msg.retry_after_ms / 1000)} s` : "";
+        view.meta.textContent = `error (${msg.code}): ${msg.message}${again}`;
+        view.onDone?.();
+      }
+    });
+  }
+  start(false);
+  return () => {
+    stopped = true;
+    if (retry !== null) { clearTimeout(retry); retry = null; view.onDone?.(); return; }
+    client.cancel(id);
+  };
 }

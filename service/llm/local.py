@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import ctypes
 import logging
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from smallfirst.errors import Busy, ConfigError, UpstreamError
-from smallfirst.service.llm.admission import LoadTimes
+from smallfirst.service.llm.admission import ModelQueue, Reservation, Turn
 from smallfirst.service.llm.base import GenerationStats, StopMatcher
 from smallfirst.service.llm.kv_cache import PrefixCache
 from smallfirst.service.scheduler import CpuScheduler, Priority
@@ -25,7 +24,6 @@ log = logging.getLogger(__name__)
 RECOMPUTE_TOKENS = 16  # an assembled passage's first tokens are evaluated again in place (see _assemble)
 OPTION_TOKENS = 24  # an option of :meth:`LocalBackend.choose` is scored on this many tokens at most
 OPTION_SEQUENCES = 8  # options scored side by side, each in a sequence of its own beside the prompt's
-SHED_CHECK_S = 0.1  # how often a queued answer re-checks that its first token still fits its budget
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
 
 
@@ -103,32 +101,6 @@ def _shared_prefix(have: Sequence[int], want: Sequence[int]) -> int:
     return shared
 
 
-class Reservation:
-    """A place in a model's queue, held from admission until the request streams (or gives up),
-    and the time by which its first token was promised (admission time plus the budget)."""
-
-    def __init__(self, backend: "LocalBackend", deadline: float) -> None:
-        self._backend = backend
-        self.held = True
-        self.deadline = deadline
-        backend._reserved += 1
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._backend._reserved -= 1
-
-
-@dataclass
-class _Turn:
-    """One request's hold on the model: since when, whether someone typed meanwhile, and when its
-    first token came (None: it made none), for the admission's service times."""
-
-    held_from: float
-    typed: bool = False
-    first_token_s: float | None = None
-
-
 class LocalBackend:
     """Streams from one llama.cpp context with KV-prefix reuse and step-wise cancellation.
 
@@ -150,14 +122,7 @@ class LocalBackend:
         self._scheduler = scheduler
         self._priority = priority
         self._prefill_step = max(1, prefill_step)
-        self._queue_limit = queue_limit
-        self._lock = asyncio.Lock()
-        self._waiting = 0
-        self._reserved = 0  # admitted requests still retrieving: they will queue here
-        self._queue: list[object] = []  # a ticket per request waiting for the lock, in arrival order
-        self.shed = 0  # admitted requests given up while queued: their first token would have come too late
-        self._holder_since: float | None = None
-        self.times = LoadTimes()
+        self.queue = ModelQueue(name, queue_limit, typing=lambda: self.yield_to())
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         # Sequences beside the prompt's: options are scored in them, passages assembled in the first.
         self._lanes = min(OPTION_SEQUENCES, int(getattr(getattr(llama, "context_params", None), "n_seq_max", 1)) - 1)
@@ -170,29 +135,15 @@ class LocalBackend:
     @property
     def waiting(self) -> int:
         """Requests waiting for this model, admitted ones still retrieving included."""
-        return self._waiting + self._reserved
+        return self.queue.waiting
 
     def predicted_wait_s(self) -> float:
-        """Seconds until a request admitted now would see its first token, from measured service times."""
-        since = self._holder_since
-        held_for = None if since is None else time.perf_counter() - since
-        return self.times.predicted_first_token_s(self.waiting, held_for, typing=self.yield_to())
+        """Seconds until a request admitted now would take the model (see :class:`ModelQueue`)."""
+        return self.queue.predicted_wait_s()
 
     def admit(self, budget_s: float) -> Reservation:
-        """A place in the queue when the predicted wait fits ``budget_s``, else ``Busy`` at once,
-        with the time after which a retry would likely fit."""
-        if self.waiting >= self._queue_limit:
-            raise self._full()
-        predicted = self.predicted_wait_s()
-        if predicted > budget_s:
-            raise Busy(f"the {self.name} model is busy: an answer would wait about {predicted:.1f} s "
-                       f"(budget {budget_s:g} s); try again shortly",
-                       retry_after_ms=max(100, int((predicted - budget_s) * 1000)))
-        return Reservation(self, time.perf_counter() + budget_s)
-
-    def _full(self) -> Busy:
-        return Busy(f"the {self.name} model has {self.waiting} requests waiting; try again shortly",
-                    retry_after_ms=max(100, int(self.times.per_request_s(self.yield_to()) * 1000)))
+        """A place in the model's queue, or ``Busy`` at once (see :meth:`ModelQueue.admit`)."""
+        return self.queue.admit(budget_s)
 
     @classmethod
     async def load(
@@ -439,7 +390,7 @@ class LocalBackend:
         finally:
             lib.llama_batch_free(batch)
 
-    async def _score_options(self, turn: "_Turn", prompt_length: int, first: Any, ids: list[list[int]]) -> list[float]:
+    async def _score_options(self, turn: Turn, prompt_length: int, first: Any, ids: list[list[int]]) -> list[float]:
         """Each option's mean token log-probability after the prompt, teacher-forced. Up to
         ``OPTION_SEQUENCES`` options go side by side, each in its own sequence sharing the prompt's
         cells, their tokens in steps of at most a prefill step's rows, so a handful of short
@@ -472,71 +423,7 @@ class LocalBackend:
 
     # The stream --------------------------------------------------------------------------
 
-    async def _acquire(self, ticket: object, deadline: float | None) -> None:
-        """Take the model in turn. An admitted request (``deadline`` set) is given up with ``Busy``
-        while it waits, as soon as the wait predicted from its place in the queue would bring its
-        first token after the deadline: a long answer or a typing burst ahead of it broke the
-        promise, and saying so at once beats a first token long after the budget."""
-        if deadline is None:
-            await self._lock.acquire()
-            return
-        acquiring = asyncio.ensure_future(self._lock.acquire())
-        try:
-            while not acquiring.done():
-                await asyncio.wait((acquiring,), timeout=SHED_CHECK_S)
-                if acquiring.done():
-                    break
-                since = self._holder_since
-                held_for = None if since is None else time.perf_counter() - since
-                ahead = self._queue.index(ticket)
-                predicted = self.times.predicted_first_token_s(ahead, held_for, typing=self.yield_to())
-                late = time.perf_counter() + predicted - deadline
-                if late > 0:
-                    self.shed += 1
-                    raise Busy(f"the {self.name} model fell behind: this answer's first token would come about "
-                               f"{late:.1f} s after its budget; try again shortly",
-                               retry_after_ms=max(100, int(predicted * 1000)))
-        except BaseException:
-            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-                self._lock.release()
-            else:
-                acquiring.cancel()
-            raise
-        await acquiring
-
-    @contextlib.asynccontextmanager
-    async def _turn(self, stats: GenerationStats, reservation: Reservation | None) -> AsyncIterator["_Turn"]:
-        """Hold the model for one request: wait in line (see :meth:`_acquire`), then measure how long
-        it held the model for the admission's estimates, and let the next one in."""
-        admitted = reservation is not None and reservation.held
-        if reservation is not None:
-            reservation.release()
-        if not admitted and self.waiting >= self._queue_limit:
-            raise self._full()
-        queued = time.perf_counter()
-        ticket = object()
-        self._waiting += 1
-        self._queue.append(ticket)
-        try:
-            await self._acquire(ticket, reservation.deadline if admitted and reservation is not None else None)
-        finally:
-            self._waiting -= 1
-            self._queue.remove(ticket)
-        turn = _Turn(held_from=time.perf_counter())
-        self._holder_since = turn.held_from
-        stats.queue_ms = (turn.held_from - queued) * 1000
-        try:
-            yield turn
-        except (asyncio.CancelledError, GeneratorExit):
-            stats.finish = "cancelled"
-            raise
-        finally:
-            self._holder_since = None
-            if stats.finish != "cancelled":  # a cancelled request says nothing of a whole one's length
-                self.times.observe(time.perf_counter() - turn.held_from, turn.first_token_s, turn.typed)
-            self._lock.release()
-
-    async def _prefill(self, turn: "_Turn", tokens: Sequence[int], start: int, save_points: list[int],
+    async def _prefill(self, turn: Turn, tokens: Sequence[int], start: int, save_points: list[int],
                        spans: Sequence[tuple[int, int]] = ()) -> int:
         """Evaluate ``tokens[start:-1]`` in scheduler steps (short ones while someone types), each
         ending at the next passage edge or save point it reaches; a passage whose cells were saved
@@ -588,7 +475,7 @@ class LocalBackend:
         spans of the prompt each tokenized and evaluated on their own, and saved at their end
         (see :class:`~smallfirst.service.llm.prompts.PassagePrompt`)."""
         stats = stats if stats is not None else GenerationStats()
-        async with self._turn(stats, reservation) as turn:
+        async with self.queue.turn(stats, reservation) as turn:
             max_tokens = max(1, min(max_tokens, self.n_ctx // 2))
             run = self._scheduler.run
             started = time.perf_counter()
@@ -632,7 +519,7 @@ class LocalBackend:
         if not options:
             raise ValueError("choose needs at least one option")
         stats = stats if stats is not None else GenerationStats()
-        async with self._turn(stats, reservation) as turn:
+        async with self.queue.turn(stats, reservation) as turn:
             run = self._scheduler.run
             started = time.perf_counter()
             room = OPTION_TOKENS * min(len(options), max(1, self._lanes))  # the options' cells, side by side

@@ -100,15 +100,15 @@ async def stats(runtime: Runtime) -> schemas.Stats:
     else:
         body["grounding"] = components.calibrator.report()
         model, large = components.answer_model, components.large
-    idle = model.times.idle if model else None
+    idle = model.queue.times.idle if model else None
     body["admission"] = {
         "service_s": round(idle.service_s, 3) if idle else 0.0,
         "deviation_s": round(idle.deviation_s, 3) if idle else 0.0,
         "first_token_s": round(idle.first_token_s, 3) if idle else 0.0,
-        "typing_service_s": round(model.times.typing.service_s, 3) if model and model.times.typing.measured else None,
+        "typing_service_s": round(model.queue.times.typing.service_s, 3) if model and model.queue.times.typing.measured else None,
         "predicted_wait_s": round(model.predicted_wait_s(), 3) if model else 0.0,
         "budget_s": runtime.settings.answer_wait_budget_s, "waiting": model.waiting if model else 0,
-        "shed": model.shed if model else 0,
+        "shed": model.queue.shed if model else 0,
     }
     if model is not None and model.prefixes is not None:
         body["answer_kv_cache"] = model.prefixes.as_dict()
