@@ -67,6 +67,7 @@ class Settings:
     complete_slots: int = _opt(8, "Autocomplete slots in the shared context: one per recent typist, plus one while new grounding is prefilled.")
     complete_grounding: bool = _opt(True, "Put a retrieved passage in front of the typed text (looked up off the keystroke path, at word boundaries).")
     complete_context_tokens: int = _opt(120, "Model tokens of the retrieved passage in front of the typed text.")
+    complete_copy: bool = _opt(True, "Where the last words typed stand in the grounding passage (or another passage found for the typed words), suggest that passage's next words to the end of the clause, with no model step.")
     complete_prefix_reuse: bool = _opt(True, "Reuse the KV prefix and cached retrieval between keystrokes (off: every keystroke retrieves and prefills from scratch, a baseline for benchmarks).")
     answer_kv_cache_mb: float = _opt(256.0, "Saved KV states of answer prompts, taken where each source passage ends: a new question on sources seen before evaluates only its own few tokens, and the same question again too; least recently used out first; 0 turns it off.")
     answer_assemble_passages: bool = _opt(False, "Also place a passage saved in another prompt, after other text, into a new prompt (shifted into place, its first tokens evaluated again): fewer tokens to evaluate when sources come in new combinations, but not exact, so off by default. Keeps a second store of passage states, as large again as answer_kv_cache_mb.")

@@ -221,3 +221,43 @@ def test_the_next_text_window_is_prefilled_before_the_text_reaches_it(engine) ->
     length, stats = crossing[0]  # the first keystroke in the new window
     assert stats.prompt_tokens > 200
     assert stats.prompt_tokens - stats.cached_tokens <= 30, (length, stats)
+
+
+def test_a_prompt_is_healed_to_a_token_boundary_after_a_space_and_inside_a_word(engine) -> None:
+    """The typed text's unfinished last token is taken off the prompt and the suggestion spells
+    it out first: after a space a new word starts, inside a word the word goes on; never a run
+    of digits, never the typed text again."""
+    async def scenario():
+        ac = await engine()
+        typist = ac.typist()
+        after_space = await suggest(ac, typist, "The weather station on the hill records temperature and ", 6)
+        inside_word = await suggest(ac, typist, "The weather station on the hill records temperature and wi", 6)
+        await ac.close()
+        return after_space, inside_word, ac.dropped
+    (space_text, space_stats, _), (word_text, _, _), dropped = asyncio.run(scenario())
+    assert space_text[:1].isalpha(), (space_text, space_stats)  # a new word, its space already typed
+    assert word_text[:1].isalpha() and not word_text.startswith("wi"), word_text  # the word goes on
+    for text in (space_text, word_text):
+        assert any(ch.isalpha() for ch in text) and not any(ch.isdigit() for ch in text[:3]), text
+    assert not dropped, dropped  # nothing needed dropping as junk
+
+
+def test_text_typed_from_a_passage_gets_its_continuation_with_no_model_step(engine) -> None:
+    from smallfirst.service.autocomplete.grounding import Grounding
+
+    passage = ("The weather station on the hill records temperature and wind every ten minutes. "
+               "Readings are sent to the harbour office by radio, where a keeper checks them each morning.")
+
+    async def scenario():
+        ac = await engine()
+        typist = ac.typist()
+        typist.grounding = Grounding("p1", "doc", "Station", 0, passage + "\n\n", (), passage)
+        steps, evaluated = ac.steps, ac.evaluated
+        copied = await suggest(ac, typist, "Every day the readings are sent to the harbour of", 8)
+        after = (ac.steps - steps, ac.evaluated - evaluated, ac.copies)
+        await ac.close()
+        return copied, after
+    (text, stats, _), (steps, evaluated, copies) = asyncio.run(scenario())
+    assert text == "fice by radio,", text
+    assert (steps, evaluated, copies) == (0, 0, 1)
+    assert stats.completion_tokens == 0

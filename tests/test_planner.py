@@ -93,3 +93,14 @@ def test_rows_carry_the_slot_epoch_they_were_planned_in() -> None:
 def test_nothing_to_do_plans_nothing() -> None:
     assert plan([]) is None
     assert plan([], live=2) is None  # jobs still preparing or in a step: wait for them
+
+
+def test_a_suggestion_whose_first_text_has_not_gone_out_goes_on_at_keystroke_priority() -> None:
+    """Its first tokens only spelled out what token healing took off the prompt: the user is still
+    waiting, so the next token goes first, ahead of other suggestions, and carries the heal left."""
+    waiting = JobView(1, 1, 1, tuple(range(20)), 20, pending=9, heal=b"ne", shown=False)
+    step = plan([decoding(0), waiting])
+    assert step is not None and step.priority == Priority.KEYSTROKE
+    assert [row.key for row in step.rows] == [1, 0] and step.rows[0].heal == b"ne"
+    step = plan([waiting], in_flight=frozenset({Priority.ANSWER}))  # it does not wait for an answer step
+    assert step is not None and step.priority == Priority.KEYSTROKE

@@ -47,14 +47,14 @@ async def connected(server: Server, **kw: Any):
     return ws
 
 
-def answer_steps(server: Server) -> float:
-    """CPU scheduler steps run at answer priority so far (from /metrics)."""
+def answer_steps(server: Server, priority: str = "answer") -> float:
+    """CPU scheduler steps run at ``priority`` (answer, by default) so far (from /metrics)."""
     with server.api() as api:
         response = api.get("/metrics")
     assert response.status_code == 200, response.text
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            if sample.name == "smallfirst_scheduler_step_seconds_count" and sample.labels.get("priority") == "answer":
+            if sample.name == "smallfirst_scheduler_step_seconds_count" and sample.labels.get("priority") == priority:
                 return sample.value
     return 0.0
 
@@ -130,13 +130,14 @@ def test_complete_streams_and_a_new_keystroke_cancels_the_previous(server: Serve
 def test_a_superseded_suggestion_is_never_delivered(server: Server) -> None:
     async def scenario():
         async with await connected(server) as ws:
-            await ws.send(json.dumps({"type": "complete", "id": "warm", "text": "The lighthouse museum opens"}))
+            # Text no document holds, so each suggestion takes model steps (a copied one needs none).
+            await ws.send(json.dumps({"type": "complete", "id": "warm", "text": "The lighthouse visitors say it"}))
             await until_done(ws, "warm")
             frames = []
             for round_ in range(5):  # keystrokes closer together than one model step
                 old, new = f"old{round_}", f"new{round_}"
-                await ws.send(json.dumps({"type": "complete", "id": old, "text": "The lighthouse museum opens at"}))
-                await ws.send(json.dumps({"type": "complete", "id": new, "text": "The lighthouse museum opens at n"}))
+                await ws.send(json.dumps({"type": "complete", "id": old, "text": "The lighthouse visitors say it is"}))
+                await ws.send(json.dumps({"type": "complete", "id": new, "text": "The lighthouse visitors say it is n"}))
                 frames += await until_done(ws, new)
                 while not of(frames, old, "done"):
                     frames.append(await recv(ws))
@@ -319,3 +320,23 @@ def test_closing_the_socket_stops_the_work(server: Server) -> None:
     done = asyncio.run(scenario())
     assert done["finish"] in ("stop", "length"), done
     assert answer_stats(server)["finishes"].get("cancelled", 0) == cancelled + 1  # the only one cancelled
+
+
+def test_text_typed_from_an_ingested_document_is_continued_from_it_with_no_model_step(server: Server) -> None:
+    """A new typist's text that stands in an ingested document: its suggestion is the document's
+    own continuation, copied with no model step."""
+    typed = "Feed the starter every twelve hours with equal weights of r"
+
+    async def scenario():
+        async with await connected(server) as ws:
+            before = answer_steps(server, "keystroke")
+            await ws.send(json.dumps({"type": "complete", "id": "c1", "text": typed}))
+            frames = of(await until_done(ws, "c1"), "c1")
+            return frames, answer_steps(server, "keystroke") - before
+    frames, steps = asyncio.run(scenario())
+    text = "".join(f["text"] for f in frames if f["type"] == "token")
+    done = frames[-1]
+    assert text == "ye flour and water at 24 degrees Celsius.", frames
+    assert done["type"] == "done" and done["copied"]["title"] == "Sourdough Bread", done
+    assert steps == 0 and done["usage"]["completion_tokens"] == 0
+

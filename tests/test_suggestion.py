@@ -7,14 +7,15 @@ from smallfirst.service.autocomplete.suggestion import WORD_GRACE, SuggestionCut
 
 
 def run(cutter: SuggestionCutter, pieces: list[str]) -> tuple[str, int]:
-    """Feed pieces until the cutter stops; the text sent and how many pieces it consumed."""
+    """Feed pieces until the cutter stops; the text sent and how many pieces it consumed. Pieces
+    that run out end the text, as an end-of-text token does (what was held back goes out)."""
     sent = ""
     for n, piece in enumerate(pieces, 1):
         text, stop = cutter.feed(piece)
         sent += text
         if stop:
             return sent, n
-    return sent, len(pieces)
+    return sent + cutter.close(), len(pieces)
 
 
 def test_stops_at_a_line_break_without_sending_it() -> None:
@@ -50,8 +51,9 @@ def test_max_tokens_finishes_the_word_in_progress() -> None:
     assert run(cutter, [" light", "house", " keeper", " lives"]) == (" lighthouse", 3)
     assert cutter.finish == "length"
     endless = SuggestionCutter("The", 1)
-    sent, used = run(endless, [" a"] + ["b"] * 20)
-    assert used == 1 + WORD_GRACE and sent == " a" + "b" * WORD_GRACE
+    letters = list("bcdefghijklmnopqrstu")  # a word that never ends, and never repeats itself
+    sent, used = run(endless, [" a"] + letters)
+    assert used == 1 + WORD_GRACE and sent == " a" + "".join(letters[:WORD_GRACE])
 
 
 def test_max_tokens_stops_at_the_next_word_start() -> None:

@@ -393,6 +393,8 @@ async def complete(components: Components, msg: Complete, send: Send, req: Reque
         raise
     await req.finish()
     req.timings["step"] = round(stats.step_ms, 1)
-    if typist.used is not None:
+    if typist.copied_from is not None:
+        req.extra["copied"] = typist.copied_from
+    elif typist.used is not None:
         req.extra["grounding"] = typist.used.describe()
     return stats.finish

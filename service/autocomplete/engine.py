@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from smallfirst.errors import Busy, SmallfirstError, UpstreamError
 from smallfirst.retrieval.store import Hit
+from smallfirst.service.autocomplete.copying import copied
 from smallfirst.service.autocomplete.grounding import Grounder, Grounding, Search, grounding_query
 from smallfirst.service.autocomplete.ownership import SlotOwners
 from smallfirst.service.autocomplete.planner import Limits, Plan, PlannedRow, next_step
@@ -51,6 +54,7 @@ class Autocompleter:
     def __init__(
         self, runner: SlotRunner, n_slots: int, scheduler: CpuScheduler, search: Search | None,
         *, context_tokens: int, min_score: float, prefix_reuse: bool = True, limits: Limits = Limits(),
+        copying: bool = True,
     ) -> None:
         self._runner = runner
         self._scheduler = scheduler
@@ -67,6 +71,9 @@ class Autocompleter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_request = 0.0
+        self._copying = copying
+        self.copies = 0  # suggestions copied from a passage, with no model step
+        self.dropped: Counter[str] = Counter()  # suggestions cut as junk, by reason (see junk.py)
         self.steps = 0  # model steps that evaluated at least one row
         self.evaluated = 0  # tokens those steps evaluated
 
@@ -126,6 +133,8 @@ class Autocompleter:
         if self.grounder is not None:
             if self._reuse:
                 assert self._refresh is not None
+                if self._copying and not typist.queries:
+                    await self._first_lookup(typist, text, collection)
                 self._refresh.later(typist, text, collection)
             else:  # the baseline: retrieve on the keystroke path, no cache
                 query = grounding_query(text)
@@ -133,13 +142,18 @@ class Autocompleter:
                     hit = await self.grounder.pick(query, collection, typist.grounding, cached=False)
                     if hit is not None:
                         typist.grounding = await self._grounding(hit, Priority.KEYSTROKE)
+        copy = self._copy(typist, text, max_tokens, stats)
+        if copy is not None:
+            yield copy
+            return
         slot = typist.slot if self.owners.owns(typist, typist.slot) else self._claim(typist)
         typist.slot = slot
         if slot is None:
             raise Busy("every autocomplete slot is busy; try again shortly")
         typist.used = typist.grounding
+        typist.copied_from = None
         job = self._job(slot, typist.grounding, complete_prompt(text), max_tokens,
-                        stats=stats, cutter=SuggestionCutter(text, max_tokens))
+                        stats=stats, cutter=SuggestionCutter(text, max_tokens, typist.grounding.block if typist.grounding else ""))
         typist.job = job
         self.owners.touch(job.slot)
         self._submit(job)
@@ -159,6 +173,59 @@ class Autocompleter:
                 self._kick()
             if typist.job is job:
                 typist.job = None
+
+    async def _first_lookup(self, typist: Typist, text: str, collection: str | None) -> None:
+        """A typist's first request with words enough to look up: its passages are found now, on
+        this request's path, so that text pasted or typed before the connection opened can be
+        copied from at once (later lookups run off the keystroke path); the refresh that follows
+        finds them cached. A failed lookup only leaves the suggestion to the model."""
+        assert self.grounder is not None
+        query = grounding_query(text)
+        if query is None:
+            return
+        try:
+            await self.grounder.hits(query, collection)
+        except SmallfirstError as exc:
+            log.warning("autocomplete lookup failed: %s", exc.message)
+            return
+        typist.queries.append((collection, query))
+
+    def _copy(self, typist: Typist, text: str, max_tokens: int, stats: GenerationStats) -> str | None:
+        """The suggestion copied from a document passage (see :mod:`~smallfirst.service.autocomplete.copying`):
+        the typist's grounding passage, or one of the hits of its last few lookups. None where the
+        last words typed stand in none of them; the model continues then."""
+        if not self._copying:
+            return None
+        sources = [(typist.grounding.passage, typist.grounding.describe())] if typist.grounding is not None else []
+        if self.grounder is not None:
+            seen = set()
+            for query in reversed(typist.queries):  # the newest lookup's hits first
+                for hit in self.grounder.cached(query):
+                    if hit.id not in seen:
+                        seen.add(hit.id)
+                        sources.append((hit.text, {"doc_id": hit.doc_id, "title": hit.title,
+                                                   "chunk_index": hit.chunk_index}))
+        match = copied(text, [passage for passage, _ in sources])
+        if match is None:
+            return None
+        index, found = match
+        started = time.perf_counter()
+        cutter = SuggestionCutter(text, max_tokens, junk=False)
+        out = ""
+        for piece in re.findall(r"\s*\S+", found):
+            sent, stop = cutter.feed(piece)
+            out += sent
+            if stop:
+                break
+        else:
+            out += cutter.close()
+        if not out.strip():  # nothing survived the cutter (it only repeated the typed text): the model goes on
+            return None
+        self.copies += 1
+        typist.copied_from = sources[index][1]
+        stats.finish = cutter.finish
+        stats.prefill_ms = (time.perf_counter() - started) * 1000
+        return out
 
     def _job(self, slot: int, grounding: Grounding | None, tail: str, reserve: int, **fields: Any) -> Job:
         head = grounding.tokens if grounding is not None else ()
@@ -195,7 +262,7 @@ class Autocompleter:
     async def _grounding(self, hit: Hit, priority: Priority) -> Grounding:
         """The passage cut to the context budget and tokenized (on the scheduler thread)."""
         block, tokens = await self._scheduler.run(priority, self._runner.grounding_block, hit.text, self._context_tokens)
-        return Grounding(hit.id, hit.doc_id, hit.title, hit.chunk_index, block, tokens)
+        return Grounding(hit.id, hit.doc_id, hit.title, hit.chunk_index, block, tokens, hit.text)
 
     # Driving the steps -----------------------------------------------------------------
 
@@ -253,6 +320,7 @@ class Autocompleter:
             if job.stats.prompt_tokens == 0:
                 job.stats.prompt_tokens, job.stats.cached_tokens = len(prepared.tokens), prepared.position
             job.prompt, job.position, job.epoch, job.pending = prepared.tokens, prepared.position, prepared.epoch, None
+            job.heal = prepared.heal
         finally:
             job.busy = False
             self._kick()
@@ -304,10 +372,28 @@ class Autocompleter:
         if outcome.end:
             job.pending = None
             job.stats.finish = "stop"
+            if job.cutter is not None:
+                self._put(job, job.cutter.close())
             self._finish(job)
             return
         job.pending = outcome.token
-        self._deliver(job, outcome.piece)
+        self._deliver(job, self._healed(job, outcome.piece))
+
+    @staticmethod
+    def _healed(job: Job, piece: bytes) -> bytes:
+        """What of a sampled token's text extends past the typed text: while healing, the part
+        that spells out what was taken off the prompt is the user's own, not suggested."""
+        heal = job.heal
+        if not heal:
+            return piece
+        if piece.startswith(heal):
+            job.heal = b""
+            return piece[len(heal):]
+        if heal.startswith(piece):  # a shorter token: the next one goes on spelling it
+            job.heal = heal[len(piece):]
+            return b""
+        job.heal = b""  # cannot happen with the allowed set; the piece is the model's own then
+        return piece
 
     def _deliver(self, job: Job, piece: bytes) -> None:
         assert job.cutter is not None
@@ -315,11 +401,18 @@ class Autocompleter:
             job.stats.prefill_ms = (time.perf_counter() - job.started) * 1000
         job.stats.completion_tokens += 1
         text, stop = job.cutter.feed(job.decoder.decode(piece))
-        if text:
-            job.queue.put_nowait(text)
+        self._put(job, text)
         if stop:
             job.stats.finish = job.cutter.finish
             self._finish(job)
+
+    def _put(self, job: Job, text: str) -> None:
+        """Queue suggestion text for the caller; count a suggestion cut as junk, by reason."""
+        if text:
+            job.queue.put_nowait(text)
+        if job.cutter is not None and job.cutter.dropped is not None and not job.counted:
+            job.counted = True
+            self.dropped[job.cutter.dropped] += 1
 
     def _fail_all(self, error: SmallfirstError) -> None:
         for job in self._jobs:

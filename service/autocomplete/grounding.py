@@ -29,6 +29,7 @@ class Grounding:
     chunk_index: int
     block: str  # exactly what precedes the typed text in the prompt
     tokens: tuple[int, ...] = field(default=(), compare=False)
+    passage: str = field(default="", compare=False)  # the whole passage, for copying from
 
     def describe(self) -> dict[str, Any]:
         return {"doc_id": self.doc_id, "title": self.title, "chunk_index": self.chunk_index}
@@ -69,6 +70,10 @@ class Grounder:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return hits
+
+    def cached(self, query: tuple[str | None, str] | None) -> Sequence[Hit]:
+        """The hits last found for ``query`` (collection, words), if still cached; no search."""
+        return self._cache.get(query, ()) if query is not None else ()
 
     async def pick(self, query: str, collection: str | None, current: Grounding | None, cached: bool = True) -> Hit | None:
         """A new passage for ``query``, or None to keep ``current`` (while it still ranks near the

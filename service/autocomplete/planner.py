@@ -8,8 +8,9 @@ A step takes
 - every new request's remaining prompt tokens (a cold prompt in chunks), then
 - one token for each suggestion being continued, up to ``max_rows`` sampled rows, or
 - when no typist waits, a chunk of a standby prefill (new grounding for a typist).
-A step with a new request runs at keystroke priority; continuing suggestions or prefilling a
-standby runs at answer priority, so a streaming answer and a typist share the CPU fairly while a
+A step with a new request (or one whose first text has not gone out yet: its first tokens only
+spelled out what token healing took off) runs at keystroke priority; continuing suggestions or
+prefilling a standby runs at answer priority, so a streaming answer and a typist share the CPU fairly while a
 new keystroke always goes first. At most one step of each priority is in flight, and a job is in
 at most one step at a time.
 """
@@ -43,11 +44,19 @@ class JobView:
     position: int  # tokens of the job in the slot's KV cache (the prompt, then fed-back tokens)
     pending: int | None = None  # the sampled token not yet fed back (a suggestion being continued)
     standby: bool = False
+    heal: bytes = b""  # what the next sampled token must start with (or be a start of): token healing
+    shown: bool = True  # some of the suggestion has gone out (no: the user still waits for its first text)
 
     @property
     def fresh(self) -> bool:
         """A request whose prompt is still being evaluated."""
         return not self.standby and self.pending is None
+
+    @property
+    def awaited(self) -> bool:
+        """A request the user still waits on for its first text: its prompt is being evaluated, or
+        its first tokens only spelled out what healing took off (or were held back)."""
+        return not self.standby and (self.pending is None or not self.shown)
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class PlannedRow:
     tokens: tuple[int, ...]
     sample: bool
     decoding: bool  # the row feeds back a sampled token (else it evaluates prompt tokens)
+    heal: bytes = b""  # the sampled token must start with this, or be a start of it
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ def next_step(jobs: Sequence[JobView], live: int, in_flight: frozenset[Priority]
     in a step or not); ``in_flight``: priorities of the steps launched and not yet done. A new
     request gets a keystroke step at once even while an answer-priority step waits; anything
     else waits until no step is in flight."""
-    if any(job.fresh for job in jobs):
+    if any(job.awaited for job in jobs):
         return None if Priority.KEYSTROKE in in_flight else _keystroke_step(jobs, live, limits)
     if in_flight or not jobs:
         return None
@@ -99,7 +109,8 @@ def _keystroke_step(jobs: Sequence[JobView], live: int, limits: Limits) -> Plan:
         remaining = job.prompt[job.position:]
         take = remaining[:budget]
         sample = len(take) == len(remaining)
-        rows.append(PlannedRow(job.key, job.slot, job.epoch, job.position, take, sample, decoding=False))
+        rows.append(PlannedRow(job.key, job.slot, job.epoch, job.position, take, sample, decoding=False,
+                               heal=job.heal if sample else b""))
         budget -= len(take)
         sampled += sample
     rows.extend(_continuations(jobs, limits.max_rows - sampled))
@@ -121,9 +132,11 @@ def _background_step(jobs: Sequence[JobView], limits: Limits) -> Plan | None:
 
 
 def _continuations(jobs: Sequence[JobView], room: int) -> list[PlannedRow]:
-    """One row per suggestion being continued (its sampled token fed back), at most ``room``."""
+    """One row per suggestion being continued (its sampled token fed back), at most ``room``;
+    those the user still waits on first."""
     rows: list[PlannedRow] = []
-    for job in jobs:
+    for job in sorted(jobs, key=lambda job: job.shown):
         if job.pending is not None and len(rows) < room:
-            rows.append(PlannedRow(job.key, job.slot, job.epoch, job.position, (job.pending,), True, decoding=True))
+            rows.append(PlannedRow(job.key, job.slot, job.epoch, job.position, (job.pending,), True, decoding=True,
+                                   heal=job.heal))
     return rows

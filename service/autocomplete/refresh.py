@@ -51,6 +51,7 @@ class GroundingRefresh:
                 if query is None or (collection, query) == typist.query:
                     continue
                 typist.query = (collection, query)
+                typist.queries.append(typist.query)
                 hit = await self._grounder.pick(query, collection, typist.grounding)
                 if hit is not None:
                     await self._switch(typist, await self._build(hit, Priority.ANSWER), text)

@@ -34,6 +34,7 @@ class Prepared:
     tokens: tuple[int, ...]
     position: int  # how many of them the slot's KV cache holds already
     epoch: int  # the slot's preparation this job's rows must match
+    heal: bytes = b""  # the typed text's end, taken off the prompt: the suggestion must start with it
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SlotRunner:
         ctx = self.ctx
         head = list(request.head)
         body = ctx.tokenize(request.tail, add_bos=not head)
+        body, heal = self._back_off(body, first=0 if head else 1)
         room = ctx.slot_ctx - request.reserve - 8 - len(head)
         if len(body) > room:
             body = body[len(body) - room:]
@@ -81,14 +83,29 @@ class SlotRunner:
             ctx.clear(request.slot)
             position = 0
         self._epochs[request.slot] += 1
-        return Prepared(tuple(tokens), position, self._epochs[request.slot])
+        return Prepared(tuple(tokens), position, self._epochs[request.slot], heal)
+
+    def _back_off(self, body: list[int], first: int) -> tuple[list[int], bytes]:
+        """Token healing: the typed text's last token may be unfinished (a lone space, whose word
+        the tokenizer would have joined to it, or part of a word), and a prompt ending on it is
+        out of the model's distribution. It is taken off the prompt (never ``body[:first]``, the
+        BOS) and returned as bytes that the first generated tokens must spell out. A last token
+        holding a line break is kept: the text after it starts afresh."""
+        if len(body) <= first:
+            return body, b""
+        heal = self.ctx.piece(body[-1])
+        if not heal or b"\n" in heal:
+            return body, b""
+        return body[:-1], heal
 
     def step(self, rows: Sequence[PlannedRow]) -> StepResult:
         """Evaluate the rows whose slot is as planned, in one batch; sample where asked."""
         began = time.perf_counter()
         ctx = self.ctx
         live = [row for row in rows if self._epochs[row.slot] == row.epoch and len(ctx.tokens[row.slot]) == row.start]
-        sampled = ctx.decode([Row(row.slot, list(row.tokens), row.sample) for row in live]) if live else []
+        sampled = ctx.decode([Row(row.slot, list(row.tokens), row.sample,
+                                  ctx.prefixes.allowed(row.heal) if row.sample and row.heal else None)
+                              for row in live]) if live else []
         results = {row.key: self._result(row.key, token) for row, token in zip(live, sampled)}
         took_ms = (time.perf_counter() - began) * 1000
         return StepResult(began, took_ms, tuple(results.get(row.key, RowResult(row.key, applied=False)) for row in rows))

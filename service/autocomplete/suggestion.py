@@ -12,10 +12,15 @@ for); the cutter decides where the suggestion ends:
   snake_case, is plain). A marker character that occurs in the typed text is allowed: the
   user is writing markup themselves. An ``&`` or a ``_`` that ends a piece is held until the
   next piece says which it is (a plain "& " still goes out);
-- leading whitespace is held back, so a suggestion of only whitespace is never sent.
+- leading whitespace is held back, so a suggestion of only whitespace is never sent;
+- where it turns into junk (see :mod:`~smallfirst.service.autocomplete.junk`): what could still
+  turn out to be junk is held back, and a suggestion found to be junk ends there, ``dropped``
+  saying why.
 """
 
 from __future__ import annotations
+
+from smallfirst.service.autocomplete.junk import JunkFilter, Verdict
 
 ECHO_WINDOW = 24
 ECHO_MIN_NEW = 8
@@ -27,20 +32,22 @@ _MARKERS = "<>&*_"
 class SuggestionCutter:
     """Feed decoded pieces in order; each call says what to send and whether to stop."""
 
-    def __init__(self, typed: str, max_tokens: int) -> None:
+    def __init__(self, typed: str, max_tokens: int, passage: str = "", junk: bool = True) -> None:
         self._typed = typed[-600:]
         self._max_tokens = max_tokens
+        self._junk = JunkFilter(typed, passage) if junk else None
         self.sent = ""
         self._held = ""
         self.tokens = 0
         self.finish = "length"
+        self.dropped: str | None = None  # why the suggestion was cut as junk, if it was
 
     def feed(self, piece: str) -> tuple[str, bool]:
         """Returns (text to send now, whether the suggestion is complete)."""
         self.tokens += 1
         if self.tokens > self._max_tokens:  # only finishing a word now
             if not piece or not piece[0].isalnum():
-                return self._end("length")
+                return self._release("length")
         cut = piece.find("\n")
         if cut >= 0:
             piece = piece[:cut]
@@ -55,17 +62,41 @@ class SuggestionCutter:
             return self._end("stop") if ends else ("", False)
         if self._echoes(candidate):
             return self._end("stop")
-        self._held = pending
-        self.sent += candidate
-        if ends:
-            return self._send(candidate, "stop")
-        if _ends_sentence(self._typed + self.sent):
-            return self._send(candidate, "stop")
-        if self.tokens >= self._max_tokens:
-            mid_word = bool(self.sent) and self.sent[-1].isalnum()
+        finish = "stop" if ends or _ends_sentence(self._typed + self.sent + candidate) else None
+        if finish is None and self.tokens >= self._max_tokens:
+            text = self.sent + candidate
+            mid_word = bool(text) and text[-1].isalnum()
             if not mid_word or self.tokens >= self._max_tokens + WORD_GRACE:
-                return self._send(candidate, "length")
-        return candidate, False
+                finish = "length"
+        return self._emit(candidate, pending, finish)
+
+    def close(self) -> str:
+        """The model ended the text: what was held back goes out now, unless it is junk or markup."""
+        return self._release("stop")[0]
+
+    def _release(self, finish: str) -> tuple[str, bool]:
+        markup, wait = self._markup(self._held, final=True)
+        held = self._held[:markup if markup is not None else wait]
+        self._held = ""
+        if not self.sent and not held.strip():
+            return self._end(finish)
+        return self._emit(held, "", finish)
+
+    def _emit(self, candidate: str, pending: str, finish: str | None) -> tuple[str, bool]:
+        """Send what the junk filter lets through of ``candidate`` now; hold the rest with ``pending``."""
+        if self._junk is None:
+            verdict = Verdict(len(self.sent) + len(candidate))
+        else:
+            verdict = self._junk.judge(self.sent + candidate, final=finish is not None)
+        out = candidate[:max(0, verdict.show - len(self.sent))]
+        self.sent += out
+        if verdict.reason is not None:
+            self.dropped = verdict.reason
+            return self._send(out, "stop")
+        self._held = candidate[len(out):] + pending
+        if finish is not None:
+            return self._send(out, finish)
+        return out, False
 
     def _send(self, text: str, finish: str) -> tuple[str, bool]:
         self.finish = finish

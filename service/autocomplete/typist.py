@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,9 @@ from smallfirst.service.autocomplete.planner import JobView
 from smallfirst.service.autocomplete.runner import PrepareRequest
 from smallfirst.service.autocomplete.suggestion import SuggestionCutter
 from smallfirst.service.llm.base import GenerationStats
+
+
+RECENT_QUERIES = 3  # lookups whose hits a suggestion may still be copied from
 
 
 @dataclass(eq=False)
@@ -33,9 +37,11 @@ class Job:
     epoch: int = 0  # the slot preparation its rows belong to
     position: int = 0  # tokens of this job in the slot's KV cache (prompt, then fed-back tokens)
     pending: int | None = None  # the sampled token not yet fed back
+    heal: bytes = b""  # the typed text's end taken off the prompt, not yet spelled out by sampled tokens
     busy: bool = False  # a prepare or a step for it is queued or running
     cancelled: bool = False
     finished: bool = False
+    counted: bool = False  # its junk cut is counted in the engine's ``dropped``
     error: SmallfirstError | None = None
     started: float = field(default_factory=time.perf_counter)
     first_step_at: float | None = None
@@ -44,7 +50,9 @@ class Job:
 
     def view(self) -> JobView:
         assert self.prompt is not None
-        return JobView(self.key, self.slot, self.epoch, self.prompt, self.position, self.pending, self.standby)
+        shown = self.cutter is None or bool(self.cutter.sent)
+        return JobView(self.key, self.slot, self.epoch, self.prompt, self.position, self.pending, self.standby, self.heal,
+                       shown)
 
 
 class Typist:
@@ -55,10 +63,12 @@ class Typist:
         self.grounding: Grounding | None = None
         self.standby: Job | None = None
         self.query: tuple[str | None, str] | None = None  # (collection, words) last looked up
+        self.queries: deque[tuple[str | None, str]] = deque(maxlen=RECENT_QUERIES)  # the last few, newest last
         self.wanted: tuple[str, str | None] | None = None
         self.refreshing: asyncio.Task[None] | None = None
         self.job: Job | None = None
         self.used: Grounding | None = None  # the passage in front of the latest request's text
+        self.copied_from: dict[str, Any] | None = None  # the passage the latest suggestion was copied from
         self.prewarmed: tuple[int, str | None] | None = None  # (window start, passage id) prefilled ahead
 
     def evicted_from(self, slot: int) -> None:

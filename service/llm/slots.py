@@ -9,8 +9,10 @@ scheduler's) calls into it, tokenizing included; with thread checks on, any othe
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,15 +23,56 @@ from smallfirst.errors import ConfigError, UpstreamError
 from smallfirst.threads import OwnerThread
 
 COPY_GAIN = 8  # tokens a prefix copy from another slot must save over the slot's own prefix
+HEALING_CACHE = 256  # allowed-token sets kept for recent healed texts
 
 
 @dataclass
 class Row:
-    """Tokens to append to one slot in a step; ``sample`` asks for the next token after them."""
+    """Tokens to append to one slot in a step; ``sample`` asks for the next token after them,
+    chosen among ``allowed`` token ids when given (token healing)."""
 
     slot: int
     tokens: list[int]
     sample: bool
+    allowed: np.ndarray | None = None
+
+
+class PrefixIndex:
+    """The vocabulary's token texts, sorted once, to find which tokens may follow a prompt that
+    was backed off to a token boundary (token healing): those whose text starts with the text
+    taken off, and those whose text is a start of it (healed over several tokens)."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        order = sorted((piece, token) for token, piece in enumerate(pieces) if piece)
+        self._pieces = [piece for piece, _ in order]
+        self._ids = np.array([token for _, token in order], dtype=np.int64)
+        self._exact: dict[bytes, list[int]] = {}
+        for piece, token in order:
+            self._exact.setdefault(piece, []).append(token)
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def allowed(self, heal: bytes) -> np.ndarray:
+        """Token ids whose text starts with ``heal`` or is a non-empty start of it."""
+        found = self._cache.get(heal)
+        if found is not None:
+            self._cache.move_to_end(heal)
+            return found
+        lo = bisect.bisect_left(self._pieces, heal)
+        hi = bisect.bisect_left(self._pieces, _successor(heal)) if heal.rstrip(b"\xff") else len(self._pieces)
+        shorter = [token for k in range(1, len(heal)) for token in self._exact.get(heal[:k], ())]
+        # Distinct texts, so no token is found twice: the shorter ones cannot start with ``heal``.
+        found = np.concatenate([self._ids[lo:hi], np.array(shorter, dtype=np.int64)]) if shorter else self._ids[lo:hi]
+        self._cache[heal] = found
+        while len(self._cache) > HEALING_CACHE:
+            self._cache.popitem(last=False)
+        return found
+
+
+def _successor(prefix: bytes) -> bytes:
+    """The least byte string greater than every string that starts with ``prefix`` (whose bytes
+    are not all 0xff)."""
+    stem = prefix.rstrip(b"\xff")
+    return stem[:-1] + bytes([stem[-1] + 1])
 
 
 class SlotContext:
@@ -72,6 +115,9 @@ class SlotContext:
         self.batch_tokens = batch_tokens
         self.tokens: list[list[int]] = [[] for _ in range(n_slots)]
         self.evaluated = 0  # tokens run through the model, all slots together
+        # End-of-text and control tokens have no text here, so healing never picks them.
+        self.prefixes = PrefixIndex([b"" if lib.llama_vocab_is_eog(self._vocab, t) else self.piece(t)
+                                     for t in range(self.n_vocab)])
 
     def _set_adapter(self, lora_path: Path) -> None:
         """Apply a LoRA adapter (scale 1) to every slot's computation."""
@@ -196,7 +242,11 @@ class SlotContext:
                 continue
             logits = lib.llama_get_logits_ith(self._context.ctx, index)
             values = np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-            sampled.append(int(values.argmax()))
+            allowed = rows[len(sampled)].allowed
+            if allowed is not None and len(allowed):
+                sampled.append(int(allowed[int(values[allowed].argmax())]))
+            else:
+                sampled.append(int(values.argmax()))
         return sampled
 
 

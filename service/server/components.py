@@ -74,6 +74,7 @@ class Components:
                 scheduler, model_path, s.complete_slots, s.complete_ctx, threads,
                 retriever.grounding_hits if s.complete_grounding else None,
                 context_tokens=s.complete_context_tokens, min_score=s.min_score, prefix_reuse=s.complete_prefix_reuse,
+                copying=s.complete_copy,
                 lora_path=answer_lora if s.complete_adapter else None,
             )
             stack.push_async_callback(autocomplete.close)

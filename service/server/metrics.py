@@ -25,6 +25,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 BREAKER_STATES = ("closed", "half_open", "open")
 JOB_STATES = ("queued", "running", "done", "failed")
+JUNK_REASONS = ("run", "repeat", "heading")
 
 
 class Metrics:
@@ -111,6 +112,16 @@ class RuntimeCollector(Collector):
         for result in ("added", "changed", "unchanged", "removed", "failed"):
             files.add_metric([result], totals.get(f"files_{result}", 0))
         yield files
+        autocomplete = c.autocomplete if c is not None else None
+        dropped = CounterMetricFamily("smallfirst_suggestions_dropped",
+                                      "Suggestions cut as junk before they were shown, by reason (run, repeat, heading).",
+                                      labels=["reason"])
+        for reason in JUNK_REASONS:
+            dropped.add_metric([reason], autocomplete.dropped.get(reason, 0) if autocomplete is not None else 0)
+        yield dropped
+        yield CounterMetricFamily("smallfirst_suggestions_copied",
+                                  "Suggestions copied from a document passage, with no model step.",
+                                  value=autocomplete.copies if autocomplete is not None else 0)
         chunks = CounterMetricFamily("smallfirst_ingest_chunks", "Chunks written or deleted by ingest jobs.", labels=["result"])
         for result in ("written", "deleted"):
             chunks.add_metric([result], totals.get(f"chunks_{result}", 0))

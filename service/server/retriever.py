@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-GROUNDING_TOP_K = 3
+GROUNDING_TOP_K = 8  # the best is the grounding passage; all of them are copied from (autocomplete/copying.py)
 STORE_OPEN_ATTEMPTS = 6  # a Qdrant server: 1 + 2 + 4 + 8 + 8 s of backoff before giving up
 EMBED_STEP = 16  # texts embedded per scheduler step in bulk (a keystroke waits at most one step)
 
