@@ -41,7 +41,7 @@ run: install
 	$(BIN)/smallfirst serve
 
 test: install
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: install  # the tests not marked slow: no model, no server or subprocess; seconds, while editing
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -4,13 +4,15 @@ limit of 16 applies, the behaviour before admission control), in one run.
 
 1. Ingests docs/ and starts `smallfirst serve` (no large tier: an answer over budget gets busy).
 2. Capacity: one asker back to back for 20 s; capacity = 1 / its median end-to-end time.
-3. `smallfirst loadtest` with asks arriving at 4x capacity and typists at 0.3 sessions/s for 40 s.
+3. `smallfirst loadtest` with asks arriving at 4x capacity (or at `--rate`) and typists at 0.05
+   sessions/s for 40 s.
 4. The same against a service without the budget.
 Prints the figures last, in one plain line, with the ratios.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -57,11 +59,15 @@ def describe(name: str, capacity: float, s: dict) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="Asks per second (default: 4x the capacity measured in the run); fixed, to compare builds.")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         env = bench_env(tmp / "data")
         ingest(ROOT / "docs", env)
-        capacity, budget = overloaded(env, tmp, "budget", None)
+        capacity, budget = overloaded(env, tmp, "budget", args.rate)
         print(describe("budget", capacity, budget), flush=True)
         _, unbounded = overloaded({**env, "SMALLFIRST_ANSWER_WAIT_BUDGET_S": "1000000"}, tmp, "no-budget",
                                   budget["asks_per_s"])

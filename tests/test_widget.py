@@ -130,6 +130,17 @@ class Page:
         return ""
 
 
+async def open_page(ws: Any, server: Server, script: str, ready: str, what: str) -> Page:
+    """The demo page in the browser tab behind ``ws``, with ``script`` run before its own, once
+    the expression ``ready`` holds."""
+    page = Page(ws)
+    await page.call("Page.enable")
+    await page.call("Page.addScriptToEvaluateOnNewDocument", source=script)
+    await page.call("Page.navigate", url=server.http + "/")
+    await until(lambda: page.js(ready), 20, what)
+    return page
+
+
 @pytest.fixture
 def browser_page(server: Server):
     if BROWSER is None:
@@ -161,12 +172,9 @@ def browser_page(server: Server):
 def test_the_widget_suggests_accepts_dismisses_and_never_paints_stale_text(server: Server, browser_page: str) -> None:
     async def scenario() -> dict[str, Any]:
         async with websockets.connect(browser_page, max_size=None) as ws:
-            page = Page(ws)
-            await page.call("Page.enable")
-            await page.call("Page.addScriptToEvaluateOnNewDocument", source=PROBE)
-            await page.call("Page.navigate", url=server.http + "/")
-            await until(lambda: page.js("(document.getElementById('status')?.textContent ?? '').includes('connected')"),
-                        20, "the widget is connected")
+            page = await open_page(ws, server, PROBE,
+                                   "(document.getElementById('status')?.textContent ?? '').includes('connected')",
+                                   "the widget is connected")
             await page.js("document.getElementById('editor').focus()")
             out: dict[str, Any] = {}
             await page.type("The lighthouse museum opens at", 0.12)
@@ -279,11 +287,7 @@ def test_the_route_line_says_in_plain_words_where_each_answer_came_from(server: 
 
     async def scenario() -> dict[str, Any]:
         async with websockets.connect(browser_page, max_size=None) as ws:
-            page = Page(ws)
-            await page.call("Page.enable")
-            await page.call("Page.addScriptToEvaluateOnNewDocument", source=ROUTE_HARNESS)
-            await page.call("Page.navigate", url=server.http + "/")
-            await until(lambda: page.js("typeof window.__route === 'function'"), 20, "the page is loaded")
+            page = await open_page(ws, server, ROUTE_HARNESS, "typeof window.__route === 'function'", "the page is loaded")
 
             async def route(question: str, options: dict[str, Any], script: Any = None) -> dict[str, Any]:
                 return await page.js(f"window.__route({json.dumps(question)}, {json.dumps(options)}, "
