@@ -1,13 +1,13 @@
-"""Answer quality and trust on both QA sets: `smallfirst eval` against a real service and a stand-in large tier.
+"""Answer quality and trust on every QA set: `smallfirst eval` against a real service and a stand-in large tier.
 
-    python bench/eval_bench.py [--sets docs,pydoc] [--store-cache DIR] [--out FILE]
+    python bench/eval_bench.py [--sets docs,pydoc,...] [--store-cache DIR] [--out FILE]
 
-For each set: ingest its corpus into a store (kept in ``--store-cache`` between runs, with the
-copied pydoc corpus beside it, so ingest is incremental), start `smallfirst serve` with greedy answers and the stand-in large tier
-(`python -m llama_cpp.server` on the bundled model), run `smallfirst eval --json`, and print
-the summary. Corpora: ``docs/`` for bench/qa/docs.jsonl; Debian's python3.11-doc tutorial,
-howto and five library pages for bench/qa/pydoc.jsonl (`apt-get install python3.11-doc`).
-Prints the headline figures last, in one plain line.
+For each set (bench/qa_sets.py names them, their corpora and whether each is dev or test):
+ingest its corpus into a store (kept in ``--store-cache`` between runs, with the copied corpus
+beside it, so ingest is incremental), start `smallfirst serve` with greedy answers and the
+stand-in large tier (`python -m llama_cpp.server` on the bundled model), run `smallfirst eval
+--json`, and print one table per corpus with its split beside it. Figures to report come from
+the test sets; the dev sets are for tuning. Prints the headline figures last, in one plain line.
 """
 
 from __future__ import annotations
@@ -23,30 +23,21 @@ from pathlib import Path
 from typing import Iterator
 
 from harness import BIN, ROOT, bench_env, free_port, ingest, running, service
+from qa_sets import SETS as QA_SETS, copy_corpus
 
-PYDOC = Path("/usr/share/doc/python3.11/html")
-PYDOC_LIBRARY = ("json", "pathlib", "itertools", "functools", "collections")
-SETS = {"docs": ROOT / "bench" / "qa" / "docs.jsonl", "pydoc": ROOT / "bench" / "qa" / "pydoc.jsonl"}
+SETS = {name: qa_set.questions for name, qa_set in QA_SETS.items()}
+FIRST_SETS = ("docs", "pydoc")  # the sets the older benches compare on
 
 
 def pydoc_corpus(dest: Path) -> Path:
     """The python3.11-doc pages the pydoc QA set is about, copied under ``dest``."""
-    import shutil
-
-    if not PYDOC.is_dir():
-        raise SystemExit(f"{PYDOC} is missing: apt-get install python3.11-doc")
-    for part in ("tutorial", "howto"):
-        shutil.copytree(PYDOC / part, dest / part, dirs_exist_ok=True)
-    (dest / "library").mkdir(parents=True, exist_ok=True)
-    for name in PYDOC_LIBRARY:
-        shutil.copy2(PYDOC / "library" / f"{name}.html", dest / "library" / f"{name}.html")
-    return dest
+    return copy_corpus(QA_SETS["pydoc"], dest)
 
 
 def set_corpus(name: str, cache: Path) -> Path:
-    """A QA set's corpus. The copied pydoc pages live beside the cached stores: a new path each run
-    would be a new document root to ingest, and the store would fill with copies of every chunk."""
-    return ROOT / "docs" if name == "docs" else pydoc_corpus(cache / "corpora" / "pydoc")
+    """A QA set's corpus. Copied pages live beside the cached stores: a new path each run would be
+    a new document root to ingest, and the store would fill with copies of every chunk."""
+    return ROOT / "docs" if name == "docs" else copy_corpus(QA_SETS[name], cache / "corpora" / name)
 
 
 def store_cache_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -57,12 +48,12 @@ def store_cache_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def qa_corpora(store_cache: Path | None) -> Iterator[list[tuple[str, Path, Path]]]:
-    """Each QA set's name, corpus and store folder, under ``store_cache`` or, without one, a
+def qa_corpora(store_cache: Path | None, names: tuple[str, ...] = FIRST_SETS) -> Iterator[list[tuple[str, Path, Path]]]:
+    """Each named QA set's name, corpus and store folder, under ``store_cache`` or, without one, a
     temporary folder removed when the block ends."""
     with tempfile.TemporaryDirectory() as tmp:
         cache = store_cache or Path(tmp)
-        yield [(name, set_corpus(name, cache), cache / name) for name in SETS]
+        yield [(name, set_corpus(name, cache), cache / name) for name in names]
 
 
 def large_tier() -> tuple[list[str], str]:
@@ -76,9 +67,10 @@ def large_tier() -> tuple[list[str], str]:
     return command, f"http://127.0.0.1:{port}/v1"
 
 
-def evaluate(name: str, corpus: Path, store: Path, large_url: str) -> dict:
-    env = bench_env(store, SMALLFIRST_LARGE_URL=large_url, SMALLFIRST_LARGE_MODEL="stand-in-large",
-                    SMALLFIRST_LARGE_MAX_TOKENS="80", SMALLFIRST_ANSWER_TEMPERATURE="0")
+def evaluate(name: str, corpus: Path, store: Path, large_url: str | None, extra_env: dict[str, str] | None = None) -> dict:
+    large = {"SMALLFIRST_LARGE_URL": large_url, "SMALLFIRST_LARGE_MODEL": "stand-in-large",
+             "SMALLFIRST_LARGE_MAX_TOKENS": "80"} if large_url else {}
+    env = bench_env(store, SMALLFIRST_ANSWER_TEMPERATURE="0", **large, **(extra_env or {}))
     ingest(corpus, env)
     with service(env, timeout_s=300) as port:
         result = subprocess.run(
@@ -88,32 +80,57 @@ def evaluate(name: str, corpus: Path, store: Path, large_url: str) -> dict:
     return json.loads(result.stdout)
 
 
+HEADLINE = ("grounded_small_first", "grounded_small_accuracy", "small_accuracy", "check_precision", "check_recall", "check_false_alarms",
+            "ungrounded_hard_escalated", "source_hit_rate", "sources_ms_p50", "first_token_ms_p50_small")
+
+
+def report(name: str, result: dict) -> str:
+    """One corpus's table: the headline figures, the operating point and the curve; returns its plain line."""
+    s = result["summary"]
+    split = QA_SETS[name].split
+    print(f"== {name} ({split}): {s['questions']} questions")
+    for key in HEADLINE + ("small_accuracy_by_shape", "picked", "escalations"):
+        print(f"{key:>28}: {s.get(key)}")
+    point = s["operating_point"]
+    print(f"{'operating point':>28}: coverage {point['coverage']} precision {point['precision']}")
+    curve = result.get("curve") or []
+    for p in curve[::max(1, len(curve) // 8)]:
+        print(f"{'':>28}  threshold {p['threshold']:.3f} coverage {p['coverage']:.3f} precision {p['precision']:.3f}")
+    return (f"{name}[{split}]: small_right={s['grounded_small_accuracy']} supported_right={point['precision']} "
+            f"coverage={point['coverage']} escalated_offtopic_hard={s['ungrounded_hard_escalated']} "
+            f"small_first={s['grounded_small_first']} sources_p50_ms={s['sources_ms_p50']} "
+            f"ttft_small_p50_ms={s['first_token_ms_p50_small']}")
+
+
 def main() -> int:
     parser = store_cache_parser(__doc__)
-    parser.add_argument("--sets", default="docs,pydoc")
+    parser.add_argument("--sets", default=",".join(QA_SETS), help="Comma-separated QA sets (default: all).")
     parser.add_argument("--out", type=Path, default=None, help="Write every outcome as JSON here.")
+    parser.add_argument("--no-large", action="store_true",
+                        help="Run without a large tier: the small tier's answers and the check's figures are the same, "
+                             "and escalations are not waited for.")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="A setting for the service, e.g. SMALLFIRST_ANSWER_PICK=false (repeatable).")
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
     names = [n for n in args.sets.split(",") if n]
+    unknown = [n for n in names if n not in QA_SETS]
+    if unknown:
+        parser.error(f"unknown sets {unknown}; known: {', '.join(QA_SETS)}")
     results: dict[str, dict] = {}
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.store_cache or Path(tmp) / "stores"
         command, large_url = large_tier()
-        with running(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, f"{large_url}/models", "the large tier", 120):
+        stand_in = contextlib.nullcontext() if args.no_large else \
+            running(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, f"{large_url}/models", "the large tier", 120)
+        with stand_in:
             for name in names:
-                results[name] = evaluate(name, set_corpus(name, cache), cache / name, large_url)
+                results[name] = evaluate(name, set_corpus(name, cache), cache / name, None if args.no_large else large_url, extra_env)
                 if args.out:
                     args.out.write_text(json.dumps(results, indent=1))
-                print(f"== {name}")
-                for key, value in results[name]["summary"].items():
-                    print(f"{key:>28}: {value}", flush=True)
-    line = []
-    for name, result in results.items():
-        s = result["summary"]
-        line.append(f"{name}: grounded_small_first={s.get('grounded_small_first')} small_accuracy={s.get('small_accuracy')} "
-                    f"check_precision={s.get('check_precision')} check_recall={s.get('check_recall')} "
-                    f"false_alarms={s.get('check_false_alarms')} sources_p50_ms={s.get('sources_ms_p50')} "
-                    f"ttft_small_p50_ms={s.get('first_token_ms_p50_small')}")
-    print(" | ".join(line))
+                lines.append(report(name, results[name]))
+    print(" | ".join(lines))
     return 0
 
 

@@ -83,6 +83,8 @@ class Settings:
     answer_temperature: float = _opt(0.0, "Sampling temperature for answers (0: greedy, the same answer every time).")
     evidence_windows: int = _opt(3, "Evidence sentences (each with its label and neighbours) in the small tier's answer prompt.")
     answer_name_choice: bool = _opt(True, "For a question that asks for a name (\"Which method ...?\"), the small tier answers with the name its two best evidence sentences give that the small model scores likeliest, instead of writing a sentence.")
+    answer_pick: bool = _opt(True, "The small tier picks its answer from the evidence for every shape of question (a value, a count, yes or no, a description, as well as a name): the span of its best sentences the small model scores likeliest, cited, instead of a sentence it writes; where no span fits, it writes.")
+    answer_learned_check: bool = _opt(True, "Choose the picked answer, and mark it supported, by the learned pick model (retrieval/data/pick_model.json: each candidate span's probability of being right, from features of the span, its sentence and the retrieval; supported at the threshold chosen on the dev QA sets); false: the small model's likeliest span, checked by the rules.")
     complete_max_tokens: int = _opt(16, "Default and upper bound of max_tokens for autocomplete.")
     # Routing and the large tier
     grounding_threshold: float | None = _opt(None, "Top retrieval score below which an answer escalates (low_grounding); unset: calibrated on each collection at start and after each ingest job.")

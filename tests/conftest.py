@@ -99,7 +99,10 @@ class Server:
 
     def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.env = {"SMALLFIRST_DATA_DIR": str(data_dir), "SMALLFIRST_PORT": str(self.port), **(extra_env or {})}
+        # Answers are written, token by token, unless a test asks for picked ones: the tests of streaming,
+        # cancellation, routing and the rest need an answer that streams (tests/test_trust.py picks).
+        self.env = {"SMALLFIRST_DATA_DIR": str(data_dir), "SMALLFIRST_PORT": str(self.port),
+                    "SMALLFIRST_ANSWER_PICK": "false", **(extra_env or {})}
         self.log = data_dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -31,6 +31,8 @@ from tests.test_service import recv
 pytestmark = pytest.mark.slow
 
 DEPOTS = 24
+# The adapter teaches the small model to write its answers the teacher's way; picked answers would not show it.
+WRITTEN = {"SMALLFIRST_ANSWER_PICK": "false"}
 HELD_OUT = 12  # questions never sent to the teacher: the service's answers to them are compared
 
 
@@ -105,7 +107,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     log = root / "teacher.jsonl"
     answers = {f.question: f.teacher for f in facts}
     with TeacherServer(lambda question, _: answers.get(question, UNKNOWN)) as teacher:
-        base = Server(root / "data", {"SMALLFIRST_LARGE_URL": teacher.url, "SMALLFIRST_LARGE_MODEL": "teacher",
+        base = Server(root / "data", {**WRITTEN, "SMALLFIRST_LARGE_URL": teacher.url, "SMALLFIRST_LARGE_MODEL": "teacher",
                                       "SMALLFIRST_DISTILL_LOG": str(log)}).start()
         try:
             for fact in trained:
@@ -121,7 +123,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     out = root / "adapter"
     distill = smallfirst("distill", "--log", str(log), "--out", str(out), "--epochs", "2", "--learning-rate", "1e-3",
                          "--eval", str(qa), "--no-progress", env=env, timeout=900)
-    tuned = Server(root / "data", {"SMALLFIRST_ADAPTER_PATH": str(out)})
+    tuned = Server(root / "data", {**WRITTEN, "SMALLFIRST_ADAPTER_PATH": str(out)})
     if distill.returncode == 0:
         tuned.start()
     try:

@@ -130,29 +130,29 @@ SCHEDULING = """Scheduling › Two cores
 On a machine with two cores, the model and the embedder compete for the same cores.
 A waiting answer step is passed over by at most two keystroke steps in a row, then runs (a keystroke may then wait for one answer step, 15 to 35 milliseconds).
 
-Install › First run
+Lamp › First warm-up
 
-The first install builds llama.cpp from source and takes about six and a half minutes on two cores.
+The first lamp warm-up heats the mantle from cold and takes about six and a half minutes on two cores.
 """
 
 
 def test_a_value_said_of_another_subject_is_not_supported() -> None:
-    """"The first install takes 15 to 35 milliseconds": the value stands in the sources, but in a
-    sentence about keystrokes, and nothing there is about a first install."""
-    question = "How long does the first install take on two cores?"
-    texts = SCHEDULING.split("Install ›")
-    texts[1] = "Install ›" + texts[1]
-    found = evidence_for(question, texts[0])  # the install section was not retrieved
-    verdict = check_answer(question, "The first install takes 15 to 35 milliseconds.", found.ranked, [texts[0]])
+    """"The first lamp warm-up takes 15 to 35 milliseconds": the value stands in the sources, but in a
+    sentence about keystrokes, and nothing there is about a lamp warm-up."""
+    question = "How long does the first lamp warm-up take on two cores?"
+    texts = SCHEDULING.split("Lamp ›")
+    texts[1] = "Lamp ›" + texts[1]
+    found = evidence_for(question, texts[0])  # the lamp section was not retrieved
+    verdict = check_answer(question, "The first lamp warm-up takes 15 to 35 milliseconds.", found.ranked, [texts[0]])
     assert not verdict.supported
     found = evidence_for(question, *texts)
-    right = "The first install takes about six and a half minutes [2]."
+    right = "The first lamp warm-up takes about six and a half minutes [2]."
     assert check_answer(question, right, found.ranked, texts).supported
     # The words that say what kind of thing answers it do not count as its subject.
-    question = "Which file formats can smallfirst ingest?"
-    source = "Ingest › Formats\nMarkdown, HTML and plain text are read; anything else is skipped."
+    question = "Which file formats can the inkwell editor import?"
+    source = "Import › Formats\nOrg, CSV and plain text are read; anything else is skipped."
     found = evidence_for(question, source)
-    assert check_answer(question, "The files it reads are Markdown, HTML and plain text.", found.ranked, [source]).supported
+    assert check_answer(question, "The files it reads are Org, CSV and plain text.", found.ranked, [source]).supported
 
 
 def test_a_refusal_is_not_an_answer() -> None:
@@ -181,10 +181,10 @@ def test_evidence_with_the_embedder_token_vectors(embedder) -> None:
     assert found.best[0] is not None and "The default is 8." in found.best[0].text
 
 
-ITERATORS = """Iterators › The iterator protocol
+ITERATORS = """Spools › The spool protocol
 
-An iterator object must define __next__(), which returns the next element of the stream and raises
-StopIteration when there are no more. The built-in next() calls it. Calling iter() on a container returns an iterator.
+A spool object must define __pull__(), which returns the next frame of the reel and raises
+ReelEmpty when there are no more. The built-in next() calls it. Calling spool() on a reel returns a spool.
 
 Startup › Interactive startup file
 
@@ -194,17 +194,17 @@ The prompts are set by sys.ps1 and sys.ps2 in that file.
 
 
 @pytest.mark.parametrize(("question", "kind"), [
-    ("Which method must an iterator define to return its next element?", "method"),
+    ("Which method must a spool define to return its next frame?", "method"),
     ("What exception does mkdir raise when the folder exists?", "exception"),
-    ("Which itertools function produces running totals?", "function"),
+    ("Which ledger function produces daily balances?", "function"),
     ("Which environment variable names the startup file?", "variable"),
     ("What data type gives fast appends at both ends?", "type"),
-    ("Which HTTP header does a browser use to identify itself?", "header"),
-    ("What kind of tool is Argument Clinic?", None),
+    ("Which HTTP header does a weather buoy use to report its battery level?", "header"),
+    ("What kind of tool is Tide Clerk?", None),
     ("What kind of error does int('x') raise?", "error"),
     ("Which file formats can be ingested?", None),
     ("Which standard library module measures small code snippets?", "module"),
-    ("What type of tool is Argument Clinic?", None),
+    ("What type of tool is Tide Clerk?", None),
     ("What type of error does int('x') raise?", "error"),
     ("What command-line option silences pip?", "option"),
     ("What is the default port?", None),
@@ -220,11 +220,11 @@ def test_questions_that_ask_for_a_name_are_recognised(question: str, kind: str |
 
 
 def test_an_answer_that_names_nothing_new_to_a_which_name_question_is_not_supported() -> None:
-    question = "Which method must an iterator define to return its next element?"
+    question = "Which method must a spool define to return its next frame?"
     found = evidence_for(question, ITERATORS)
-    assert check_answer(question, "It must define __next__() [1].", found.ranked, [ITERATORS]).supported
-    for answer in ("The next() method of the iterator object [1].",  # next() is in the sources, but the question named it
-                   "The iterator must define a method that returns the next element of the stream [1]."):
+    assert check_answer(question, "It must define __pull__() [1].", found.ranked, [ITERATORS]).supported
+    for answer in ("The next() method of the spool object [1].",  # next() is in the sources, but the question named it
+                   "The spool must define a method that returns the next frame of the reel [1]."):
         verdict = check_answer(question, answer, found.ranked, [ITERATORS])
         assert not verdict.supported, answer
         assert "asks for the name of a method" in verdict.unsupported[0]["why"]
@@ -241,13 +241,13 @@ def test_an_environment_variable_question_wants_a_capitalised_name() -> None:
 
 
 def test_names_given_counts_plain_words_the_answer_calls_a_thing_of_the_asked_kind() -> None:
-    question = "Which module implements heaps on top of regular lists?"
-    sources = "The heapq module implements heaps based on regular lists."
+    question = "Which module implements ring buffers on top of plain arrays?"
+    sources = "The loopq module implements ring buffers based on plain arrays."
     expectation = expected(question)
     assert expectation is not None
-    assert names_given("The heapq module [1].", question, expectation, sources) == ["heapq"]
+    assert names_given("The loopq module [1].", question, expectation, sources) == ["loopq"]
     assert names_given("The module from the tour [1].", question, expectation, sources) == []
-    assert names_given("The lists module.", question, expectation, sources) == []  # a word of the question
+    assert names_given("The arrays module.", question, expectation, sources) == []  # a word of the question
 
 
 def test_an_answer_that_repeats_the_questions_own_names_only_restates_it() -> None:
@@ -272,28 +272,28 @@ def test_a_keyword_argument_names_a_flag_but_not_a_function() -> None:
 
 
 def test_a_qualified_form_of_the_questions_own_name_is_not_new() -> None:
-    question = "Which built-in exception is JSONDecodeError a subclass of?"
-    sources = "exception json.JSONDecodeError(msg, doc, pos): subclass of ValueError with the following attributes."
+    question = "Which built-in exception is TableFormatError a subclass of?"
+    sources = "exception tide.TableFormatError(msg, row, col): subclass of ValueError with the following attributes."
     expectation = expected(question)
     assert expectation is not None
-    assert names_given("json.JSONDecodeError [1].", question, expectation, sources) == []
+    assert names_given("tide.TableFormatError [1].", question, expectation, sources) == []
     assert names_given("ValueError [1].", question, expectation, sources) == ["ValueError"]
-    newsgroup = "Which newsgroup can I post Python questions to?"
+    newsgroup = "Which newsgroup can I post lighthouse questions to?"
     found = expected(newsgroup)
-    assert found is not None and names_given("comp.lang.python [1].", newsgroup, found, "comp.lang.python") == \
-        ["comp.lang.python"]  # a plain word of the question is no name it gave
+    assert found is not None and names_given("rec.boats.lighthouse [1].", newsgroup, found, "rec.boats.lighthouse") == \
+        ["rec.boats.lighthouse"]  # a plain word of the question is no name it gave
 
 
 def test_a_name_must_have_the_shape_of_the_kind_asked_for() -> None:
-    sources = "Decoding weird_json with json.loads() raises json.JSONDecodeError; as_integer_ratio() gives a fraction."
-    exception = "What exception does json.loads raise when the input is not valid JSON?"
+    sources = "Parsing odd_tides with tide.parse() raises tide.TableFormatError; as_integer_ratio() gives a fraction."
+    exception = "What exception does tide.parse raise when the tide table is not well formed?"
     found = expected(exception)
     assert found is not None
-    assert names_given("weird_json [1].", exception, found, sources) == []  # snake_case is no exception class
-    assert names_given("It raises the weird_json exception.", exception, found, sources) == []
-    assert names_given("re.error [1].", exception, found, sources + " re.error") == ["re.error"]
-    assert names_given("json.JSONDecodeError [1].", exception, found, sources) == ["json.JSONDecodeError"]
-    assert names_given("json.JSONDecodeError.msg [1].", exception, found, sources + " msg") == []  # an attribute
+    assert names_given("odd_tides [1].", exception, found, sources) == []  # snake_case is no exception class
+    assert names_given("It raises the odd_tides exception.", exception, found, sources) == []
+    assert names_given("gauge.error [1].", exception, found, sources + " gauge.error") == ["gauge.error"]
+    assert names_given("tide.TableFormatError [1].", exception, found, sources) == ["tide.TableFormatError"]
+    assert names_given("tide.TableFormatError.msg [1].", exception, found, sources + " msg") == []  # an attribute
     standard = "Which floating point standard do almost all platforms use?"
     found = expected(standard)
     assert found is not None and names_given("as_integer_ratio() [1].", standard, found, sources) == []  # a call is no standard
@@ -328,27 +328,27 @@ def test_the_name_given_must_stand_in_the_best_evidence_sentence() -> None:
 def test_a_chosen_plain_word_is_stated_with_the_kind_asked_for() -> None:
     from smallfirst.retrieval.expectation import answer_phrase
 
-    question = "Which module implements heaps on top of regular lists?"
-    sources = "The heapq module implements heaps based on regular lists."
+    question = "Which module implements ring buffers on top of plain arrays?"
+    sources = "The loopq module implements ring buffers based on plain arrays."
     expectation = expected(question)
     assert expectation is not None
-    assert answer_phrase("heapq", expectation) == "heapq module"
+    assert answer_phrase("loopq", expectation) == "loopq module"
     assert answer_phrase("read_gauge()", expectation) == "read_gauge()"
     found = evidence_for(question, sources)
-    assert not check_answer(question, "heapq [1].", found.ranked, [sources]).supported  # a bare word names nothing
-    assert check_answer(question, "heapq module [1].", found.ranked, [sources]).supported
+    assert not check_answer(question, "loopq [1].", found.ranked, [sources]).supported  # a bare word names nothing
+    assert check_answer(question, "loopq module [1].", found.ranked, [sources]).supported
 
 
 def test_the_sentence_giving_the_name_must_be_about_what_the_question_asks() -> None:
-    question = "Which socket type constant is used for a streaming TCP socket?"
-    off_topic = "The address family is given as AF_INET."
+    question = "Which lamp type constant is used for a flashing fog beacon?"
+    off_topic = "The lens colour is given as LENS_RED."
     found = evidence_for(question, off_topic)
-    verdict = check_answer(question, "AF_INET [1].", found.ranked, [off_topic])  # the best sentence, but not about it
+    verdict = check_answer(question, "LENS_RED [1].", found.ranked, [off_topic])  # the best sentence, but not about it
     assert not verdict.supported
     assert verdict.unsupported[0]["why"] == "the sentence giving the name is not about what the question asks"
-    on_topic = "A streaming TCP socket is made with SOCK_STREAM."
+    on_topic = "A flashing fog beacon is lit with LAMP_FLASH."
     found = evidence_for(question, on_topic)
-    assert check_answer(question, "SOCK_STREAM [1].", found.ranked, [on_topic]).supported
+    assert check_answer(question, "LAMP_FLASH [1].", found.ranked, [on_topic]).supported
 
 
 def test_a_name_that_is_the_whole_answer_needs_no_other_window() -> None:
@@ -415,40 +415,43 @@ def test_a_name_must_stand_in_the_sentence_as_a_word_of_its_own() -> None:
 
 
 @pytest.mark.parametrize(("question", "answer"), [
-    ("Which file name is conventionally used to store the output of pip freeze?", "The filename is the name of the file."),
-    ("Which embedding model does smallfirst use?", "The small first model."),
+    ("Which file name is conventionally used to store the lighthouse's nightly tide log?",
+     "The filename is the name of the file."),
+    ("Which tide almanac does the lightkeeper use?", "The light keeper almanac."),
 ])
 def test_a_question_word_spelt_as_one_word_or_two_is_no_new_word(question: str, answer: str) -> None:
-    sources = "Files\n\nThe filename is kept; smallfirst uses a small first model for the name of the file."
+    sources = "Logbook\n\nThe filename is kept; the lightkeeper uses a light keeper almanac for the name of the file."
     found = evidence_for(question, sources)
     verdict = check_answer(question, answer, found.ranked, [sources])
     assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer only restates the question"
 
 
 def test_an_answer_caught_in_a_loop_is_not_supported() -> None:
-    question = "What does the DSU sorting idiom stand for?"
-    sources = "Sorting\n\nThis idiom is called Decorate-Sort-Undecorate after its three steps."
+    question = "What does the TWB knotting idiom stand for?"
+    sources = "Knotting\n\nThis idiom is called Tuck-Wrap-Bind after its three steps."
     found = evidence_for(question, sources)
-    assert check_answer(question, "It is called Decorate-Sort-Undecorate [1].", found.ranked, [sources]).supported
-    looping = "It is called Decorate-Sort-Undecorate. This idiom is the first step.\nThis idiom is the first step."
+    assert check_answer(question, "It is called Tuck-Wrap-Bind [1].", found.ranked, [sources]).supported
+    looping = "It is called Tuck-Wrap-Bind. This idiom is the first step.\nThis idiom is the first step."
     verdict = check_answer(question, looping, found.ranked, [sources])
     assert not verdict.supported and verdict.unsupported[0]["why"] == "the answer repeats itself"
 
 
 def test_a_value_beside_its_subject_in_a_less_matching_window_is_supported() -> None:
-    question = "What is the default port of the service?"
-    sources = ("Origins\n\nBy default only the service's own origin may connect: the exact scheme, host and port of the page.\n\n"
-               "Settings\n\nThe service listens on 127.0.0.1 and 8000 by default.")
+    question = "What is the default channel of the harbour radio?"
+    sources = ("Callers\n\nBy default only the harbour radio's own crews may call: "
+               "the exact boat, call sign and channel of the crew.\n\n"
+               "Settings\n\nThe harbour radio listens on band B and 16 by default.")
     found = evidence_for(question, sources)
-    assert "8000" not in found.ranked[0].text  # the best window holds more of the question's terms, but no value
-    assert check_answer(question, "8000 by default [1].", found.ranked, [sources]).supported
+    assert "16" not in found.ranked[0].text  # the best window holds more of the question's terms, but no value
+    assert check_answer(question, "16 by default [1].", found.ranked, [sources]).supported
 
 
 def test_a_name_of_several_capitalised_words_is_one_name() -> None:
-    question = "What library implements input line editing in the interactive interpreter?"
-    sources = "Interactive editing\n\nThis is implemented using the GNU Readline library, which supports styles of editing."
+    question = "What library implements star chart rendering in the planetarium console?"
+    sources = ("Planetarium console\n\nChart rendering is implemented using the Orion Sky library, "
+               "which supports styles of rendering.")
     expectation = expected(question)
     assert expectation is not None
-    assert names_given(sources, question, expectation, sources) == ["GNU Readline"]  # not "GNU" and "readline" apart
+    assert names_given(sources, question, expectation, sources) == ["Orion Sky"]  # not "Orion" and "sky" apart
     found = evidence_for(question, sources)
-    assert check_answer(question, "GNU Readline library [1].", found.ranked, [sources]).supported
+    assert check_answer(question, "Orion Sky library [1].", found.ranked, [sources]).supported

@@ -11,8 +11,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from smallfirst.retrieval.answer_check import PICK_MODEL_FILE as PICK_MODEL
 from smallfirst.retrieval.support import numbers
-from tests.conftest import Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
+from tests.conftest import FIXTURE_DOCS, Server, serve_fixture_corpus, smallfirst, stand_in_large_tier
 from tests.test_escalation import ask, kinds
 from tests.test_service import of
 
@@ -28,6 +29,9 @@ def corpus_server(tmp_path_factory: pytest.TempPathFactory, name: str, env: dict
     return serve_fixture_corpus(tmp_path_factory.mktemp(name), env, extra=(FERRY, STATION))
 
 
+WRITTEN = {"SMALLFIRST_ANSWER_PICK": "false"}  # the small model writes its answers, and the rules check them
+
+
 @pytest.fixture(scope="module")
 def large_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with stand_in_large_tier(tmp_path_factory.mktemp("trust-large") / "large.log") as port:
@@ -38,6 +42,7 @@ def large_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def with_large(tmp_path_factory: pytest.TempPathFactory, large_url: str) -> Iterator[Server]:
     srv = corpus_server(tmp_path_factory, "trust-large-tier", {
         "SMALLFIRST_LARGE_URL": large_url, "SMALLFIRST_LARGE_MODEL": "stand-in-large", "SMALLFIRST_LARGE_MAX_TOKENS": "24",
+        **WRITTEN,
     })
     yield srv
     srv.stop()
@@ -45,7 +50,15 @@ def with_large(tmp_path_factory: pytest.TempPathFactory, large_url: str) -> Iter
 
 @pytest.fixture(scope="module")
 def without_large(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = corpus_server(tmp_path_factory, "trust-no-large-tier", {})
+    srv = corpus_server(tmp_path_factory, "trust-no-large-tier", WRITTEN)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def picking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service as it ships: answers picked from the evidence, chosen and checked by the pick model."""
+    srv = corpus_server(tmp_path_factory, "trust-picking", {"SMALLFIRST_ANSWER_PICK": "true"})
     yield srv
     srv.stop()
 
@@ -158,3 +171,26 @@ def test_eval_reports_the_check(with_large: Server, tmp_path: Path) -> None:
     assert summary["check_recall"] == 1.0 and summary["check_false_alarms"] == 0.0 and summary["revised"] == 1
     table = smallfirst("eval", str(qa), "--url", with_large.ws, env={"SMALLFIRST_DATA_DIR": with_large.env["SMALLFIRST_DATA_DIR"]})
     assert table.returncode == 0 and "check_precision" in table.stdout and "check_recall" in table.stdout
+
+
+@pytest.mark.parametrize(("question", "shape", "span"), [
+    ("At what time does the earliest Sunday ferry set off?", "value", "08:15"),
+    ("Which function gives the rainfall collected since midnight?", "name", "read_gauge()"),
+    ("What does wind_speed() report?", "description", "mean wind speed of the last ten minutes"),
+])
+def test_answers_of_each_shape_are_picked_from_the_sentence_they_cite(picking: Server, question: str, shape: str,
+                                                                      span: str) -> None:
+    frames = ask(picking, question)
+    done = frames[-1]
+    assert done.get("picked") == shape and span in done["small_answer"], done
+    assert done["small_answer"] == text_of(frames) and done["small_answer"].rstrip().endswith("].")
+    assert 0.0 <= done["confidence"] <= 1.0 and set(done["check_features"]) >= {"lm_score", "span_near_question"}
+    assert done["supported"] is (done["confidence"] >= json.loads(PICK_MODEL.read_text())["threshold"])
+
+
+def test_a_picked_answer_never_states_a_figure_its_sources_do_not_hold(picking: Server) -> None:
+    for question in (INVENTED, "How long is the ferry ride to Gull Island in minutes?", "How many bicycles fit on the lower deck?"):
+        done = ask(picking, question)[-1]
+        assert done.get("picked") in ("value", "count"), done
+        corpus = "\n".join(p.read_text() for p in (*(f for f in FIXTURE_DOCS.rglob("*") if f.is_file()), FERRY, STATION))
+        assert not invented_numbers(done["small_answer"], corpus), done

@@ -8,10 +8,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import numpy as np
+
+from smallfirst.retrieval.answer_check import choose
 from smallfirst.retrieval.context import Context
 from smallfirst.retrieval.evidence import EvidenceSet
 from smallfirst.retrieval.expectation import answer_phrase, expected, name_options
-from smallfirst.retrieval.support import check_answer, quote_evidence
+from smallfirst.retrieval.picking import Candidate, candidate_features, candidates, cited
+from smallfirst.retrieval.support import Verdict, check_answer, quote_evidence
 from smallfirst.errors import Busy, SmallfirstError, UpstreamTimeout
 from smallfirst.settings import Settings
 from smallfirst.service.autocomplete.engine import Typist
@@ -189,6 +193,8 @@ class Grounding:
 
     context: Context
     evidence: EvidenceSet
+    vector: np.ndarray  # the question's embedding
+    hit_scores: tuple[float, ...]  # the search scores of the hits, best first
 
 
 async def answer(components: Components, msg: Ask, send: Send, req: Request) -> str:
@@ -237,7 +243,7 @@ async def _answer(components: Components, msg: Ask, send: Send, req: Request, sm
     await send({"type": "sources", "id": msg.id, "sources": [
         source_entry(h, ev) for h, ev in zip(context.sources, evidence.best)]})
     req.timings["sources"] = _ms(time.perf_counter() - req.received)
-    grounding = Grounding(context, evidence)
+    grounding = Grounding(context, evidence, vector, tuple(float(h.score) for h in hits))
     try:
         if route.tier == "large":
             finish = await _answer_large(components, msg, send, req, grounding, route)
@@ -330,11 +336,23 @@ async def _answer_small(
     save_at = () if sourced.passages else (len(prompt),)
     offset = len(req.text)
     reservation, req.reservation = req.reservation, None
+    shape, shape_probability = _shape(components, msg.question, grounding.vector)
     expectation = expected(msg.question) if settings.answer_name_choice and not continuing else None
-    options = name_options(msg.question, expectation, evidence.ranked, "\n".join(h.text for h in evidence.hits)) \
-        if expectation is not None else []
+    sources_text = "\n".join(h.text for h in evidence.hits)
+    spans: list[Candidate] = []
+    if settings.answer_pick and not continuing and shape is not None and (shape != "name" or settings.answer_name_choice):
+        spans = candidates(shape, msg.question, evidence.ranked, sources_text)
+    options = name_options(msg.question, expectation, evidence.ranked, sources_text) \
+        if expectation is not None and not spans else []
+    picked: Verdict | None = None
     try:
-        if options:  # the question asks for a name: pick it among those the evidence gives
+        if spans:  # picked from the evidence: the candidate the pick model finds likeliest right
+            scores = await components.answer_model.option_scores(
+                prompt, [c.text for c in spans], stats=stats, reservation=reservation, save_at=save_at,
+                passages=sourced.passages)
+            text, picked = _pick(components, msg, grounding, spans, scores, shape_probability, req)
+            await req.pump(send, _fixed_text(text, stats))
+        elif options:  # the question asks for a name: pick it among those the evidence gives
             best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
                                                         reservation=reservation, save_at=save_at,
                                                         passages=sourced.passages)
@@ -356,8 +374,10 @@ async def _answer_small(
         raise
     finish = stats.finish
     small_answer = req.text[offset:]
-    verdict = check_answer(msg.question, small_answer, evidence.ranked, [h.text for h in evidence.hits])
+    verdict = picked if picked is not None else check_answer(msg.question, small_answer, evidence.ranked, [h.text for h in evidence.hits])
     req.extra.update({**verdict.as_dict(), "small_answer": small_answer})
+    if picked is not None:
+        req.extra["picked"] = shape
     components.stats.checks["supported" if verdict.supported else "unsupported"] += 1
     grounded = route.tier == "small" and route.reason is None  # routed to the small tier, or forced there
     if verdict.supported or not grounded or continuing or finish == "cancelled":
@@ -372,6 +392,34 @@ async def _answer_small(
     number = verdict.evidence.source + 1 if verdict.evidence is not None else None
     await req.pump(send, _fixed_text(quote_evidence(verdict.evidence, number), req.segment("small")))
     return "stop"
+
+
+def _shape(components: Components, question: str, vector: np.ndarray) -> tuple[str | None, float]:
+    """The shape of answer the question asks for and its probability; None without the shape model."""
+    if components.shapes is None:
+        return None, 0.0
+    return components.shapes.shape(vector, question)
+
+
+def _pick(components: Components, msg: Ask, grounding: Grounding, spans: list[Candidate], scores: list[float],
+          shape_probability: float, req: Request) -> tuple[str, Verdict]:
+    """The answer chosen among the candidate spans (see :func:`~smallfirst.retrieval.answer_check.choose`)
+    and its verdict; its features and confidence go to the ``done`` frame."""
+    ranked = grounding.evidence.ranked
+    sources = [h.text for h in grounding.evidence.hits]
+    rules = [check_answer(msg.question, cited(c), ranked, sources).supported for c in spans]
+    features = candidate_features(spans, scores, msg.question, ranked, grounding.hit_scores, shape_probability, rules)
+    pick = choose(components.pick_model, features, scores, rules)
+    chosen = spans[pick.index]
+    answer = cited(chosen)
+    req.extra["check_features"] = {k: round(v, 4) for k, v in features[pick.index].items()}
+    if pick.confidence is not None:
+        req.extra["confidence"] = round(pick.confidence, 4)
+    if pick.supported:
+        return answer, Verdict(True, [], chosen.evidence)
+    why = f"the pick's confidence {pick.confidence:.2f} is below the threshold" if pick.confidence is not None \
+        else "the rules do not pass it"
+    return answer, Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], chosen.evidence)
 
 
 async def complete(components: Components, msg: Complete, send: Send, req: Request, typist: Typist) -> str:

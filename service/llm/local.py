@@ -513,7 +513,17 @@ class LocalBackend:
         self, prompt: str, options: Sequence[str], *, stats: GenerationStats | None = None,
         reservation: Reservation | None = None, save_at: Sequence[int] = (), passages: Sequence[tuple[int, int]] = (),
     ) -> int:
-        """Which of ``options`` the model finds likeliest to continue ``prompt`` (each option's mean
+        """Which of ``options`` the model finds likeliest to continue ``prompt``: the index of the
+        best of :meth:`option_scores`."""
+        scores = await self.option_scores(prompt, options, stats=stats, reservation=reservation, save_at=save_at,
+                                          passages=passages)
+        return max(range(len(options)), key=lambda i: scores[i])
+
+    async def option_scores(
+        self, prompt: str, options: Sequence[str], *, stats: GenerationStats | None = None,
+        reservation: Reservation | None = None, save_at: Sequence[int] = (), passages: Sequence[tuple[int, int]] = (),
+    ) -> list[float]:
+        """How likely the model finds each of ``options`` to continue ``prompt`` (each option's mean
         token log-probability, teacher-forced): an answer picked among what the sources hold
         rather than written freely (see :meth:`_score_options`)."""
         if not options:
@@ -534,4 +544,4 @@ class LocalBackend:
             turn.first_token_s = time.perf_counter() - turn.held_from
             stats.completion_tokens = len(ids[best])
             stats.finish = "stop"
-            return best
+            return scores

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from smallfirst.retrieval.answer_check import PICK_MODEL_FILE, PickModel
 from smallfirst.retrieval.classifier import HardQueryClassifier
+from smallfirst.retrieval.shapes import SHAPE_MODEL_FILE, ShapeModel
 from smallfirst.retrieval.embedder import Embedder
 from smallfirst.service.autocomplete.engine import Autocompleter
 from smallfirst.service.distill.adapter import Adapter, load_adapter
@@ -29,7 +31,8 @@ from smallfirst.settings import Settings
 @dataclass(frozen=True, kw_only=True)
 class Components:
     """The loaded service. Only what the configuration leaves out is None: the adapter, the large
-    tier and the distillation log."""
+    tier and the distillation log; and the question-shape and pick models until their data
+    is fitted (bench/train_answer_models.py), when answers are checked by the rules alone."""
 
     settings: Settings
     model_path: Path
@@ -38,6 +41,8 @@ class Components:
     autocomplete: Autocompleter
     answer_model: LocalBackend
     classifier: HardQueryClassifier
+    shapes: ShapeModel | None
+    pick_model: PickModel | None
     calibrator: Calibrator
     worker: IngestWorker
     adapter: Adapter | None
@@ -86,6 +91,8 @@ class Components:
                 assemble=s.answer_assemble_passages,
             )
             classifier = HardQueryClassifier.load()
+            shapes = ShapeModel.load() if SHAPE_MODEL_FILE.exists() else None
+            pick_model = PickModel.load() if s.answer_learned_check and PICK_MODEL_FILE.exists() else None
             large = _large_tier(s, s.large_url, retriever.count_tokens) if s.large_url else None
             if large is not None:
                 stack.push_async_callback(large.close)
@@ -102,7 +109,7 @@ class Components:
                 stack.callback(remove_service_file, s)
             components = cls(
                 settings=s, model_path=model_path, stats=stats, retriever=retriever, autocomplete=autocomplete,
-                answer_model=answer_model, classifier=classifier, calibrator=calibrator, worker=worker,
+                answer_model=answer_model, classifier=classifier, shapes=shapes, pick_model=pick_model, calibrator=calibrator, worker=worker,
                 adapter=adapter, large=large, distill=distill, _closing=stack.pop_all(),
             )
         calibrator.schedule(s.collection)

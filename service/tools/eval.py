@@ -1,7 +1,14 @@
 """``smallfirst eval QA.jsonl``: tiers, routing, sources, answers, latency and cost, through the WebSocket.
 
 Each line of the QA file: ``{"id", "question", "kind": "grounded"|"ungrounded"|"hard",
-"pages": [expected source file names], "answer_any": [accepted substrings]}``.
+"shape": "value"|"name"|"description"|"yesno"|"count", "pages": [expected source file names],
+"answer_any": [accepted answers]}``. An accepted answer matches as whole words, case and spacing
+aside ("8" is not in "18"); a yes/no question's answer must start with its "yes" or "no".
+
+Besides routing, accuracy, latency and cost, it reports how far the answer check can be trusted:
+the precision-coverage curve of the check's confidence (for each threshold, the share of grounded
+questions whose small answer would be marked supported, and the share of those that are right),
+and the service's own operating point.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import time
@@ -20,17 +28,22 @@ from smallfirst.credentials import client_token
 from smallfirst.settings import SettingsError, add_arguments, from_args
 
 KINDS = ("grounded", "ungrounded", "hard")
+SHAPES = ("value", "name", "description", "yesno", "count")
 
 
 @dataclass
 class Outcome:
     id: str
     kind: str
+    shape: str | None = None
     tier: str = ""
     reason: str | None = None  # why the router escalated before any small-model token
     fallback: str | None = None
     revised: bool = False  # the small answer failed its check and was replaced
     supported: bool | None = None  # the check's verdict on the small tier's answer, when it generated one
+    confidence: float | None = None  # the check's probability that the small answer is supported
+    picked: str | None = None  # the shape of the span the small tier picked from the evidence, if it picked one
+    check_features: dict[str, float] | None = None  # what the check's confidence was computed from
     small_answer: str | None = None
     small_correct: bool | None = None
     flagged: bool = False
@@ -59,6 +72,8 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or row.get("kind") not in KINDS:
             raise ValueError(f"{path}:{number}: needs a string 'question' and 'kind' in {KINDS}")
+        if row.get("shape") is not None and row["shape"] not in SHAPES:
+            raise ValueError(f"{path}:{number}: 'shape' must be one of {SHAPES}")
         row.setdefault("id", f"q{number}")
         row.setdefault("pages", [])
         row.setdefault("answer_any", [])
@@ -68,13 +83,30 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _matches(text: str, accepted: list[str]) -> bool:
-    text = " ".join(text.lower().split())
-    return any(" ".join(a.lower().split()) in text for a in accepted)
+_PLAIN = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
+                        "\u00a0": " "})
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.translate(_PLAIN).lower().split())
+
+
+def _matches(text: str, accepted: list[str], shape: str | None = None) -> bool:
+    """Whether ``text`` gives one of the accepted answers, as whole words."""
+    text = _plain(text)
+    if shape == "yesno":
+        first = re.match(r"\W*(\w+)", text)
+        return first is not None and first.group(1) in {_plain(a) for a in accepted}
+    for answer in (_plain(a) for a in accepted if a.strip()):
+        left = r"(?<!\w)" if answer[0].isalnum() or answer[0] == "_" else ""
+        right = r"(?!\w)" if answer[-1].isalnum() or answer[-1] == "_" else ""
+        if re.search(left + re.escape(answer) + right, text):
+            return True
+    return False
 
 
 async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, float], collection: str | None = None) -> Outcome:
-    out = Outcome(id=str(row["id"]), kind=row["kind"])
+    out = Outcome(id=str(row["id"]), kind=row["kind"], shape=row.get("shape"))
     frame: dict[str, Any] = {"type": "ask", "id": out.id, "question": row["question"]}
     if tier != "auto":
         frame["tier"] = tier
@@ -111,6 +143,9 @@ async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, 
             out.cost_usd = msg["cost_usd"]
             out.supported = msg.get("supported")
             out.small_answer = msg.get("small_answer")
+            out.confidence = msg.get("confidence")
+            out.picked = msg.get("picked")
+            out.check_features = msg.get("check_features")
             out.flagged = bool(msg.get("flagged"))
             usage = msg["usage"]
             out.all_large_cost_usd = (usage["prompt_tokens"] * prices[0] + usage["completion_tokens"] * prices[1]) / 1e6
@@ -119,9 +154,9 @@ async def ask_one(ws: Any, row: dict[str, Any], tier: str, prices: tuple[float, 
     out.answer = "".join(pieces).strip()
     out.source_hit = bool(set(row["pages"]) & set(out.sources))
     accepted = list(row["answer_any"])
-    out.correct = _matches(out.answer, accepted) if accepted and not out.flagged else False
+    out.correct = _matches(out.answer, accepted, out.shape) if accepted and not out.flagged else False
     if out.small_answer is not None:
-        out.small_correct = _matches(out.small_answer, accepted) if accepted else False
+        out.small_correct = _matches(out.small_answer, accepted, out.shape) if accepted else False
     escalated = out.reason is not None
     out.routed_right = escalated if row["kind"] in ("ungrounded", "hard") else not escalated
     return out
@@ -184,6 +219,33 @@ def _p50(values: list[float | None]) -> float | None:
     return round(statistics.median(present), 1) if present else None
 
 
+def trust_curve(outcomes: list[Outcome]) -> list[dict[str, float]]:
+    """For each threshold on the check's confidence (highest first): the share of grounded
+    questions whose small answer reaches it (coverage) and the share of those that are right
+    (precision). A grounded question the router escalated before the small tier answered, or
+    whose small answer has no confidence, is never covered."""
+    grounded = [o for o in outcomes if o.error is None and o.kind == "grounded"]
+    scored = sorted(((o.confidence, bool(o.small_correct)) for o in grounded
+                     if o.confidence is not None and o.reason is None), key=lambda p: -p[0])
+    points: list[dict[str, float]] = []
+    right = 0
+    for i, (confidence, correct) in enumerate(scored, 1):
+        right += correct
+        if i < len(scored) and scored[i][0] == confidence:
+            continue  # a threshold covers every answer at its confidence
+        points.append({"threshold": round(confidence, 4), "coverage": round(i / len(grounded), 3),
+                       "precision": round(right / i, 3)})
+    return points
+
+
+def operating_point(outcomes: list[Outcome]) -> dict[str, float | None]:
+    """The service's own decision: grounded questions whose small answer it marked supported."""
+    grounded = [o for o in outcomes if o.error is None and o.kind == "grounded"]
+    covered = [o for o in grounded if o.reason is None and o.supported]
+    return {"coverage": _share([o in covered for o in grounded]) if grounded else None,
+            "precision": _share([bool(o.small_correct) for o in covered])}
+
+
 def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
     """Routing, accuracy per tier, and how far the support check can be trusted."""
     answered = [o for o in outcomes if o.error is None]
@@ -205,12 +267,17 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         "ungrounded_hard_escalated": _share([o.reason is not None for o in answered if o.kind != "grounded"]),
         "accuracy_by_tier": {t: _share([o.correct for o in answered if o.tier == t and not o.flagged]) for t in ("small", "large")},
         "accuracy_by_kind": {k: _share([o.correct for o in answered if o.kind == k]) for k in KINDS},
+        "small_accuracy_by_shape": {sh: _share([bool(o.small_correct) for o in checked if o.shape == sh])
+                                    for sh in SHAPES if any(o.shape == sh for o in checked)},
+        "picked": sum(1 for o in checked if o.picked),
         "small_generated": len(checked),
+        "grounded_small_accuracy": _share([bool(o.small_correct) for o in grounded if o.reason is None and o.supported is not None]),
         "small_accuracy": _share([bool(o.small_correct) for o in checked]),
         "small_supported_share": _share([bool(o.supported) for o in checked]),
         "check_precision": _share([bool(o.small_correct) for o in supported]),
         "check_recall": _share([not o.supported for o in wrong]),
         "check_false_alarms": _share([not o.supported for o in right]),
+        "operating_point": operating_point(answered),
         "revised": sum(1 for o in answered if o.revised),
         "flagged": sum(1 for o in answered if o.flagged),
         "escalations": {r: sum(1 for o in answered if o.reason == r) for r in sorted({o.reason for o in answered if o.reason})},
@@ -241,6 +308,20 @@ def print_table(outcomes: list[Outcome], summary: dict[str, Any]) -> None:
     print()
     for key, value in summary.items():
         print(f"{key:>20}: {value}")
+    print_curve(trust_curve(outcomes), summary["operating_point"])
+
+
+def print_curve(points: list[dict[str, float]], operating: dict[str, float | None], rows: int = 10) -> None:
+    """The precision-coverage curve, thinned to about ``rows`` thresholds, and the operating point."""
+    if not points:
+        print("no check confidences reported: no precision-coverage curve")
+        return
+    step = max(1, len(points) // rows)
+    shown = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+    print(f"{'threshold':>10} {'coverage':>9} {'precision':>10}")
+    for p in shown:
+        print(f"{p['threshold']:>10.3f} {p['coverage']:>9.3f} {p['precision']:>10.3f}")
+    print(f"{'operating':>10} {operating['coverage'] or 0:>9.3f} {operating['precision'] or 0:>10.3f}")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -268,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     summary = summarise(outcomes)
     if args.json:
-        print(json.dumps({"outcomes": [asdict(o) for o in outcomes], "summary": summary}))
+        print(json.dumps({"outcomes": [asdict(o) for o in outcomes], "summary": summary, "curve": trust_curve(outcomes)}))
     else:
         print_table(outcomes, summary)
     return 0

@@ -1,0 +1,193 @@
+"""Fit the question-shape model and the pick model on the ``dev`` QA sets; the ``test`` sets are never read.
+
+    python bench/pick_data.py --store-cache DIR     # first, when the candidates or their features change
+    python bench/train_answer_models.py             # refit both from what ships
+    python bench/train_answer_models.py --out-dir DIR   # write elsewhere (the test compares)
+
+- **Question shapes** (``retrieval/data/question_shape_model.json``): multinomial logistic
+  regression over each dev question's embedding and its first two words (see
+  ``retrieval/shapes.py``), labelled with the shape its QA line gives.
+- **The pick model** (``retrieval/data/pick_model.json``): logistic regression over the features
+  of every candidate span of every dev question (``retrieval/data/pick_examples.jsonl``, written
+  by ``bench/pick_data.py``: features, label, set name and a question number, no question text),
+  labelled right or wrong by the QA set's accepted answers. The answer is the candidate it finds
+  likeliest; the threshold is the lowest confidence at which those answers, each scored by a
+  model fitted without its own corpus, are right at ``PRECISION`` or better.
+
+Regularisation is chosen by leave-one-corpus-out over the dev sets, so that what is chosen
+carries to a corpus the fit has not seen. Deterministic: the same data gives the same files.
+Prints the figures last, in one plain line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from harness import ROOT
+from qa_sets import SETS, load
+
+sys.path.insert(0, str(ROOT))
+
+from smallfirst.retrieval.answer_check import PICK_MODEL_FILE, PickModel  # noqa: E402
+from smallfirst.retrieval.picking import CANDIDATE_FEATURES  # noqa: E402
+from smallfirst.retrieval.shapes import OPENING_WORDS, SHAPE_MODEL_FILE, SHAPES, ShapeModel, features, opening  # noqa: E402
+
+PICK_EXAMPLES_FILE = ROOT / "retrieval" / "data" / "pick_examples.jsonl"
+PRECISION = 0.8  # on answers scored by a model fitted without their corpus (0.9 there covers under 1% of them)
+C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+MIN_WORD_COUNT = 3  # an opening word needs this many dev questions to become a feature
+DEV = tuple(name for name, s in SETS.items() if s.split == "dev")
+
+
+def _logistic(c: float, multinomial: bool):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs")
+
+
+def _loco_choice(x: np.ndarray, y: np.ndarray, groups: np.ndarray, score) -> tuple[float, dict[float, float]]:
+    """The C with the best mean score over held-out corpora (the smallest C wins a tie)."""
+    results = {}
+    for c in C_GRID:
+        held = []
+        for group in np.unique(groups):
+            train = groups != group
+            if len(np.unique(y[train])) < 2:
+                continue
+            model = _logistic(c, True).fit(x[train], y[train])
+            held.append(score(model, x[~train], y[~train]))
+        results[c] = float(np.mean(held))
+    best = max(results.values())
+    return min(c for c, v in results.items() if v >= best - 1e-9), results
+
+
+def fit_shapes() -> tuple[ShapeModel, dict]:
+    from smallfirst.retrieval.embedder import Embedder
+
+    rows = [(name, row) for name in DEV for row in load(SETS[name]) if row["kind"] == "grounded"]
+    questions = [row["question"] for _, row in rows]
+    embedder = Embedder(cache_size=1)
+    vectors = np.stack([embedder.embed_query(q) for q in questions])
+    vocabularies = []
+    for position in range(OPENING_WORDS):
+        counts: dict[str, int] = {}
+        for q in questions:
+            words = opening(q)
+            if position < len(words):
+                counts[words[position]] = counts.get(words[position], 0) + 1
+        vocabularies.append(sorted(w for w, n in counts.items() if n >= MIN_WORD_COUNT))
+    x = np.stack([features(v, q, vocabularies) for v, q in zip(vectors, questions)])
+    y = np.array([SHAPES.index(row["shape"]) for _, row in rows])
+    groups = np.array([name for name, _ in rows])
+    c, by_c = _loco_choice(x, y, groups, lambda m, xs, ys: float((m.predict(xs) == ys).mean()))
+    model = _logistic(c, True).fit(x, y)
+    weights = np.zeros((len(SHAPES), x.shape[1]))
+    bias = np.zeros(len(SHAPES))
+    for row, label in enumerate(model.classes_):
+        weights[label] = model.coef_[row]
+        bias[label] = model.intercept_[row]
+    absent = [i for i in range(len(SHAPES)) if i not in model.classes_]
+    bias[absent] = -1e3  # a shape no dev question has is never predicted
+    shape_model = ShapeModel(SHAPES, tuple(tuple(v) for v in vocabularies), weights, bias)
+    return shape_model, {"questions": len(rows), "C": c, "held_out_corpus_accuracy": {str(k): round(v, 4) for k, v in by_c.items()}}
+
+
+def _threshold(confidences: np.ndarray, right: np.ndarray) -> float:
+    """The lowest confidence at which the answers at or above it are right at PRECISION or better."""
+    order = np.argsort(-confidences, kind="stable")
+    hits = np.cumsum(right[order])
+    best = None
+    for i in range(len(order)):
+        if i + 1 < len(order) and confidences[order[i + 1]] == confidences[order[i]]:
+            continue
+        if hits[i] / (i + 1) >= PRECISION:
+            best = float(confidences[order[i]])
+    return best if best is not None else 1.0
+
+
+def _picks(probabilities: np.ndarray, questions: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per question: the confidence of its likeliest candidate, and whether that one is right."""
+    confidence, chosen_right = [], []
+    for q in np.unique(questions):
+        members = np.flatnonzero(questions == q)
+        best = members[np.argmax(probabilities[members])]
+        confidence.append(probabilities[best])
+        chosen_right.append(right[best])
+    return np.array(confidence), np.array(chosen_right, dtype=bool)
+
+
+def fit_pick(examples: list[dict]) -> tuple[PickModel, dict]:
+    x = np.array([[e["features"][k] for k in CANDIDATE_FEATURES] for e in examples], dtype=np.float64)
+    y = np.array([int(e["right"]) for e in examples])
+    groups = np.array([e["set"] for e in examples])
+    questions = np.array([f"{e['set']}:{e['question']}" for e in examples])
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = (x - mean) / scale
+
+    def pick_accuracy(model, xs, ys, qs):
+        return float(_picks(model.predict_proba(xs)[:, 1], qs, ys)[1].mean())
+
+    results = {}
+    for c in C_GRID:
+        held = []
+        for group in np.unique(groups):
+            train = groups != group
+            model = _logistic(c, False).fit(z[train], y[train])
+            held.append(pick_accuracy(model, z[~train], y[~train], questions[~train]))
+        results[c] = float(np.mean(held))
+    best_score = max(results.values())
+    c = min(k for k, v in results.items() if v >= best_score - 1e-9)
+    held_out = np.zeros(len(y))
+    for group in np.unique(groups):
+        train = groups != group
+        held_out[~train] = _logistic(c, False).fit(z[train], y[train]).predict_proba(z[~train])[:, 1]
+    confidence, right = _picks(held_out, questions, y)
+    threshold = _threshold(confidence, right)
+    lm = x[:, CANDIDATE_FEATURES.index("lm_score")]
+    _, lm_right = _picks(lm, questions, y)
+    model = _logistic(c, False).fit(z, y)
+    pick = PickModel(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale, threshold)
+    covered = confidence >= threshold
+    meta = {"candidates": len(y), "questions": int(len(confidence)), "C": c,
+            "held_out_corpus_pick_accuracy": {str(k): round(v, 4) for k, v in results.items()},
+            "held_out_pick_right": round(float(right.mean()), 4),
+            "small_model_alone_pick_right": round(float(lm_right.mean()), 4),
+            "held_out_precision": round(float(right[covered].mean()), 4) if covered.any() else None,
+            "held_out_coverage_of_picked": round(float(covered.mean()), 4)}
+    return pick, meta
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, default=None, help="Write the models here instead of retrieval/data.")
+    parser.add_argument("--skip-shapes", action="store_true", help="Refit the pick model only.")
+    args = parser.parse_args()
+    out_dir = args.out_dir or SHAPE_MODEL_FILE.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    line = []
+    if not args.skip_shapes:
+        shape_model, shape_meta = fit_shapes()
+        (out_dir / SHAPE_MODEL_FILE.name).write_bytes(shape_model.to_json(**shape_meta))
+        line.append(f"shapes: questions={shape_meta['questions']} C={shape_meta['C']} "
+                    f"held_out_corpus_accuracy={shape_meta['held_out_corpus_accuracy'][str(shape_meta['C'])]}")
+    if PICK_EXAMPLES_FILE.exists():
+        examples = [json.loads(line_) for line_ in PICK_EXAMPLES_FILE.read_text().splitlines() if line_.strip()]
+        pick, meta = fit_pick(examples)
+        (out_dir / PICK_MODEL_FILE.name).write_bytes(pick.to_json(**meta))
+        line.append(f"pick: candidates={meta['candidates']} questions={meta['questions']} C={meta['C']} "
+                    f"threshold={pick.threshold:.3f} held_out_pick_right={meta['held_out_pick_right']} "
+                    f"small_model_alone={meta['small_model_alone_pick_right']} "
+                    f"held_out_precision={meta['held_out_precision']} held_out_coverage={meta['held_out_coverage_of_picked']}")
+    print(" | ".join(line) or "nothing to fit")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

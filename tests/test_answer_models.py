@@ -1,0 +1,47 @@
+"""The shipped question-shape and pick models: they load, they are the ones the dev data fits, and
+retraining them reproduces the files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smallfirst.retrieval.answer_check import PICK_MODEL_FILE, PickModel
+from smallfirst.retrieval.picking import CANDIDATE_FEATURES
+from smallfirst.retrieval.shapes import SHAPE_MODEL_FILE, SHAPES, ShapeModel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_models_load_with_the_features_the_code_computes() -> None:
+    shapes = ShapeModel.load()
+    assert shapes.classes == SHAPES and shapes.weights.shape[0] == len(SHAPES)
+    pick = PickModel.load()
+    assert len(pick.weights) == len(CANDIDATE_FEATURES) and 0.0 < pick.threshold <= 1.0
+
+
+def test_a_pick_model_fitted_on_other_features_is_refused(tmp_path: Path) -> None:
+    data = json.loads(PICK_MODEL_FILE.read_text())
+    data["features"] = data["features"][:-1]
+    stale = tmp_path / "pick_model.json"
+    stale.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="other features"):
+        PickModel.load(stale)
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_shipped_models(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "bench" / "train_answer_models.py"), "--out-dir", str(tmp_path)],
+                   check=True, capture_output=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert (tmp_path / PICK_MODEL_FILE.name).read_bytes() == PICK_MODEL_FILE.read_bytes()
+    fitted, shipped = (json.loads(p.read_text()) for p in (tmp_path / SHAPE_MODEL_FILE.name, SHAPE_MODEL_FILE))
+    assert fitted["classes"] == shipped["classes"] and fitted["vocabularies"] == shipped["vocabularies"]
+    # The shape model is fitted on the embedder's vectors, which may differ in their last bits across CPUs.
+    assert np.allclose(fitted["weights"], shipped["weights"], atol=1e-3)
+    assert np.allclose(fitted["bias"], shipped["bias"], atol=1e-3)
