@@ -194,7 +194,7 @@ class Grounding:
     context: Context
     evidence: EvidenceSet
     vector: np.ndarray  # the question's embedding
-    hit_scores: tuple[float, ...]  # the search scores of the hits, best first
+    hit_scores: tuple[float, ...]  # the search scores of the sources (the hits the evidence is drawn from), best first
 
 
 async def answer(components: Components, msg: Ask, send: Send, req: Request) -> str:
@@ -243,7 +243,7 @@ async def _answer(components: Components, msg: Ask, send: Send, req: Request, sm
     await send({"type": "sources", "id": msg.id, "sources": [
         source_entry(h, ev) for h, ev in zip(context.sources, evidence.best)]})
     req.timings["sources"] = _ms(time.perf_counter() - req.received)
-    grounding = Grounding(context, evidence, vector, tuple(float(h.score) for h in hits))
+    grounding = Grounding(context, evidence, vector, tuple(float(h.score) for h in context.sources))
     try:
         if route.tier == "large":
             finish = await _answer_large(components, msg, send, req, grounding, route)
