@@ -4,6 +4,7 @@ unsupported one replaced (by a real OpenAI-compatible large tier, or by its evid
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -183,14 +184,21 @@ def test_answers_of_each_shape_are_picked_from_the_sentence_they_cite(picking: S
     frames = ask(picking, question)
     done = frames[-1]
     assert done.get("picked") == shape and span in done["small_answer"], done
-    assert done["small_answer"] == text_of(frames) and done["small_answer"].rstrip().endswith("].")
+    # Shown as it was picked; below the threshold, the evidence follows it, quoted and flagged (no large tier here).
+    assert text_of(frames).startswith(done["small_answer"]) and done["small_answer"].rstrip().endswith("].")
     assert 0.0 <= done["confidence"] <= 1.0 and set(done["check_features"]) >= {"lm_score", "span_near_question"}
     assert done["supported"] is (done["confidence"] >= json.loads(PICK_MODEL.read_text())["threshold"])
 
 
 def test_a_picked_answer_never_states_a_figure_its_sources_do_not_hold(picking: Server) -> None:
+    corpus = "\n".join(p.read_text() for p in (*(f for f in FIXTURE_DOCS.rglob("*") if f.is_file()), FERRY, STATION))
+    picked = 0
     for question in (INVENTED, "How long is the ferry ride to Gull Island in minutes?", "How many bicycles fit on the lower deck?"):
         done = ask(picking, question)[-1]
-        assert done.get("picked") in ("value", "count"), done
-        corpus = "\n".join(p.read_text() for p in (*(f for f in FIXTURE_DOCS.rglob("*") if f.is_file()), FERRY, STATION))
-        assert not invented_numbers(done["small_answer"], corpus), done
+        invented = invented_numbers(re.sub(r"\[\d+\]", "", done.get("small_answer", "")), corpus)  # a citation is no figure
+        if done.get("picked"):
+            picked += 1
+            assert done["picked"] in ("value", "count") and not invented, done
+        else:  # no span of the shape in the best sentences: written, and a made-up figure fails the rules
+            assert not (invented and done.get("supported")), done
+    assert picked >= 1
