@@ -44,7 +44,7 @@ MIN_WORD_COUNT = 3  # an opening word needs this many dev questions to become a 
 DEV = tuple(name for name, s in SETS.items() if s.split == "dev")
 
 
-def _logistic(c: float, multinomial: bool):
+def _logistic(c: float):
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs")
@@ -59,7 +59,7 @@ def _loco_choice(x: np.ndarray, y: np.ndarray, groups: np.ndarray, score) -> tup
             train = groups != group
             if len(np.unique(y[train])) < 2:
                 continue
-            model = _logistic(c, True).fit(x[train], y[train])
+            model = _logistic(c).fit(x[train], y[train])
             held.append(score(model, x[~train], y[~train]))
         results[c] = float(np.mean(held))
     best = max(results.values())
@@ -85,7 +85,7 @@ def fit_shapes() -> tuple[ShapeModel, dict]:
     y = np.array([SHAPES.index(row["shape"]) for _, row in rows])
     groups = np.array([name for name, _ in rows])
     c, by_c = _loco_choice(x, y, groups, lambda m, xs, ys: float((m.predict(xs) == ys).mean()))
-    model = _logistic(c, True).fit(x, y)
+    model = _logistic(c).fit(x, y)
     weights = np.zeros((len(SHAPES), x.shape[1]))
     bias = np.zeros(len(SHAPES))
     for row, label in enumerate(model.classes_):
@@ -139,7 +139,7 @@ def fit_pick(examples: list[dict]) -> tuple[PickModel, dict]:
         held = []
         for group in np.unique(groups):
             train = groups != group
-            model = _logistic(c, False).fit(z[train], y[train])
+            model = _logistic(c).fit(z[train], y[train])
             held.append(pick_accuracy(model, z[~train], y[~train], questions[~train]))
         results[c] = float(np.mean(held))
     best_score = max(results.values())
@@ -147,12 +147,12 @@ def fit_pick(examples: list[dict]) -> tuple[PickModel, dict]:
     held_out = np.zeros(len(y))
     for group in np.unique(groups):
         train = groups != group
-        held_out[~train] = _logistic(c, False).fit(z[train], y[train]).predict_proba(z[~train])[:, 1]
+        held_out[~train] = _logistic(c).fit(z[train], y[train]).predict_proba(z[~train])[:, 1]
     confidence, right = _picks(held_out, questions, y)
     threshold = _threshold(confidence, right)
     lm = x[:, CANDIDATE_FEATURES.index("lm_score")]
     _, lm_right = _picks(lm, questions, y)
-    model = _logistic(c, False).fit(z, y)
+    model = _logistic(c).fit(z, y)
     pick = PickModel(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale, threshold)
     covered = confidence >= threshold
     meta = {"candidates": len(y), "questions": int(len(confidence)), "C": c,
