@@ -16,6 +16,7 @@ from qdrant_client import QdrantClient, models
 
 from smallfirst.errors import RetrievalUnavailable, StoreLocked
 from smallfirst.retrieval.exact_index import ExactIndex
+from smallfirst.retrieval.phrase_index import PhraseIndex, phrase_words
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ class Hit:
 
 
 DUPLICATE_REACH = 8  # a search looks this many times top_k deep at most for distinct chunks
+PHRASE_WORDS = 6  # a Qdrant server matches the last this many words of a phrase (then the last three)
+
+
+@dataclass
+class LocalIndexes:
+    """One collection's in-memory indexes over the embedded store: vectors and phrases."""
+
+    vectors: ExactIndex
+    phrases: PhraseIndex
 
 
 def distinct_hits(hits: Sequence[Hit]) -> list[Hit]:
@@ -149,38 +159,47 @@ class VectorStore:
     """Collection schema, writes, inventory and search over one Qdrant collection.
 
     Over the embedded store (``indexes`` given, shared by every collection of one client), search
-    runs on an :class:`ExactIndex` per collection, built from the store on first use and updated
-    by every write made here; the store itself stays the durable copy."""
+    runs on an :class:`ExactIndex` and phrase look-ups on a :class:`PhraseIndex` per collection,
+    built from the store on first use and updated by every write made here; the store itself stays
+    the durable copy."""
 
     def __init__(self, client: QdrantClient, collection: str, dimension: int,
-                 indexes: dict[str, ExactIndex] | None = None) -> None:
+                 indexes: dict[str, LocalIndexes] | None = None) -> None:
         self.client = client
         self.collection = collection
         self.dimension = dimension
         self._indexes = indexes
 
     @property
-    def _index(self) -> ExactIndex | None:
-        """This collection's exact index (embedded store only), built on first use."""
+    def _local(self) -> LocalIndexes | None:
+        """This collection's in-memory indexes (embedded store only), built on first use."""
         if self._indexes is None:
             return None
-        index = self._indexes.get(self.collection)
-        if index is None:
-            index = self._indexes[self.collection] = self._build_index()
-        return index
+        local = self._indexes.get(self.collection)
+        if local is None:
+            local = self._indexes[self.collection] = self._build_indexes()
+        return local
 
-    def _build_index(self) -> ExactIndex:
-        index = ExactIndex(self.dimension)
+    @property
+    def _index(self) -> ExactIndex | None:
+        """This collection's exact index (embedded store only)."""
+        local = self._local
+        return local.vectors if local is not None else None
+
+    def _build_indexes(self) -> LocalIndexes:
+        local = LocalIndexes(ExactIndex(self.dimension), PhraseIndex())
         if not self.client.collection_exists(self.collection):
-            return index
+            return local
         offset: Any = None
         while True:
             points, offset = self.client.scroll(self.collection, limit=4096, offset=offset, with_vectors=True,
-                                                with_payload=["doc_id", "doc_version"])
-            index.add((str(p.id), str((p.payload or {}).get("doc_id", "")), str((p.payload or {}).get("doc_version", "")),
-                       p.vector) for p in points if isinstance(p.vector, list))
+                                                with_payload=["doc_id", "doc_version", "text"])
+            points = [p for p in points if isinstance(p.vector, list)]
+            local.vectors.add((str(p.id), str((p.payload or {}).get("doc_id", "")),
+                               str((p.payload or {}).get("doc_version", "")), p.vector) for p in points)
+            local.phrases.add((str(p.id), str((p.payload or {}).get("text", ""))) for p in points)
             if offset is None:
-                return index
+                return local
 
     @classmethod
     def open(
@@ -197,7 +216,7 @@ class VectorStore:
         store = cls(client, collection, dimension, indexes=None if url else {})
         try:
             store.ensure_collection()
-            store._index  # noqa: B018 - built now, so the first search is as fast as the rest
+            store._local  # noqa: B018 - built now, so the first search is as fast as the rest
         except Exception as exc:
             client.close()
             if isinstance(exc, RetrievalUnavailable):
@@ -223,6 +242,9 @@ class VectorStore:
                 warnings.simplefilter("ignore", UserWarning)
                 for key in PAYLOAD_KEYS:
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+                self.client.create_payload_index(self.collection, "text", models.TextIndexParams(
+                    type=models.TextIndexType.TEXT, tokenizer=models.TokenizerType.WORD, lowercase=True,
+                    phrase_matching=True))
             return
         info = self.client.get_collection(self.collection)
         vectors = info.config.params.vectors
@@ -240,19 +262,21 @@ class VectorStore:
         if batch:
             with _quiet_local_size():
                 self.client.upsert(self.collection, points=batch, wait=True)
-            index = self._index
-            if index is not None:
-                index.add((p.id, p.doc_id, p.doc_version, p.vector) for p in chunks)
+            local = self._local
+            if local is not None:
+                local.vectors.add((p.id, p.doc_id, p.doc_version, p.vector) for p in chunks)
+                local.phrases.add((p.id, p.text) for p in chunks)
         return len(batch)
 
     def delete_doc(self, doc_id: str, keep_version: str | None = None) -> None:
         """Delete a document's chunks, all of them or every version but ``keep_version``."""
-        index = self._index
-        if index is not None:  # the index knows the ids: no scan of every payload
-            ids = index.doc_points(doc_id, keep_version)
+        local = self._local
+        if local is not None:  # the index knows the ids: no scan of every payload
+            ids = local.vectors.doc_points(doc_id, keep_version)
             if ids:
                 self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
-                index.remove(ids)
+                local.vectors.remove(ids)
+                local.phrases.remove(ids)
             return
         must = [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
         must_not = []
@@ -314,6 +338,31 @@ class VectorStore:
             raise RetrievalUnavailable(f"search failed: {exc}") from exc
         return [Hit.from_point(point) for point in result.points]
 
+    def phrase_hits(self, text: str, limit: int) -> list[Hit]:
+        """Up to ``limit`` distinct chunks that hold the last three words of ``text`` (words as
+        :func:`~smallfirst.retrieval.phrase_index.phrase_words` reads them), those that hold
+        more of the words before first where there are many; score 0."""
+        words = phrase_words(text)
+        if len(words) < 3 or limit <= 0:
+            return []
+        try:
+            local = self._local
+            if local is not None:
+                ids = local.phrases.find(text, limit)
+                records = self.client.retrieve(self.collection, ids=ids, with_payload=True, with_vectors=False) if ids else []
+                by_id = {str(r.id): r for r in records}
+                return distinct_hits([Hit.from_payload(i, 0.0, by_id[i].payload) for i in ids if i in by_id])
+            for n in dict.fromkeys((min(PHRASE_WORDS, len(words)), 3)):  # the longer phrase first
+                phrase = models.Filter(must=[models.FieldCondition(
+                    key="text", match=models.MatchPhrase(phrase=" ".join(words[-n:])))])
+                points, _ = self.client.scroll(self.collection, scroll_filter=phrase, limit=limit,
+                                               with_payload=True, with_vectors=False)
+                if points:
+                    return distinct_hits([Hit.from_payload(str(p.id), 0.0, p.payload) for p in points])
+            return []
+        except Exception as exc:
+            raise RetrievalUnavailable(f"phrase look-up failed: {exc}") from exc
+
     def top_scores(self, vectors: np.ndarray | Sequence[Sequence[float]]) -> list[float]:
         """The best hit's score for each vector (0 when the collection is empty), in one batch."""
         index = self._index
@@ -330,11 +379,6 @@ class VectorStore:
         """The texts of up to ``limit`` chunks (ids are hashes, so the first ones are a fair sample)."""
         points, _ = self.client.scroll(self.collection, limit=limit, with_payload=["text"], with_vectors=False)
         return [str((p.payload or {}).get("text", "")) for p in points]
-
-    def has_doc(self, doc_id: str) -> bool:
-        """Whether any chunk of ``doc_id`` is stored."""
-        flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
-        return int(self.client.count(self.collection, count_filter=flt, exact=True).count) > 0
 
     def source_of(self, doc_id: str) -> tuple[str, str] | None:
         """(file path, ingested folder) of a stored document, from its payload; None when unknown or

@@ -65,10 +65,6 @@ class CpuScheduler:
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def thread_id(self) -> int | None:
-        return self._thread.ident
-
     def _put(self, priority: int, item: Any) -> None:
         with self._ready:
             heapq.heappush(self._heap, (priority, next(self._order), item))

@@ -74,9 +74,33 @@ def test_each_keystroke_evaluates_only_the_new_tokens(engine) -> None:
         new = stats.prompt_tokens - stats.cached_tokens
         # Three more characters are one or two tokens, plus one when the old last token changed
         # (the tokenizer boundary): never the whole prompt again.
-        assert 1 <= new <= 3, (stats.prompt_tokens, stats.cached_tokens)
+        assert new <= 3, (stats.prompt_tokens, stats.cached_tokens)  # none in the word the last one healed
         # Counted in the model: the new prompt tokens, then one per suggested token fed back.
         assert new <= evaluated <= new + stats.completion_tokens + 1
+
+
+def test_a_keystroke_in_the_word_the_last_one_healed_takes_its_first_token_with_no_step(engine) -> None:
+    """Typing on inside a word backs off to the same token boundary as the keystroke before: the
+    slot kept the next-token scores there, so nothing of the prompt is evaluated again, and the
+    suggestion is the one a cold prompt gets."""
+    text = "The weather station on the hill records temperature and wi"
+
+    async def scenario():
+        ac = await engine()
+        typist = ac.typist()
+        await suggest(ac, typist, text[:-1], 6)
+        reused = ac.reused
+        warm = await suggest(ac, typist, text, 6)
+        reused = ac.reused - reused
+        await ac.close()
+        cold_engine = await engine()
+        cold = await suggest(cold_engine, cold_engine.typist(), text, 6)
+        await cold_engine.close()
+        return warm, reused, cold
+    (warm_text, warm_stats, warm_evaluated), reused, (cold_text, cold_stats, cold_evaluated) = asyncio.run(scenario())
+    assert reused == 1 and warm_stats.prompt_tokens == warm_stats.cached_tokens, warm_stats
+    assert warm_text == cold_text and warm_text, (warm_text, cold_text)
+    assert warm_evaluated == cold_evaluated - (cold_stats.prompt_tokens - cold_stats.cached_tokens)
 
 
 def test_a_prefix_longer_than_the_sliding_window_rolls_back_partway(slots, scheduler) -> None:

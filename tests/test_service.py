@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smallfirst.service.llm.local import Tokenizer, bundled_model_path
 from smallfirst.settings import Settings
 from tests.conftest import Server
-from tests.waiting import until
+from tests.waiting import until, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -340,3 +340,37 @@ def test_text_typed_from_an_ingested_document_is_continued_from_it_with_no_model
     assert done["type"] == "done" and done["copied"]["title"] == "Sourdough Bread", done
     assert steps == 0 and done["usage"]["completion_tokens"] == 0
 
+
+BELLS = ("old bell", "watch bell", "fog bell", "harbour clock", "quay horn", "ferry bell")
+OCCASIONS = ("the tide turns", "a ship comes in", "the fog rolls over the quay", "the fishing fleet returns",
+             "the harbour gates close")
+HARBOUR_NOTES = [f"Down at the harbour quay the {bell} rings when {occasion}." for bell in BELLS for occasion in OCCASIONS][:24]
+
+
+def test_text_whose_words_stand_in_a_passage_is_copied_even_where_its_meaning_points_elsewhere(server: Server) -> None:
+    """Search by meaning ranks two dozen notes on the harbour's bells above the bakery page for
+    these harbour words; the bakery page, which holds them as written, is found by its words and
+    copied from."""
+    files = [("files", (f"harbour-{i}.md", f"# Harbour note {i}\n\n{text}\n".encode(), "text/markdown"))
+             for i, text in enumerate(HARBOUR_NOTES)]
+    files.append(("files", ("bakery.md", b"# The corner bakery\n\nThe ovens are lit before dawn and the rye loaves "
+                            b"rest in wicker baskets. When the harbour bell rings at noon the baker closes the shutters "
+                            b"for a long lunch, and opens again at three.\n", "text/markdown")))
+    with server.api() as api:
+        job = api.post("/api/ingest", files=files, data={"collection": "harbour"})
+        assert job.status_code == 202, job.text
+        done = wait_for(lambda: (state := api.get(f"/api/ingest/{job.json()['id']}").json())["state"]
+                        not in ("queued", "running") and state, 300, "the upload is ingested")
+    assert done["state"] == "done", done
+    typed = "Down at the quay, when the harbour bell rings at n"
+
+    async def scenario():
+        async with await connected(server) as ws:
+            before = answer_steps(server, "keystroke")
+            await ws.send(json.dumps({"type": "complete", "id": "c1", "text": typed, "collection": "harbour"}))
+            frames = of(await until_done(ws, "c1"), "c1")
+            return frames, answer_steps(server, "keystroke") - before
+    frames, steps = asyncio.run(scenario())
+    text = "".join(f["text"] for f in frames if f["type"] == "token")
+    assert text == "oon the baker closes the shutters for a long lunch,", frames
+    assert frames[-1]["copied"]["title"] == "The corner bakery" and steps == 0, frames[-1]

@@ -119,3 +119,65 @@ def test_exact_index_reuses_removed_rows_and_grows() -> None:
     assert index.search(vectors[0], 1) == [("q", pytest.approx(1.0, abs=1e-5))]
     assert set(index.doc_points("d0")) == {f"p{i}" for i in range(1, 3000, 2) if i % 7 == 0}
     assert set(index.doc_points("x")) == {"q"} and index.doc_points("x", except_version="v") == []
+
+
+def phrase_chunk(doc: str, text: str, vector: np.ndarray, i: int = 0) -> ChunkPoint:
+    return ChunkPoint(doc_id=doc, doc_version="v1", chunk_index=i, chunk_count=1, title=doc, uri=f"{doc}.md",
+                      text=text, vector=vector.tolist())
+
+
+def test_a_phrase_finds_the_chunks_holding_its_last_words(store: VectorStore) -> None:
+    """Words as written, case and punctuation aside; too few words find nothing."""
+    vectors = unit(np.random.default_rng(5), 3)
+    store.upsert([phrase_chunk("kite", "A delta kite flies best in steady winds.", vectors[0]),
+                  phrase_chunk("boat", "The boat's sail flies, BEST in steady, gusty weather.", vectors[1]),
+                  phrase_chunk("soup", "Simmer the soup for an hour.", vectors[2])])
+    assert sorted(h.doc_id for h in store.phrase_hits("my old kite flies best in", 8)) == ["boat", "kite"]
+    assert [h.doc_id for h in store.phrase_hits("they say: simmer the SOUP", 8)] == ["soup"]
+    assert store.phrase_hits("the soup is cold", 8) == []
+    assert store.phrase_hits("the soup", 8) == []
+
+
+def test_of_many_chunks_holding_a_phrase_those_holding_more_of_it_come_first(store: VectorStore) -> None:
+    vectors = unit(np.random.default_rng(6), 12)
+    store.upsert(phrase_chunk(f"d{i}", f"Note {i}: the lazy brown fox sleeps.", vectors[i]) for i in range(11))
+    store.upsert([phrase_chunk("only", "Only this one says the lazy brown fox jumps.", vectors[11])])
+    assert len(store.phrase_hits("the lazy brown fox", 20)) == 12
+    assert [h.doc_id for h in store.phrase_hits("and only this one says the lazy brown fox", 1)] == ["only"]
+
+
+def test_a_replaced_or_deleted_chunk_is_no_longer_found_by_its_words(store: VectorStore, tmp_path: Path) -> None:
+    vectors = unit(np.random.default_rng(7), 2)
+    store.upsert([phrase_chunk("a", "The red lamp burns all night.", vectors[0])])
+    store.upsert([phrase_chunk("a", "The green lamp burns until dawn.", vectors[0])])  # the same point, new text
+    store.upsert([phrase_chunk("b", "A red lamp burns all night long.", vectors[1])])
+    assert [h.doc_id for h in store.phrase_hits("red lamp burns", 8)] == ["b"]
+    store.upsert([phrase_chunk("c", "Her red lamp burns on.", vectors[1])])
+    store.delete_doc("b")
+    assert [h.doc_id for h in store.phrase_hits("red lamp burns", 1)] == ["c"]  # the deleted one takes no place
+    store.delete_doc("c")
+    assert store.phrase_hits("red lamp burns", 8) == []
+    assert [h.doc_id for h in store.phrase_hits("green lamp burns", 8)] == ["a"]
+
+
+def test_the_phrase_index_is_rebuilt_from_the_store_at_open(tmp_path: Path) -> None:
+    vectors = unit(np.random.default_rng(8), 1)
+    store = VectorStore.open("docs", DIM, path=tmp_path / "qdrant")
+    store.upsert([phrase_chunk("kite", "A delta kite flies best in steady winds.", vectors[0])])
+    store.close()
+    reopened = VectorStore.open("docs", DIM, path=tmp_path / "qdrant")
+    try:
+        assert [h.doc_id for h in reopened.phrase_hits("a delta kite flies", 8)] == ["kite"]
+    finally:
+        reopened.close()
+
+
+def test_the_phrase_index_forgets_replaced_text_and_stays_bounded() -> None:
+    from smallfirst.retrieval.phrase_index import PhraseIndex
+
+    index = PhraseIndex()
+    for round_ in range(50):  # one chunk rewritten fifty times, looked up after each
+        index.add([("p", f"version {round_} of the harbour notes"), ("q", "the harbour notes stay")])
+        assert index.find("of the harbour notes", 1) == ["p"] and index.find(f"version {round_} of", 8) == ["p"]
+    assert len(index) == 2 and len(index._points) <= 4  # forgotten chunks are dropped once they are the majority
+    assert index.find("version 3 of", 8) == []

@@ -76,6 +76,7 @@ class Autocompleter:
         self.dropped: Counter[str] = Counter()  # suggestions cut as junk, by reason (see junk.py)
         self.steps = 0  # model steps that evaluated at least one row
         self.evaluated = 0  # tokens those steps evaluated
+        self.reused = 0  # suggestions whose first token came from the scores a slot kept, with no step
 
     @classmethod
     async def load(cls, scheduler: CpuScheduler, model_path: Path, n_slots: int, slot_ctx: int, threads: int,
@@ -84,11 +85,6 @@ class Autocompleter:
         runner = await scheduler.run(
             Priority.CONTROL, lambda: SlotRunner(SlotContext(model_path, n_slots, slot_ctx, threads, lora_path=lora_path)))
         return cls(runner, n_slots, scheduler, search, **options)
-
-    async def unload(self) -> None:
-        """Close, then free the model on the scheduler thread."""
-        await self.close()
-        await self._scheduler.run(Priority.CONTROL, self._runner.ctx.close)
 
     # Typists ---------------------------------------------------------------------------
 
@@ -184,7 +180,7 @@ class Autocompleter:
         if query is None:
             return
         try:
-            await self.grounder.hits(query, collection)
+            await self.grounder.lookup(query, collection)
         except SmallfirstError as exc:
             log.warning("autocomplete lookup failed: %s", exc.message)
             return
@@ -200,7 +196,7 @@ class Autocompleter:
         if self.grounder is not None:
             seen = set()
             for query in reversed(typist.queries):  # the newest lookup's hits first
-                for hit in self.grounder.cached(query):
+                for hit in self.grounder.cached(query).passages():
                     if hit.id not in seen:
                         seen.add(hit.id)
                         sources.append((hit.text, {"doc_id": hit.doc_id, "title": hit.title,
@@ -321,6 +317,11 @@ class Autocompleter:
                 job.stats.prompt_tokens, job.stats.cached_tokens = len(prepared.tokens), prepared.position
             job.prompt, job.position, job.epoch, job.pending = prepared.tokens, prepared.position, prepared.epoch, None
             job.heal = prepared.heal
+            if prepared.first is not None and not job.standby and not (job.finished or job.cancelled):
+                self.reused += 1
+                job.first_step_at = job.first_step_at or time.perf_counter()
+                job.stats.queue_ms = (job.first_step_at - job.started) * 1000
+                self._sampled(job, prepared.first)
         finally:
             job.busy = False
             self._kick()
@@ -369,6 +370,10 @@ class Autocompleter:
             return
         if not row.sample:
             return
+        self._sampled(job, outcome)
+
+    def _sampled(self, job: Job, outcome: RowResult) -> None:
+        """A suggestion's next token: the end, or text to deliver (past what healing took off)."""
         if outcome.end:
             job.pending = None
             job.stats.finish = "stop"

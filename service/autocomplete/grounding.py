@@ -48,37 +48,50 @@ def grounding_query(text: str) -> str | None:
     return " ".join(words)
 
 
-Search = Callable[[str, str | None], Awaitable[Sequence[Hit]]]
+@dataclass(frozen=True)
+class Lookup:
+    """What one look-up of the typed words found: the passages nearest their meaning (best
+    first), and passages that hold their last words as written (for copying from)."""
+
+    hits: Sequence[Hit] = ()
+    phrases: Sequence[Hit] = ()
+
+    def passages(self) -> list[Hit]:
+        """Every passage found, those holding the words first."""
+        return [*self.phrases, *self.hits]
+
+
+Search = Callable[[str, str | None], Awaitable[Lookup]]
 
 
 class Grounder:
-    """Query → hits, cached (LRU); picks the passage for a typist."""
+    """Query → look-up, cached (LRU); picks the passage for a typist."""
 
     def __init__(self, search: Search, min_score: float, cache_size: int = 1024) -> None:
         self._search = search
         self._min_score = min_score
-        self._cache: OrderedDict[tuple[str | None, str], Sequence[Hit]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str | None, str], Lookup] = OrderedDict()
         self._cache_size = cache_size
 
-    async def hits(self, query: str, collection: str | None, cached: bool = True) -> Sequence[Hit]:
+    async def lookup(self, query: str, collection: str | None, cached: bool = True) -> Lookup:
         key = (collection, query)
         if cached and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        hits = await self._search(query, collection)
-        self._cache[key] = hits
+        found = await self._search(query, collection)
+        self._cache[key] = found
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return hits
+        return found
 
-    def cached(self, query: tuple[str | None, str] | None) -> Sequence[Hit]:
-        """The hits last found for ``query`` (collection, words), if still cached; no search."""
-        return self._cache.get(query, ()) if query is not None else ()
+    def cached(self, query: tuple[str | None, str] | None) -> Lookup:
+        """What was last found for ``query`` (collection, words), if still cached; no search."""
+        return self._cache.get(query, Lookup()) if query is not None else Lookup()
 
     async def pick(self, query: str, collection: str | None, current: Grounding | None, cached: bool = True) -> Hit | None:
         """A new passage for ``query``, or None to keep ``current`` (while it still ranks near the
         top, or when nothing scores high enough)."""
-        hits = [h for h in await self.hits(query, collection, cached) if h.score >= self._min_score]
+        hits = [h for h in (await self.lookup(query, collection, cached)).hits if h.score >= self._min_score]
         if not hits:
             return None
         if current is not None:

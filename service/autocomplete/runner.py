@@ -30,20 +30,21 @@ class PrepareRequest:
 
 
 @dataclass(frozen=True)
-class Prepared:
-    tokens: tuple[int, ...]
-    position: int  # how many of them the slot's KV cache holds already
-    epoch: int  # the slot's preparation this job's rows must match
-    heal: bytes = b""  # the typed text's end, taken off the prompt: the suggestion must start with it
-
-
-@dataclass(frozen=True)
 class RowResult:
     key: int
     applied: bool  # False: the slot no longer held what the row was planned on; nothing ran
     token: int | None = None  # the sampled token (rows that asked for one)
     piece: bytes = b""  # its text
     end: bool = False  # the sampled token ends the text
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tokens: tuple[int, ...]
+    position: int  # how many of them the slot's KV cache holds already
+    epoch: int  # the slot's preparation this job's rows must match
+    heal: bytes = b""  # the typed text's end, taken off the prompt: the suggestion must start with it
+    first: RowResult | None = None  # the slot held the whole prompt and its next-token scores: the first token, with no step
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,10 @@ class SlotRunner:
             ctx.clear(request.slot)
             position = 0
         self._epochs[request.slot] += 1
-        return Prepared(tuple(tokens), position, self._epochs[request.slot], heal)
+        first = None
+        if position == len(tokens):  # a keystroke in the word the last one healed: same prompt, same scores
+            first = self._result(-1, ctx.sample_kept(request.slot, ctx.prefixes.allowed(heal) if heal else None))
+        return Prepared(tuple(tokens), position, self._epochs[request.slot], heal, first)
 
     def _back_off(self, body: list[int], first: int) -> tuple[list[int], bytes]:
         """Token healing: the typed text's last token may be unfinished (a lone space, whose word
@@ -104,7 +108,8 @@ class SlotRunner:
         ctx = self.ctx
         live = [row for row in rows if self._epochs[row.slot] == row.epoch and len(ctx.tokens[row.slot]) == row.start]
         sampled = ctx.decode([Row(row.slot, list(row.tokens), row.sample,
-                                  ctx.prefixes.allowed(row.heal) if row.sample and row.heal else None)
+                                  ctx.prefixes.allowed(row.heal) if row.sample and row.heal else None,
+                                  keep=row.sample and not row.decoding)
                               for row in live]) if live else []
         results = {row.key: self._result(row.key, token) for row, token in zip(live, sampled)}
         took_ms = (time.perf_counter() - began) * 1000

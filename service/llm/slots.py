@@ -29,12 +29,14 @@ HEALING_CACHE = 256  # allowed-token sets kept for recent healed texts
 @dataclass
 class Row:
     """Tokens to append to one slot in a step; ``sample`` asks for the next token after them,
-    chosen among ``allowed`` token ids when given (token healing)."""
+    chosen among ``allowed`` token ids when given (token healing); ``keep``: the slot keeps the
+    next-token scores after them, so that a later prompt ending there needs no step."""
 
     slot: int
     tokens: list[int]
     sample: bool
     allowed: np.ndarray | None = None
+    keep: bool = False
 
 
 class PrefixIndex:
@@ -114,6 +116,8 @@ class SlotContext:
         self.slot_ctx = slot_ctx
         self.batch_tokens = batch_tokens
         self.tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        # Per slot: the next-token scores after its first ``n`` tokens, (n, scores), while it still holds them.
+        self._kept: list[tuple[int, np.ndarray] | None] = [None] * n_slots
         self.evaluated = 0  # tokens run through the model, all slots together
         # End-of-text and control tokens have no text here, so healing never picks them.
         self.prefixes = PrefixIndex([b"" if lib.llama_vocab_is_eog(self._vocab, t) else self.piece(t)
@@ -172,12 +176,31 @@ class SlotContext:
                 self.clear(slot)  # the cache cannot roll back partway (a sliding window): start over
                 return
             del self.tokens[slot][keep:]
+            kept = self._kept[slot]
+            if kept is not None and kept[0] > keep:
+                self._kept[slot] = None
+
+    def kept_scores(self, slot: int, target: Sequence[int]) -> bool:
+        """Whether ``slot`` holds all of ``target`` and kept the next-token scores after it."""
+        kept = self._kept[slot]
+        return (kept is not None and kept[0] == len(target) and len(self.tokens[slot]) >= len(target)
+                and common_prefix(self.tokens[slot], target) == len(target))
+
+    def sample_kept(self, slot: int, allowed: np.ndarray | None) -> int:
+        """The greedy next token from the scores ``slot`` kept (see :meth:`kept_scores`), with no step."""
+        self._owner.check("sample_kept")
+        kept = self._kept[slot]
+        assert kept is not None
+        return _greedy(kept[1], allowed)
 
     def adopt(self, slot: int, target: Sequence[int], candidates: Sequence[int] = ()) -> int:
         """Make ``slot`` hold the longest prefix of ``target`` it (or, copied over, one of
         ``candidates``) already has, always leaving the last target token to evaluate.
         Returns how many target tokens are now in the slot's KV cache."""
         self._owner.check("adopt")
+        if self.kept_scores(slot, target):  # the prompt's next-token scores are at hand: nothing to evaluate
+            self.truncate(slot, len(target))
+            return len(target)
         limit = len(target) - 1
         own = min(common_prefix(self.tokens[slot], target), limit)
         best, source = own, slot
@@ -194,12 +217,14 @@ class SlotContext:
         self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
         self._lib.llama_memory_seq_cp(self._memory, source, slot, 0, best)
         self.tokens[slot] = list(self.tokens[source][:best])
+        self._kept[slot] = None
         return best
 
     def clear(self, slot: int) -> None:
         self._owner.check("clear")
         self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
         self.tokens[slot] = []
+        self._kept[slot] = None
 
     # The step ------------------------------------------------------------------------------
 
@@ -236,18 +261,23 @@ class SlotContext:
         for row in rows:
             self.tokens[row.slot].extend(row.tokens)
         sampled: list[int | None] = []
-        for index in outputs:
+        for row, index in zip(rows, outputs):
             if index is None:
                 sampled.append(None)
                 continue
             logits = lib.llama_get_logits_ith(self._context.ctx, index)
             values = np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-            allowed = rows[len(sampled)].allowed
-            if allowed is not None and len(allowed):
-                sampled.append(int(allowed[int(values[allowed].argmax())]))
-            else:
-                sampled.append(int(values.argmax()))
+            if row.keep:
+                self._kept[row.slot] = (len(self.tokens[row.slot]), values.copy())
+            sampled.append(_greedy(values, row.allowed))
         return sampled
+
+
+def _greedy(scores: np.ndarray, allowed: np.ndarray | None) -> int:
+    """The best-scoring token, among ``allowed`` when given and not empty."""
+    if allowed is not None and len(allowed):
+        return int(allowed[int(scores[allowed].argmax())])
+    return int(scores.argmax())
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -77,7 +77,7 @@ class Components:
             retriever = Retriever(s, scheduler, store_thread, embedder, tokenizer, store)
             autocomplete = await Autocompleter.load(
                 scheduler, model_path, s.complete_slots, s.complete_ctx, threads,
-                retriever.grounding_hits if s.complete_grounding else None,
+                retriever.grounding_lookup if s.complete_grounding else None,
                 context_tokens=s.complete_context_tokens, min_score=s.min_score, prefix_reuse=s.complete_prefix_reuse,
                 copying=s.complete_copy,
                 lora_path=answer_lora if s.complete_adapter else None,

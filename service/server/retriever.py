@@ -19,6 +19,7 @@ from smallfirst.retrieval.embedder import Embedder
 from smallfirst.retrieval.evidence import EvidenceSet, find_evidence
 from smallfirst.retrieval.expectation import names_first
 from smallfirst.retrieval.store import Hit, VectorStore
+from smallfirst.service.autocomplete.grounding import Lookup
 from smallfirst.service.llm.local import Tokenizer
 from smallfirst.service.scheduler import CpuScheduler, Priority
 from smallfirst.settings import Settings
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GROUNDING_TOP_K = 8  # the best is the grounding passage; all of them are copied from (autocomplete/copying.py)
+PHRASE_HITS = 8  # passages holding the last words typed, copied from too
 STORE_OPEN_ATTEMPTS = 6  # a Qdrant server: 1 + 2 + 4 + 8 + 8 s of backoff before giving up
 EMBED_STEP = 16  # texts embedded per scheduler step in bulk (a keystroke waits at most one step)
 
@@ -123,6 +125,17 @@ class Retriever:
         except Exception as exc:
             raise RetrievalUnavailable(f"search failed: {exc}") from exc
 
-    async def grounding_hits(self, query: str, collection: str | None) -> list[Hit]:
-        """Passages for autocomplete grounding (embedding at answer priority: never ahead of a keystroke)."""
-        return await self.search(await self.embed_query(query), GROUNDING_TOP_K, collection)
+    async def grounding_lookup(self, query: str, collection: str | None) -> Lookup:
+        """Passages for autocomplete: those nearest the typed words (the best grounds the model;
+        embedding at answer priority, never ahead of a keystroke) and those holding their last
+        words (copied from), in one store call."""
+        vector = await self.embed_query(query)
+        store = await self.collection(collection)
+        try:
+            hits, phrases = await self.in_store_thread(
+                lambda: (store.search(vector, GROUNDING_TOP_K), store.phrase_hits(query, PHRASE_HITS)))
+        except RetrievalUnavailable:
+            raise
+        except Exception as exc:
+            raise RetrievalUnavailable(f"search failed: {exc}") from exc
+        return Lookup(hits, phrases)
