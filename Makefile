@@ -1,5 +1,6 @@
 # smallfirst: `make run` sets everything up, ingests the sample docs and serves http://127.0.0.1:8000;
-# `make test` runs the whole suite on the real components; `make test-fast` only the pure tests.
+# `make test` type-checks the package and runs the whole suite on the real components;
+# `make test-fast` only the pure tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ LLAMA_WHEELS := $(HOME)/.cache/smallfirst/wheels/llama-cpp-python-$(LLAMA_VERSIO
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test test-fast bench image clean llama-wheel
+.PHONY: install run test test-fast typecheck bench image clean llama-wheel
 
 install: $(STAMP)
 
@@ -40,8 +41,11 @@ run: install
 	$(BIN)/smallfirst ingest docs
 	$(BIN)/smallfirst serve
 
-test: install
+test: install typecheck
 	$(BIN)/python -m pytest -ra --durations=15
+
+typecheck: install  # mypy --strict over the installed namespace (configured in pyproject.toml)
+	$(BIN)/python -m mypy
 
 test-fast: install  # the tests not marked slow: no model, no server or subprocess; seconds, while editing
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -50,7 +54,7 @@ bench: install
 	@set -e; found=0; for script in bench/*.py; do [ -f "$$script" ] || continue; found=1; $(BIN)/python "$$script"; done; \
 	[ $$found = 1 ] || echo "no bench scripts yet"
 
-image:  # the Docker image compose.yaml runs (see README, "Run with Docker Compose")
+image:  # the Docker image compose.yaml runs (see docs/deployment.md)
 	docker build -t smallfirst:0.1.0 .
 
 clean:

@@ -34,8 +34,7 @@ def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     sources' ``texts``, the small tier's ``prompt`` (int8 query vector, top_k chunks, context assembly,
     evidence windows), and the ``accepted`` answers."""
     from smallfirst.retrieval.context import assemble_context
-    from smallfirst.retrieval.evidence import find_evidence
-    from smallfirst.retrieval.expectation import names_first
+    from smallfirst.retrieval.answer_evidence import answer_evidence
     from smallfirst.service.llm.prompts import evidence_passage_prompt
 
     settings, embedder, store, count = ingested_store(corpus, data_dir)
@@ -45,7 +44,7 @@ def questions(name: str, corpus: Path, data_dir: Path) -> list[dict]:
             continue
         hits = store.search(embedder.embed_query(row["question"]), settings.top_k)
         context = assemble_context(hits, settings.context_tokens, count, settings.min_score)
-        evidence = names_first(row["question"], find_evidence(row["question"], context.sources, embedder.token_vectors))
+        evidence = answer_evidence(row["question"], context.sources, embedder.token_vectors)
         out.append({"question": row["question"], "evidence": evidence, "texts": [h.text for h in context.sources],
                     "prompt": evidence_passage_prompt(evidence, row["question"], settings.evidence_windows),
                     "accepted": row["answer_any"]})
@@ -60,7 +59,8 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[tuple["PassagePromp
 
 async def answers(items: list[tuple["PassagePrompt", list[str]]], cache_bytes: int, passes: int = 1) -> list[list[str]]:
     """Every prompt answered ``passes`` times over, in order (a second pass restores saved states)."""
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.llm.loading import bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS
     from smallfirst.service.scheduler import CpuScheduler, Priority
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 from eval_bench import SETS, qa_corpora, store_cache_parser
-from harness import ROOT, ingested_store
+from harness import ROOT, answer_model, ingested_store
 
 sys.path.insert(0, str(ROOT))
 
@@ -76,8 +76,8 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     """Both prompts of every grounded question, with the evidence way's name options and the time
     its evidence took."""
     from smallfirst.retrieval.context import assemble_context
-    from smallfirst.retrieval.evidence import find_evidence
-    from smallfirst.retrieval.expectation import answer_phrase, expected, name_options, names_first
+    from smallfirst.retrieval.answer_evidence import answer_evidence
+    from smallfirst.retrieval.expectation import answer_phrase, expected, name_options
     from smallfirst.service.llm.prompts import evidence_passage_prompt, passage_prompt
 
     settings, embedder, store, count = ingested_store(corpus, data_dir)
@@ -95,7 +95,7 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
             hits = assemble_context(store.search(vector, settings.top_k), settings.context_tokens, count,
                                     settings.min_score).sources
             started = time.perf_counter()
-            found = names_first(question, find_evidence(question, hits, embedder.token_vectors))
+            found = answer_evidence(question, hits, embedder.token_vectors)
             expectation = expected(question) if settings.answer_name_choice else None
             options = name_options(question, expectation, found.ranked, "\n".join(h.text for h in found.hits)) \
                 if expectation is not None else []
@@ -113,17 +113,14 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
 
 async def answers(items: list[dict]) -> None:
     """Each way's answer and its first-token time, into ``item[way]``."""
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS
-    from smallfirst.service.scheduler import CpuScheduler, Priority
+    from smallfirst.service.scheduler import CpuScheduler
     from smallfirst.settings import Settings
 
     settings = Settings.load({})
     scheduler = CpuScheduler()
     scheduler.start()
-    path, cache = bundled_model_path(), int(settings.answer_kv_cache_mb * 1024 * 1024)
-    models = {way: await LocalBackend.load("small", path, settings.answer_ctx, 0, scheduler, Priority.ANSWER,
-                                           settings.prefill_step_tokens, 16, cache) for way in WAYS}
+    models = {way: await answer_model(scheduler, settings) for way in WAYS}
     try:
         for i, item in enumerate(items):
             for way in (WAYS if i % 2 == 0 else WAYS[::-1]):

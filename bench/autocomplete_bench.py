@@ -35,7 +35,7 @@ from harness import ROOT, bench_env, free_port, ingest, running, service
 
 sys.path.insert(0, str(ROOT))
 
-from smallfirst.service.llm.local import bundled_model_path  # noqa: E402
+from smallfirst.service.llm.loading import bundled_model_path  # noqa: E402
 from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS  # noqa: E402
 from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample  # noqa: E402
 from smallfirst.service.percentiles import percentile  # noqa: E402

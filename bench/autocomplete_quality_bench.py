@@ -45,7 +45,7 @@ from harness import ROOT, bench_env, ingest, service
 sys.path.insert(0, str(ROOT))
 
 from smallfirst.ingest.loaders import load_document  # noqa: E402
-from smallfirst.service.llm.local import bundled_model_path  # noqa: E402
+from smallfirst.service.llm.loading import bundled_model_path  # noqa: E402
 
 PYDOC_TUTORIAL = Path("/usr/share/doc/python3.11/html/tutorial")
 DEBIAN_REFERENCE = Path("/usr/share/doc/debian-reference-en/docs")

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 async def measure(items: list[dict]) -> dict[str, list]:
     from smallfirst.retrieval.expectation import answer_phrase, expected, name_options
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.llm.loading import bundled_model_path
     from smallfirst.service.scheduler import CpuScheduler, Priority
     from smallfirst.service.tools.eval import _matches
 
@@ -40,8 +41,8 @@ async def measure(items: list[dict]) -> dict[str, list]:
     side = await LocalBackend.load("small", path, 2048, 0, scheduler, Priority.ANSWER, 32, 16, 1 << 30)
     single = await LocalBackend.load("small", path, 2048, 0, scheduler, Priority.ANSWER, 32, 16, 1 << 30)
     single._lanes = 1
-    rows = single._option_rows  # ... and one token a step: how options were scored before
-    single._option_rows = lambda batch: [score for row in batch for score in rows([row])]  # type: ignore[method-assign]
+    rows = single._score_rows  # ... and one token a step: how options were scored before
+    single._score_rows = lambda batch: [score for row in batch for score in rows([row])]  # type: ignore[method-assign]
     out: dict[str, list] = {"side_ms": [], "single_ms": [], "same": [], "right_side": [], "right_single": [],
                             "options": []}
     try:

@@ -59,7 +59,7 @@ def qa_corpora(store_cache: Path | None, names: tuple[str, ...] = FIRST_SETS) ->
 def large_tier() -> tuple[list[str], str]:
     """The stand-in large tier's command line and base URL."""
     sys.path.insert(0, str(ROOT))
-    from smallfirst.service.llm.local import bundled_model_path
+    from smallfirst.service.llm.loading import bundled_model_path
 
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--model_alias",

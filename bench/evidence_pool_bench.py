@@ -84,7 +84,8 @@ def prompts(name: str, corpus: Path, data_dir: Path) -> list[dict]:
 
 
 async def first_tokens(items: list[dict]) -> dict[str, list[float]]:
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.llm.loading import bundled_model_path
     from smallfirst.service.scheduler import CpuScheduler, Priority
     from smallfirst.settings import Settings
 

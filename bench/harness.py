@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 
@@ -40,7 +40,7 @@ def ingested_store(corpus: Path, data_dir: Path) -> tuple:
     sys.path.insert(0, str(ROOT))
     from smallfirst.retrieval.embedder import Embedder
     from smallfirst.retrieval.store import VectorStore
-    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
+    from smallfirst.service.llm.loading import Tokenizer, bundled_model_path
     from smallfirst.settings import Settings
 
     ingest(corpus, bench_env(data_dir))
@@ -48,6 +48,18 @@ def ingested_store(corpus: Path, data_dir: Path) -> tuple:
     embedder = Embedder(cache_size=1)
     store = VectorStore.open(settings.collection, embedder.dimension, path=settings.qdrant_path)
     return settings, embedder, store, Tokenizer(bundled_model_path()).count
+
+
+async def answer_model(scheduler: Any, settings: Any) -> Any:
+    """The small answer model loaded as the service loads it (its context, prefill steps and saved
+    prefixes from ``settings``) on ``scheduler``, a started :class:`CpuScheduler`."""
+    sys.path.insert(0, str(ROOT))
+    from smallfirst.service.llm.loading import bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.scheduler import Priority
+
+    return await LocalBackend.load("small", bundled_model_path(), settings.answer_ctx, 0, scheduler, Priority.ANSWER,
+                                   settings.prefill_step_tokens, 16, int(settings.answer_kv_cache_mb * 1024 * 1024))
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ def direct(data_dir: str) -> dict[str, float]:
     from smallfirst.retrieval.embedder import Embedder
     from smallfirst.settings import Settings
     from smallfirst.retrieval.store import VectorStore
-    from smallfirst.service.llm.local import Tokenizer, bundled_model_path
+    from smallfirst.service.llm.loading import Tokenizer, bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt
     from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS
 

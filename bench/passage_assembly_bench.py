@@ -48,6 +48,8 @@ def walk(model: "LocalBackend", tokens: Sequence[int], follow: Sequence[int] | N
     and the model's top token at each step, fed ``follow`` (or its own top tokens)."""
     from llama_cpp import llama_cpp as lib
 
+    from smallfirst.service.llm.option_scoring import next_logprobs
+
     logprobs = model._last_logprobs(tokens)
     first = logprobs.copy()
     tops: list[int] = []
@@ -57,7 +59,7 @@ def walk(model: "LocalBackend", tokens: Sequence[int], follow: Sequence[int] | N
         if lib.llama_vocab_is_eog(model._llama._model.vocab, token):
             break
         model._llama.eval([token])
-        logprobs = model._logprobs()
+        logprobs = next_logprobs(model._llama)
     return first, tops
 
 
@@ -82,7 +84,8 @@ def kl(p_log: Any, q_log: Any) -> float:
 
 
 async def measure(items: list[tuple["PassagePrompt", list[str]]]) -> dict[str, list]:
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.llm.loading import bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS, passage_prompt
     from smallfirst.service.scheduler import CpuScheduler, Priority
     from smallfirst.service.tools.eval import _matches

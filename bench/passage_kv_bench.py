@@ -58,7 +58,8 @@ async def ask(model: "LocalBackend", prompt: "PassagePrompt", passages: bool = T
 
 
 async def measure(items: list["PassagePrompt"], rounds: int) -> dict[str, list]:
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.llm.loading import bundled_model_path
     from smallfirst.service.llm.prompts import passage_prompt
     from smallfirst.service.scheduler import CpuScheduler, Priority
 

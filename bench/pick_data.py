@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from eval_bench import qa_corpora, store_cache_parser
-from harness import ROOT, ingested_store
+from harness import ROOT, answer_model, ingested_store
 from qa_sets import SETS, load
 
 sys.path.insert(0, str(ROOT))
@@ -30,8 +30,7 @@ DEFAULT_OUT = ROOT / "retrieval" / "data" / "pick_examples.jsonl"
 def prepared(name: str, corpus: Path, data_dir: Path) -> list[dict]:
     """Each grounded question's prompt and candidates, with their context for the features."""
     from smallfirst.retrieval.context import assemble_context
-    from smallfirst.retrieval.evidence import find_evidence
-    from smallfirst.retrieval.expectation import names_first
+    from smallfirst.retrieval.answer_evidence import answer_evidence
     from smallfirst.retrieval.picking import candidates, cited
     from smallfirst.retrieval.shapes import ShapeModel
     from smallfirst.retrieval.support import check_answer
@@ -48,7 +47,7 @@ def prepared(name: str, corpus: Path, data_dir: Path) -> list[dict]:
                                     settings.min_score).sources
             if not hits:
                 continue
-            evidence = names_first(question, find_evidence(question, hits, embedder.token_vectors))
+            evidence = answer_evidence(question, hits, embedder.token_vectors)
             shape, probability = shapes.shape(vector, question)
             spans = candidates(shape, question, evidence.ranked, "\n".join(h.text for h in evidence.hits))
             if not spans:
@@ -68,15 +67,12 @@ def prepared(name: str, corpus: Path, data_dir: Path) -> list[dict]:
 
 async def scored(items: list[dict]) -> None:
     """The small model's score of each candidate, into ``item["scores"]``."""
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
-    from smallfirst.service.scheduler import CpuScheduler, Priority
+    from smallfirst.service.scheduler import CpuScheduler
     from smallfirst.settings import Settings
 
-    settings = Settings.load({})
     scheduler = CpuScheduler()
     scheduler.start()
-    model = await LocalBackend.load("small", bundled_model_path(), settings.answer_ctx, 0, scheduler, Priority.ANSWER,
-                                    settings.prefill_step_tokens, 16, int(settings.answer_kv_cache_mb * 1024 * 1024))
+    model = await answer_model(scheduler, Settings.load({}))
     try:
         for i, item in enumerate(items, 1):
             item["scores"] = await model.option_scores(item["prompt"].text, [c.text for c in item["spans"]],

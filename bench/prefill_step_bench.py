@@ -36,7 +36,8 @@ PASSES = 3  # the docs set has 12 grounded questions: each is answered this many
 
 
 async def measure(items: list[tuple["PassagePrompt", list[str]]], sizes: list[int]) -> dict[int, dict[str, list]]:
-    from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+    from smallfirst.service.llm.local import LocalBackend
+    from smallfirst.service.llm.loading import bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS
     from smallfirst.service.scheduler import CpuScheduler, Priority
 

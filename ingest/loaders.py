@@ -151,7 +151,8 @@ def load_pdf(data: bytes, path: Path) -> LoadedDocument:
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoadError("encrypted PDF")
         pages = tuple(" ".join((page.extract_text() or "").split()) for page in reader.pages)
-        title = str((reader.metadata or {}).get("/Title") or "").strip()
+        metadata = reader.metadata
+        title = str((metadata.get("/Title") if metadata is not None else None) or "").strip()
     except LoadError:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:

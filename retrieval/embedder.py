@@ -79,7 +79,7 @@ class TorchEncoder:
         import transformers
         from sentence_transformers import SentenceTransformer
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
         if threads > 0:
             torch.set_num_threads(threads)
@@ -199,7 +199,7 @@ class Embedder:
         if found is not None:
             return found
         key = " ".join(text.split())
-        vector = self.embed_documents([key])[0]
+        vector: np.ndarray = self.embed_documents([key])[0]
         vector.setflags(write=False)
         with self._lock:
             self.cache_misses += 1

@@ -99,7 +99,7 @@ def _export(model_dir: Path, out: Path) -> None:
     except ImportError as exc:
         raise ConfigError(f"making the int8 embedding model needs torch, transformers and onnxruntime: {exc}") from exc
 
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     model = transformers.AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager")
     model.eval()
 
@@ -109,8 +109,9 @@ def _export(model_dir: Path, out: Path) -> None:
             self.inner = inner
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+            hidden: torch.Tensor = out.last_hidden_state
+            return hidden
 
     example = (torch.ones((2, 8), dtype=torch.int64), torch.ones((2, 8), dtype=torch.int64))
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},

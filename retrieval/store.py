@@ -9,7 +9,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence, cast
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -196,7 +196,7 @@ class VectorStore:
                                                 with_payload=["doc_id", "doc_version", "text"])
             points = [p for p in points if isinstance(p.vector, list)]
             local.vectors.add((str(p.id), str((p.payload or {}).get("doc_id", "")),
-                               str((p.payload or {}).get("doc_version", "")), p.vector) for p in points)
+                               str((p.payload or {}).get("doc_version", "")), cast(list[float], p.vector)) for p in points)
             local.phrases.add((str(p.id), str((p.payload or {}).get("text", ""))) for p in points)
             if offset is None:
                 return local
@@ -278,8 +278,8 @@ class VectorStore:
                 local.vectors.remove(ids)
                 local.phrases.remove(ids)
             return
-        must = [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
-        must_not = []
+        must: list[models.Condition] = [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
+        must_not: list[models.Condition] = []
         if keep_version is not None:
             must_not.append(models.FieldCondition(key="doc_version", match=models.MatchValue(value=keep_version)))
         self.client.delete(

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from smallfirst.ingest import cli as ingest_cli
-from smallfirst.service.tools import calibrate
+from smallfirst.service.tools import calibrate_folder
 from smallfirst.service.tools import eval as evaluation
 from smallfirst.service.distill import command as distill_command
 from smallfirst.service.tools.loadtest import cli as loadtest_cli
@@ -27,7 +27,7 @@ def _check_adapter(settings: Settings) -> None:
         from pathlib import Path
 
         from smallfirst.service.distill.adapter import load_adapter
-        from smallfirst.service.llm.local import bundled_model_path
+        from smallfirst.service.llm.loading import bundled_model_path
 
         load_adapter(settings.adapter_path, Path(settings.model_path) if settings.model_path else bundled_model_path())
 
@@ -83,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_cli.configure_parser(ingest_parser)
     ingest_parser.set_defaults(handler=ingest_cli.run)
     calibrate_parser = commands.add_parser("calibrate", help="Calibrate the grounding threshold of a document folder (no labels needed).",
-                                           description="Choose the grounding threshold from labelled questions.")
-    calibrate.configure_parser(calibrate_parser)
-    calibrate_parser.set_defaults(handler=calibrate.run)
+                                           description="Choose the grounding threshold of a document folder from the folder "
+                                                       "alone: pseudo-questions made from its own text against a bank of "
+                                                       "off-topic questions. With --data, also report how labelled "
+                                                       "questions fall on either side.")
+    calibrate_folder.configure_parser(calibrate_parser)
+    calibrate_parser.set_defaults(handler=calibrate_folder.run)
     eval_parser = commands.add_parser("eval", help="Evaluate tiers, routing and answers on a QA file.",
                                       description="Evaluate tiers, routing and answers on a QA file, through the WebSocket.")
     evaluation.configure_parser(eval_parser)

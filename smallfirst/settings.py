@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 ENV_PREFIX = "SMALLFIRST_"
 MIN_TYPED_TOKENS = 64
@@ -278,16 +278,19 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None
             continue
         flag = "--" + f.name.replace("_", "-")
         base, _ = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         shown = ",".join(default) if isinstance(default, tuple) else default
         help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default {shown}]"
         if base is bool:
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(
-                flag, dest=f.name, default=None, metavar=f.name.upper(),
-                type=lambda raw, h=hints[f.name], fl=flag: _parse_flag(h, raw, fl), help=help_text,
-            )
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                type=_flag_parser(hints[f.name], flag), help=help_text)
+
+
+def _flag_parser(hint: Any, flag: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of a settings flag: parses a raw value as the setting's type."""
+    return lambda raw: _parse_flag(hint, raw, flag)
 
 
 def _parse_flag(hint: Any, raw: str, flag: str) -> Any:

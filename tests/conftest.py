@@ -69,7 +69,7 @@ def smallfirst(*args: str, env: dict[str, str], timeout: float = 300) -> subproc
 def stand_in_large_tier(log: Path) -> Iterator[int]:
     """`python -m llama_cpp.server` on the bundled model under another name: a real
     OpenAI-compatible large tier on a free port (yielded once it answers)."""
-    from smallfirst.service.llm.local import bundled_model_path
+    from smallfirst.service.llm.loading import bundled_model_path
 
     port = free_port()
     with open(log, "wb") as out:

@@ -12,7 +12,7 @@ import pytest
 from smallfirst.service.autocomplete.engine import Autocompleter, Typist
 from smallfirst.service.autocomplete.runner import SlotRunner
 from smallfirst.service.llm.base import GenerationStats
-from smallfirst.service.llm.local import bundled_model_path
+from smallfirst.service.llm.loading import bundled_model_path
 from smallfirst.service.llm.slots import Row, SlotContext
 from smallfirst.service.scheduler import Priority
 

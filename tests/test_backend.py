@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from smallfirst.service.llm.base import GenerationStats
-from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+from smallfirst.service.llm.local import LocalBackend
+from smallfirst.service.llm.loading import bundled_model_path
+from smallfirst.service.llm.option_scoring import option_tokens
 from smallfirst.service.scheduler import CpuScheduler, Priority
 from tests.waiting import until
 
@@ -187,10 +189,10 @@ def test_options_are_scored_side_by_side_in_one_step_as_one_at_a_time_would(sche
             tokens, cached, saves, spans = await scheduler.run(Priority.ANSWER, backend._prepare, prompt, 24, (), ())
             await backend._prefill(turn, tokens, cached, saves, spans)
             first = await scheduler.run(Priority.ANSWER, backend._last_logprobs, tokens)
-            ids = await scheduler.run(Priority.ANSWER, backend._option_ids, options)
+            ids = await scheduler.run(Priority.ANSWER, backend._on_context, option_tokens, options)
             calls = []
-            rows = backend._option_rows
-            backend._option_rows = lambda batch: calls.append(len(batch)) or rows(batch)  # type: ignore[method-assign]
+            rows = backend._score_rows
+            backend._score_rows = lambda batch: calls.append(len(batch)) or rows(batch)  # type: ignore[method-assign]
             backend._prefill_step = step  # the prompt was evaluated in the same steps for both
             result = await backend._score_options(turn, len(tokens), first, ids)
             left = await scheduler.run(Priority.CONTROL, _largest_other_position, backend)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smallfirst.ingest.sync import ChunkingOptions, sync_folder
-from smallfirst.retrieval.calibration import calibrate, offtopic_questions, pseudo_questions
+from smallfirst.retrieval.grounding_threshold import calibrate, offtopic_questions, pseudo_questions
 from smallfirst.settings import Settings
 from smallfirst.retrieval.store import VectorStore
 from tests.conftest import FIXTURE_DOCS

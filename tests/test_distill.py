@@ -21,14 +21,18 @@ import websockets
 
 from smallfirst.service.distill.evaluate import same_form
 from smallfirst.service.distill.examples import collect
-from smallfirst.service.llm.local import bundled_model_path
+from smallfirst.service.llm.loading import bundled_model_path
 from smallfirst.service.llm.slots import Row, SlotContext
 from tests.conftest import BIN, Server, smallfirst
 from tests.teacher_server import UNKNOWN, TeacherServer
 from tests.test_escalation import ask
 from tests.test_service import recv
 
-pytestmark = pytest.mark.slow
+# pytest-timeout counts a module fixture's setup in its first test: the loop below (ingest, a server
+# asking the teacher, a training run of at most DISTILL_TIMEOUT_S, a server with the adapter) fits in
+# the module's limit, so the training run's own limit fires first when it hangs.
+DISTILL_TIMEOUT_S = 600
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 DEPOTS = 24
 # The adapter teaches the small model to write its answers the teacher's way; picked answers would not show it.
@@ -122,7 +126,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
                           for f in held))
     out = root / "adapter"
     distill = smallfirst("distill", "--log", str(log), "--out", str(out), "--epochs", "2", "--learning-rate", "1e-3",
-                         "--eval", str(qa), "--no-progress", env=env, timeout=900)
+                         "--eval", str(qa), "--no-progress", env=env, timeout=DISTILL_TIMEOUT_S)
     tuned = Server(root / "data", {**WRITTEN, "SMALLFIRST_ADAPTER_PATH": str(out)})
     if distill.returncode == 0:
         tuned.start()
@@ -185,7 +189,7 @@ def test_a_worse_adapter_is_refused_and_nothing_is_left_to_serve(loop: Loop, tmp
     out = tmp_path / "worse"
     # A learning rate a thousand times too high wrecks the model it tunes.
     result = smallfirst("distill", "--log", str(loop.log), "--out", str(out), "--epochs", "1", "--max-examples", "16",
-                        "--holdout", "0.5", "--learning-rate", "1.0", "--no-progress", env={}, timeout=900)
+                        "--holdout", "0.5", "--learning-rate", "1.0", "--no-progress", env={}, timeout=DISTILL_TIMEOUT_S)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "adapter REFUSED" in result.stdout and "no better than the base model" in result.stderr
     report = json.loads((out / "report.json").read_text())

@@ -77,7 +77,7 @@ def test_the_split_is_by_question_and_the_same_on_every_run(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_rows_are_the_served_tokens_then_the_answer_and_its_stop(tmp_path: Path) -> None:
     from smallfirst.service.distill.train import rows_for
-    from smallfirst.service.llm.local import bundled_model_path, load_llama
+    from smallfirst.service.llm.loading import bundled_model_path, load_llama
 
     vocab = load_llama(bundled_model_path(), n_ctx=64, threads=1, vocab_only=True)
     examples, _ = collect([write_log(tmp_path / "log.jsonl", entry())], None, windows=3)

@@ -7,7 +7,7 @@ import pytest
 from smallfirst.errors import (BadRequest, Busy, ConfigError, Forbidden, RateLimited, RetrievalUnavailable, SmallfirstError,
                               StoreLocked, TooLarge, Unauthorized, UnsupportedMediaType, UpstreamError, UpstreamTimeout)
 from smallfirst.service.server.app import smallfirst_error
-from smallfirst.service.server.protocol import error_frame
+from smallfirst.service.protocol import error_frame
 
 
 @pytest.mark.parametrize(("error", "status"), [

@@ -11,7 +11,7 @@ from smallfirst.ingest.code import chunk_code
 from smallfirst.ingest.loaders import LoadError, load_document
 from smallfirst.ingest.sync import ChunkingOptions, sync_folder
 from smallfirst.retrieval.store import VectorStore
-from smallfirst.service.server.protocol import source_entry
+from smallfirst.service.protocol import source_entry
 
 PYTHON = '''"""Billing helpers."""
 import math

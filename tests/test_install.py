@@ -38,7 +38,10 @@ def test_a_non_editable_install_serves_the_page_and_answers(tmp_path: Path) -> N
     source = tmp_path / "src"  # a copy: an in-tree build must not litter the checkout
     source.mkdir()
     for name in SHIPPED:
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, source / name)
+        if (ROOT / name).is_dir():  # links as links: smallfirst/service and the like point at the folders beside
+            shutil.copytree(ROOT / name, source / name, symlinks=True)
+        else:
+            shutil.copy2(ROOT / name, source / name)
     for cache in source.rglob("__pycache__"):
         shutil.rmtree(cache)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "SMALLFIRST_"))}

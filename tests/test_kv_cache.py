@@ -10,7 +10,8 @@ import pytest
 
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.kv_cache import PrefixCache
-from smallfirst.service.llm.local import LocalBackend, bundled_model_path
+from smallfirst.service.llm.local import LocalBackend
+from smallfirst.service.llm.loading import bundled_model_path
 from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt, passage_prompt
 from smallfirst.service.scheduler import CpuScheduler, Priority
 

@@ -10,7 +10,7 @@ import pytest
 
 from smallfirst.service.tools.loadtest.summary import distribution
 from smallfirst.service.percentiles import percentile
-from smallfirst.service.server.stats import Stats
+from smallfirst.service.core.stats import Stats
 
 VALUES = [float(v) for v in range(1, 21)]  # p95 is 19.05: nearest-rank definitions say 19 or 20
 

@@ -45,16 +45,23 @@ def _code_files() -> list[Path]:
 
 
 def leaks(rows: list[dict], files: list[Path], base: Path = ROOT) -> list[str]:
-    """Each QA question (its text, without the question mark) or id that stands in one of ``files``."""
+    """Each QA question (its text, without the question mark) or id that stands in one of ``files``.
+
+    A file can hold a question only if it holds each of the question's inner words as a word of
+    its own (the first and last may be cut), and it names an id only as a whole token: so the
+    substring search runs only on the files that pass, and ids are looked up in a set."""
     texts = {path: _flat(path.read_text(encoding="utf-8", errors="replace")) for path in files}
+    words = {path: set(text.split(" ")) for path, text in texts.items()}
+    tokens = {path: set(re.findall(r"[\w-]+", text)) for path, text in texts.items()}
     found = []
     for row in rows:
         question = _flat(row["question"]).rstrip("?. ")
-        id_pattern = re.compile(rf"(?<![\w-]){re.escape(str(row['id']).lower())}(?![\w-])")
+        inner = set(question.split(" ")[1:-1])
+        row_id = str(row["id"]).lower()
         for path, text in texts.items():
-            if len(question) >= 20 and question in text:
+            if len(question) >= 20 and inner <= words[path] and question in text:
                 found.append(f"{path.relative_to(base)} quotes {row['id']}: {row['question']!r}")
-            if id_pattern.search(text):
+            if row_id in tokens[path]:
                 found.append(f"{path.relative_to(base)} names {row['id']}")
     return found
 

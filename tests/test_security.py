@@ -31,10 +31,10 @@ pytestmark = pytest.mark.slow
 OFF_TOPIC = "Who painted the Mona Lisa?"
 GROUNDED = "When does the lighthouse museum close?"
 FAULT = '''
-import smallfirst.service.server.worker
+import smallfirst.service.core.ingest_worker
 def _broken_submit(self, *args, **kwargs):
     raise ZeroDivisionError("injected fault")
-smallfirst.service.server.worker.IngestWorker.submit = _broken_submit
+smallfirst.service.core.ingest_worker.IngestWorker.submit = _broken_submit
 '''
 
 

@@ -12,7 +12,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from smallfirst.service.llm.local import Tokenizer, bundled_model_path
+from smallfirst.service.llm.loading import Tokenizer, bundled_model_path
 from smallfirst.settings import Settings
 from tests.conftest import Server
 from tests.waiting import until, wait_for

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from smallfirst.retrieval.embedder import Embedder
-from smallfirst.service.llm.local import LocalBackend, Tokenizer, bundled_model_path
+from smallfirst.service.llm.local import LocalBackend
+from smallfirst.service.llm.loading import Tokenizer, bundled_model_path
 from smallfirst.service.llm.slots import SlotContext
 from smallfirst.service.scheduler import Priority
 from smallfirst.threads import OwnerThread, ThreadViolation, checks_enabled, enable_checks

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 import numpy as np
 
@@ -17,161 +16,16 @@ from smallfirst.retrieval.expectation import answer_phrase, expected, name_optio
 from smallfirst.retrieval.picking import Candidate, candidate_features, candidates, cited
 from smallfirst.retrieval.support import Verdict, check_answer, quote_evidence
 from smallfirst.errors import Busy, SmallfirstError, UpstreamTimeout
-from smallfirst.settings import Settings
-from smallfirst.service.autocomplete.engine import Typist
 from smallfirst.service.distill.log import DISTILL_LOG_VERSION, hit_record
-from smallfirst.service.llm.base import GenerationStats
-from smallfirst.service.llm.local import Reservation
+from smallfirst.service.llm.base import Backend, GenerationStats
 from smallfirst.service.llm.prompts import ANSWER_STOPS, NOT_COVERED, evidence_passage_prompt, large_prompt
 from smallfirst.service.llm.remote import LargeUnavailable
-from smallfirst.service.server.protocol import Ask, Complete, source_entry
+from smallfirst.service.protocol import Ask, source_entry
+from smallfirst.service.request import Request, Send, ms
 from smallfirst.service.answer.router import Route, choose_tier
-from smallfirst.service.server.components import Components
+from smallfirst.service.core.components import Components
 
 log = logging.getLogger(__name__)
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
-
-
-class TokenWriter:
-    """Sends a request's text deltas as ``token`` frames; deltas that pile up while the client
-    reads slowly are coalesced into one frame instead of queueing without bound."""
-
-    def __init__(self, send: Send, request_id: str) -> None:
-        self._send = send
-        self._id = request_id
-        self._pending: list[str] = []
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._closing = False
-        self.seq = 0
-        self.text: list[str] = []
-        self.first_sent_at: float | None = None
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def push(self, text: str) -> None:
-        self._pending.append(text)
-        self.text.append(text)
-        self._drained.clear()
-        self._wake.set()
-
-    async def drain(self) -> None:
-        """Wait until every pushed delta is on the socket, so a frame sent next comes after them."""
-        await self._drained.wait()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._pending:
-                text = "".join(self._pending)
-                self._pending.clear()
-                await self._send({"type": "token", "id": self._id, "seq": self.seq, "text": text})
-                if self.first_sent_at is None:
-                    self.first_sent_at = time.perf_counter()
-                self.seq += 1
-            if not self._pending:
-                self._drained.set()
-            if self._closing and not self._pending:
-                return
-
-    def discard(self) -> None:
-        """Drop what is not sent yet and stop: the request was superseded."""
-        self._pending.clear()
-        self._drained.set()
-        self._closing = True
-        self._wake.set()
-
-    async def close(self) -> None:
-        """Send what is pending, then stop."""
-        self._closing = True
-        self._wake.set()
-        await asyncio.shield(self._task)
-
-
-class Request:
-    """One request's timings, per-tier usage and output, for its ``done`` frame."""
-
-    def __init__(self, request_id: str, received: float, settings: Settings) -> None:
-        self.id = request_id
-        self.received = received
-        self.settings = settings
-        self.segments: list[tuple[str, GenerationStats]] = []
-        self.timings: dict[str, float] = {}
-        self.extra: dict[str, Any] = {}
-        self.writer: TokenWriter | None = None
-        self.finish_reason = "stop"  # of the segment that ended the answer
-        self.reservation: Reservation | None = None  # its place in the small model's queue, once admitted
-        self._text_start = 0
-
-    def segment(self, tier: str) -> GenerationStats:
-        """Usage of the next stretch of output, produced by ``tier``."""
-        stats = GenerationStats()
-        self.segments.append((tier, stats))
-        return stats
-
-    @property
-    def tier(self) -> str:
-        return self.segments[-1][0] if self.segments else "small"
-
-    @property
-    def text(self) -> str:
-        """The answer as the client now shows it (from the last replacement on)."""
-        return "".join(self.writer.text)[self._text_start:] if self.writer else ""
-
-    def restart_text(self) -> None:
-        """What was streamed so far is replaced by what follows (the client was told)."""
-        self._text_start += len(self.text)
-
-    def cost_usd(self) -> float:
-        s = self.settings
-        prices = {"small": (s.small_price_in_per_m, s.small_price_out_per_m),
-                  "large": (s.large_price_in_per_m, s.large_price_out_per_m)}
-        total = 0.0
-        for tier, stats in self.segments:
-            price_in, price_out = prices[tier]
-            total += (stats.prompt_tokens * price_in + stats.completion_tokens * price_out) / 1e6
-        return round(total, 8)
-
-    def done_frame(self, finish: str) -> dict[str, Any]:
-        now = time.perf_counter()
-        first = self.writer.first_sent_at if self.writer else None
-        head = self.segments[0][1] if self.segments else GenerationStats()
-        timings = {
-            "queue": round(head.queue_ms, 1), **self.timings, "prefill": round(head.prefill_ms, 1),
-            "first_token": _ms(first - self.received) if first else None, "total": _ms(now - self.received),
-        }
-        usage = {
-            "prompt_tokens": sum(s.prompt_tokens for _, s in self.segments),
-            "completion_tokens": sum(s.completion_tokens for _, s in self.segments),
-            "cached_tokens": sum(s.cached_tokens for _, s in self.segments),
-        }
-        return {
-            "type": "done", "id": self.id, "finish": finish, "tier": self.tier, "usage": usage,
-            "cost_usd": self.cost_usd(), "timings_ms": timings, **self.extra,
-        }
-
-    async def pump(self, send: Send, stream: AsyncIterator[str]) -> None:
-        """Stream deltas to the client through one writer shared by every segment."""
-        if self.writer is None:
-            self.writer = TokenWriter(send, self.id)
-        async for text in stream:
-            self.writer.push(text)
-
-    async def drain(self) -> None:
-        """Wait until every token so far is sent: a control frame sent next comes after them."""
-        if self.writer is not None:
-            await self.writer.drain()
-
-    async def finish(self) -> None:
-        if self.writer is not None:
-            await self.writer.close()
-
 
 async def _fixed_text(text: str, stats: GenerationStats) -> AsyncIterator[str]:
     stats.finish = "stop"
@@ -228,13 +82,13 @@ async def _answer(components: Components, msg: Ask, send: Send, req: Request, sm
     settings, retriever = components.settings, components.retriever
     t = time.perf_counter()
     vector = await retriever.embed_query(msg.question)
-    req.timings["embed"] = _ms(time.perf_counter() - t)
+    req.timings["embed"] = ms(time.perf_counter() - t)
     t = time.perf_counter()
     hits = await retriever.search(vector, msg.top_k, msg.collection)
-    req.timings["search"] = _ms(time.perf_counter() - t)
+    req.timings["search"] = ms(time.perf_counter() - t)
     t = time.perf_counter()
     context, evidence = await retriever.ground(msg.question, hits)
-    req.timings["evidence"] = _ms(time.perf_counter() - t)
+    req.timings["evidence"] = ms(time.perf_counter() - t)
     route = choose_tier(
         hits[0].score if hits else None, components.classifier.probability(vector), settings, msg.tier,
         small_saturated=small_over_budget,
@@ -242,7 +96,7 @@ async def _answer(components: Components, msg: Ask, send: Send, req: Request, sm
     )
     await send({"type": "sources", "id": msg.id, "sources": [
         source_entry(h, ev) for h, ev in zip(context.sources, evidence.best)]})
-    req.timings["sources"] = _ms(time.perf_counter() - req.received)
+    req.timings["sources"] = ms(time.perf_counter() - req.received)
     grounding = Grounding(context, evidence, vector, tuple(float(h.score) for h in context.sources))
     try:
         if route.tier == "large":
@@ -271,17 +125,25 @@ async def _stream_large(
     components: Components, msg: Ask, send: Send, req: Request, grounding: Grounding, reason: str | None,
 ) -> str | None:
     """Stream the large tier's answer; the fallback reason when it is unconfigured or fails, else None."""
-    settings = components.settings
-    if components.large is None:
+    large = components.large
+    if large is None:
         await _fall_back(components, msg, send, req, "large_unconfigured")
         return "large_unconfigured"
+    return await _stream_from(large, components, msg, send, req, grounding, reason)
+
+
+async def _stream_from(
+    large: Backend, components: Components, msg: Ask, send: Send, req: Request, grounding: Grounding, reason: str | None,
+) -> str | None:
+    """Stream ``large``'s answer (any backend); the fallback reason when it fails, else None."""
+    settings = components.settings
     stats = req.segment("large")
     context = grounding.context
     prompt = large_prompt(context.text if settings.large_send_context else "", msg.question)
     started = time.perf_counter()
     try:
-        await req.pump(send, components.large.stream(prompt, max_tokens=settings.large_max_tokens,
-                                                  temperature=settings.large_temperature, stats=stats))
+        await req.pump(send, large.stream(prompt, max_tokens=settings.large_max_tokens,
+                                          temperature=settings.large_temperature, stats=stats))
     except SmallfirstError as exc:
         fallback = _fallback_reason(exc)
         log.warning("large tier failed for %s (%s): %s", msg.id, fallback, exc.message)
@@ -294,7 +156,7 @@ async def _stream_large(
             "v": DISTILL_LOG_VERSION, "ts": time.time(), "id": msg.id, "question": msg.question,
             "reason": reason or "forced", "forced": msg.tier == "large", "collection": msg.collection,
             "sources": [hit_record(h) for h in context.sources], "sent_context": settings.large_send_context,
-            "answer": req.text, "finish": stats.finish, "latency_ms": _ms(time.perf_counter() - started),
+            "answer": req.text, "finish": stats.finish, "latency_ms": ms(time.perf_counter() - started),
             "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens},
             "cost_usd": req.cost_usd(), "model": settings.large_model,
         })
@@ -352,7 +214,7 @@ async def _answer_small(
                 passages=sourced.passages)
             text, picked = _pick(components, msg, grounding, spans, scores, shape_probability, req)
             await req.pump(send, _fixed_text(text, stats))
-        elif options:  # the question asks for a name: pick it among those the evidence gives
+        elif options and expectation is not None:  # the question asks for a name: pick it among those the evidence gives
             best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
                                                         reservation=reservation, save_at=save_at,
                                                         passages=sourced.passages)
@@ -420,29 +282,3 @@ def _pick(components: Components, msg: Ask, grounding: Grounding, spans: list[Ca
     why = f"the pick's confidence {pick.confidence:.2f} is below the threshold" if pick.confidence is not None \
         else "the rules do not pass it"
     return answer, Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], chosen.evidence)
-
-
-async def complete(components: Components, msg: Complete, send: Send, req: Request, typist: Typist) -> str:
-    """Stream a suggestion for the typed text. A superseded suggestion sends nothing more: text
-    still queued for the socket is dropped, not delivered late."""
-    if msg.collection is not None:
-        await components.retriever.collection(msg.collection)  # an unknown set is refused here too
-    if not msg.text.strip():
-        return "stop"
-    stats = req.segment("small")
-    try:
-        await req.pump(send, components.autocomplete.suggest(typist, msg.text, msg.max_tokens, stats, msg.collection))
-    except asyncio.CancelledError:
-        if req.writer is not None:
-            req.writer.discard()
-        raise
-    except Exception:
-        await req.finish()  # what was streamed before the error still goes out
-        raise
-    await req.finish()
-    req.timings["step"] = round(stats.step_ms, 1)
-    if typist.copied_from is not None:
-        req.extra["copied"] = typist.copied_from
-    elif typist.used is not None:
-        req.extra["grounding"] = typist.used.describe()
-    return stats.finish

@@ -16,7 +16,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -86,13 +86,18 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(partial, path)
 
 
+def _support_check(question: str, evidence: Any, sources: list[str]) -> Callable[[str], bool]:
+    """Whether an answer to ``question`` passes the support check against its sources."""
+    from smallfirst.retrieval.support import check_answer
+
+    return lambda answer: check_answer(question, answer, evidence.ranked, sources).supported
+
+
 def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_tokens: Any) -> dict[str, list[QAItem]]:
     """Each QA file's grounded questions with the prompt the service would build for them."""
     from smallfirst.retrieval.context import assemble_context
-    from smallfirst.retrieval.evidence import find_evidence
-    from smallfirst.retrieval.expectation import names_first
+    from smallfirst.retrieval.answer_evidence import answer_evidence
     from smallfirst.retrieval.store import VectorStore
-    from smallfirst.retrieval.support import check_answer
     from smallfirst.service.tools.eval import load_questions
     from smallfirst.service.llm.prompts import evidence_prompt
 
@@ -121,11 +126,11 @@ def _qa_items(paths: Sequence[Path], settings: Settings, embedder: Any, count_to
                 question = row["question"]
                 hits = collection(row.get("collection")).search(embedder.embed_query(question), settings.top_k)
                 context = assemble_context(hits, settings.context_tokens, count_tokens, settings.min_score)
-                evidence = names_first(question, find_evidence(question, context.sources, embedder.token_vectors))
+                evidence = answer_evidence(question, context.sources, embedder.token_vectors)
                 texts = [h.text for h in context.sources]
                 items.append(QAItem(
                     question, tuple(row["answer_any"]), evidence_prompt(evidence, question, settings.evidence_windows),
-                    lambda answer, q=question, ev=evidence, t=texts: check_answer(q, answer, ev.ranked, t).supported,
+                    _support_check(question, evidence, texts),
                 ))
             if not items:
                 raise DistillError(f"{path} has no grounded questions")
@@ -182,7 +187,7 @@ def distill(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from smallfirst.service.distill.evaluate import verdict
     from smallfirst.service.distill.examples import collect, split
     from smallfirst.service.distill.train import TrainConfig, rows_for, train_lora
-    from smallfirst.service.llm.local import bundled_model_path, load_llama
+    from smallfirst.service.llm.loading import bundled_model_path, load_llama
 
     _check_packages()
     started = time.perf_counter()

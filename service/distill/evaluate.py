@@ -108,7 +108,7 @@ class Generator:
     """Greedy answers from the small model, with or without an adapter (llama.cpp, as served)."""
 
     def __init__(self, model_path: Path, adapter: Path | None, n_ctx: int, max_tokens: int, threads: int) -> None:
-        from smallfirst.service.llm.local import load_llama
+        from smallfirst.service.llm.loading import load_llama
 
         self._llama = load_llama(model_path, n_ctx, threads, lora_path=adapter)
         self._max_tokens = max_tokens

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
-from smallfirst.retrieval.evidence import EmbedTexts, EvidenceSet, find_evidence
-from smallfirst.retrieval.expectation import names_first
+from smallfirst.retrieval.answer_evidence import answer_evidence
+from smallfirst.retrieval.evidence import EmbedTexts, EvidenceSet
 from smallfirst.retrieval.store import Hit
 from smallfirst.retrieval.support import check_answer
 from smallfirst.service.llm.prompts import ANSWER_STOPS, evidence_prompt
@@ -102,7 +102,7 @@ def build_example(entry: dict[str, Any], embed: EmbedTexts | None, windows: int)
     target = clean_target(answer)
     if not target:
         return None, "empty"
-    evidence: EvidenceSet = names_first(question, find_evidence(question, hits, embed))
+    evidence: EvidenceSet = answer_evidence(question, hits, embed)
     verdict = check_answer(question, target, evidence.ranked, [h.text for h in hits])
     if not verdict.supported:
         why = verdict.unsupported[0]["why"] if verdict.unsupported else ""
@@ -140,7 +140,8 @@ def collect(paths: Sequence[Path], embed: EmbedTexts | None, windows: int, max_e
 def split(examples: Sequence[Example], holdout: float) -> tuple[list[Example], list[Example]]:
     """Training and held-out examples, by a hash of the question: the same question always lands
     on the same side, so no question is both trained on and evaluated, and reruns agree."""
-    train, held = [], []
+    train: list[Example] = []
+    held: list[Example] = []
     for example in examples:
         digest = hashlib.sha256(_key(example.question).encode("utf-8")).digest()
         (held if int.from_bytes(digest[:8], "big") / 2**64 < holdout else train).append(example)

@@ -79,7 +79,7 @@ def rows_for(examples: Sequence[Any], vocab: Any, max_tokens: int) -> list[Train
 def _batches(rows: Sequence[TrainingRow], config: TrainConfig) -> list[list[TrainingRow]]:
     """Every epoch shuffled (seeded), cut into batches."""
     rng = random.Random(config.seed)
-    batches = []
+    batches: list[list[TrainingRow]] = []
     for _ in range(config.epochs):
         order = list(rows)
         rng.shuffle(order)
@@ -135,15 +135,16 @@ def train_lora(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(model_path.parent), gguf_file=model_path.name, dtype=torch.float32, attn_implementation="eager",
     )
     load_seconds = time.perf_counter() - started
     lora_config = LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, target_modules=list(TARGET_MODULES), lora_dropout=0.0,
+        r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r: a float is fine
+        target_modules=list(TARGET_MODULES), lora_dropout=0.0,
         bias="none", task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():  # peft asks transformers about a renamed attribute

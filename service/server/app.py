@@ -32,8 +32,8 @@ from smallfirst.retrieval.store import COLLECTION_NAME
 from smallfirst.service.server import schemas, uploads
 from smallfirst.service.server.limits import TRY_AGAIN_LATER, ConnectionLimiter
 from smallfirst.service.server.metrics import CONTENT_TYPE, Metrics
-from smallfirst.service.server.calibrator import grounding_report
-from smallfirst.service.server.components import Components
+from smallfirst.service.core.thresholds import grounding_report
+from smallfirst.service.core.components import Components
 from smallfirst.service.server.runtime import Runtime
 from smallfirst.service.server.security import (
     ACCESS, SESSION_COOKIE, SOURCE_CSP, Access, Policy, access_guard, allowed_hosts, chosen_subprotocol,
@@ -339,7 +339,7 @@ def create_app(settings: Settings) -> Litestar:
                                      loggers={"litestar": {"level": "INFO", "handlers": [], "propagate": True}}),
         openapi_config=OpenAPIConfig(
             title="smallfirst", version="0.1.0", use_handler_docstrings=True,
-            description="Streaming RAG service; the streaming protocol itself is the WebSocket at /ws (see the README).",
+            description="Streaming RAG service; the streaming protocol itself is the WebSocket at /ws (see docs/protocol.md).",
             openapi_router=Router("/schema", route_handlers=[], opt=READ, include_in_schema=False),  # the token, or the demo page's cookie
         ),
         debug=False,

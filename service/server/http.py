@@ -16,7 +16,7 @@ def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
         _header_timer: asyncio.TimerHandle | None = None
         _armed_cycle: Any = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm()
 

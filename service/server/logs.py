@@ -62,8 +62,8 @@ class AccessPathFilter(logging.Filter):
         if not isinstance(args, tuple):
             return True
         if record.name == "uvicorn.access" and len(args) == 5 and isinstance(args[2], str):
-            client, method, path, version, status = args
-            path = path.split("?", 1)[0]
+            client, method, full_path, version, status = args
+            path = str(full_path).split("?", 1)[0]
             record.args = (client, method, path, version, status)
             record.__dict__.update(client=client, method=method, path=path, status=status)
         elif '"WebSocket %s"' in str(record.msg) and len(args) >= 2 and isinstance(args[1], str):
@@ -129,7 +129,7 @@ def _route_llama_log() -> None:
     pending: list[str] = []
     state = {"level": logging.INFO}
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         if level != 5:  # 5 continues the previous message
             state["level"] = _GGML_LEVELS.get(level, logging.DEBUG)

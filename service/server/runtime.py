@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from smallfirst.errors import Busy, SmallfirstError
-from smallfirst.service.llm.local import bundled_model_path
+from smallfirst.service.llm.loading import bundled_model_path
 from smallfirst.service.scheduler import CpuScheduler
-from smallfirst.service.server.components import Components
-from smallfirst.service.server.stats import Stats
+from smallfirst.service.core.components import Components
+from smallfirst.service.core.stats import Stats
 from smallfirst.settings import Settings
 
 log = logging.getLogger(__name__)

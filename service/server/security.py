@@ -152,7 +152,7 @@ async def security_headers(message: Message, scope: Scope) -> None:
         return
     headers = MutableScopeHeaders.from_message(message)
     if "content-security-policy" not in headers:
-        host = MutableScopeHeaders(scope).get("host", "")  # type: ignore[arg-type]
+        host = MutableScopeHeaders(scope).get("host", "")
         headers["Content-Security-Policy"] = PAGE_CSP.format(host=host if _SAFE_HOST.match(host) else "'none'")
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"

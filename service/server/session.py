@@ -14,13 +14,15 @@ from smallfirst.errors import BadRequest, Busy, RateLimited, SmallfirstError
 from smallfirst.settings import Settings
 from smallfirst.service.server import logs
 from smallfirst.service.answer import pipeline
-from smallfirst.service.autocomplete.engine import Typist
-from smallfirst.service.server.protocol import (
+from smallfirst.service.autocomplete.request import complete
+from smallfirst.service.autocomplete.typist import Typist
+from smallfirst.service.protocol import (
     Ask, Cancel, Complete, FrameError, Ping, encode, error_frame, parse_frame, ready_frame,
 )
 from smallfirst.service.server.metrics import Metrics
 from smallfirst.service.server.observe import RequestWatch
-from smallfirst.service.server.components import Components
+from smallfirst.service.core.components import Components
+from smallfirst.service.request import Request
 from smallfirst.service.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ class TokenBucket:
 class Session:
     """Serves the protocol on one accepted socket until it closes."""
 
-    def __init__(self, socket: WebSocket, runtime: Runtime, settings: Settings, subprotocol: str | None = None,
+    def __init__(self, socket: WebSocket[Any, Any, Any], runtime: Runtime, settings: Settings, subprotocol: str | None = None,
                  metrics: Metrics | None = None) -> None:
         self.socket = socket
         self.subprotocol = subprotocol
@@ -177,14 +179,15 @@ class Session:
         self.tasks[request_id] = asyncio.get_running_loop().create_task(self._serve(msg, received))
 
     async def _serve(self, msg: Ask | Complete, received: float) -> None:
-        req = pipeline.Request(msg.id, received, self.settings)
+        req = Request(msg.id, received, self.settings)
         logs.request_id.set(msg.id)
         try:
             components = self.runtime.require()  # a socket may open while loading and ask once ready
             if isinstance(msg, Ask):
                 finish = await pipeline.answer(components, msg, self.send, req)
             else:
-                finish = await pipeline.complete(components, msg, self.send, req, self._typist_of(components))
+                finish = await complete(components.autocomplete, components.retriever.collection, msg, self.send, req,
+                                        self._typist_of(components))
             await self._done(req, finish, is_answer=isinstance(msg, Ask))
         except asyncio.CancelledError:
             await self._done(req, "cancelled", is_answer=isinstance(msg, Ask))
@@ -201,7 +204,7 @@ class Session:
                 if self.complete_id == msg.id:
                     self.complete_id = None
 
-    async def _done(self, req: pipeline.Request, finish: str, is_answer: bool) -> None:
+    async def _done(self, req: Request, finish: str, is_answer: bool) -> None:
         done = req.done_frame(finish)
         if is_answer:
             self.runtime.stats.record(done)

@@ -17,14 +17,15 @@ from smallfirst.service.autocomplete.engine import Autocompleter
 from smallfirst.service.distill.adapter import Adapter, load_adapter
 from smallfirst.service.distill.log import DistillLog
 from smallfirst.service.llm.breaker import CircuitBreaker
-from smallfirst.service.llm.local import LocalBackend, Tokenizer
+from smallfirst.service.llm.local import LocalBackend
+from smallfirst.service.llm.loading import Tokenizer
 from smallfirst.service.llm.remote import RemoteBackend
 from smallfirst.service.scheduler import CpuScheduler, Priority
-from smallfirst.service.server.calibrator import Calibrator
-from smallfirst.service.server.retriever import Retriever, on_thread, open_store
-from smallfirst.service.server.service_file import remove_service_file, write_service_file
-from smallfirst.service.server.stats import Stats
-from smallfirst.service.server.worker import IngestWorker
+from smallfirst.service.core.thresholds import Calibrator
+from smallfirst.service.core.retriever import Retriever, on_thread, open_store
+from smallfirst.service.core.service_file import remove_service_file, write_service_file
+from smallfirst.service.core.stats import Stats
+from smallfirst.service.core.ingest_worker import IngestWorker
 from smallfirst.settings import Settings
 
 

@@ -13,12 +13,13 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 
 from smallfirst.ingest.sync import ChunkingOptions, sync_folder
-from smallfirst.retrieval.calibration import Calibration, best_threshold, calibrate, offtopic_questions, pseudo_questions
+from smallfirst.retrieval.grounding_threshold import Calibration, best_threshold, calibrate, offtopic_questions, pseudo_questions
 from smallfirst.retrieval.embedder import Embedder
 from smallfirst.settings import Settings, SettingsError, add_arguments, from_args
 from smallfirst.retrieval.store import VectorStore
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             labelled = store.top_scores(embedder.embed_documents([r["question"] for r in rows])) if rows else []
         finally:
             store.close()
-    report = found.as_dict()
+    report: dict[str, Any] = found.as_dict()
     print(f"ungrounded (off-topic bank, {len(found.ungrounded)} questions): top scores\n{histogram(found.ungrounded)}")
     print(f"grounded (pseudo-questions from the folder, {len(found.grounded)}): top scores\n{histogram(found.grounded)}")
     print(f"ungrounded p50 {report['ungrounded']['p50']} p99 {report['ungrounded']['p99']} max {report['ungrounded']['max']}; "

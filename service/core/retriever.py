@@ -16,11 +16,11 @@ import numpy as np
 from smallfirst.errors import BadRequest, RetrievalUnavailable
 from smallfirst.retrieval.context import Context, assemble_context
 from smallfirst.retrieval.embedder import Embedder
-from smallfirst.retrieval.evidence import EvidenceSet, find_evidence
-from smallfirst.retrieval.expectation import names_first
+from smallfirst.retrieval.answer_evidence import answer_evidence
+from smallfirst.retrieval.evidence import EvidenceSet
 from smallfirst.retrieval.store import Hit, VectorStore
 from smallfirst.service.autocomplete.grounding import Lookup
-from smallfirst.service.llm.local import Tokenizer
+from smallfirst.service.llm.loading import Tokenizer
 from smallfirst.service.scheduler import CpuScheduler, Priority
 from smallfirst.settings import Settings
 
@@ -97,7 +97,7 @@ class Retriever:
 
         def work() -> tuple[Context, EvidenceSet]:
             context = assemble_context(hits, s.context_tokens, count, s.min_score)
-            return context, names_first(question, find_evidence(question, context.sources, vectors))
+            return context, answer_evidence(question, context.sources, vectors)
 
         return await self.scheduler.run(Priority.ANSWER, work)
 

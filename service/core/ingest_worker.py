@@ -25,7 +25,7 @@ from smallfirst.retrieval.embedder import Embedder
 from smallfirst.errors import BadRequest, Busy, SmallfirstError
 from smallfirst.settings import Settings
 from smallfirst.retrieval.store import COLLECTION_NAME, ChunkPoint, DocState, VectorStore
-from smallfirst.service.server.ingest_roots import ingest_folder
+from smallfirst.service.core.ingest_roots import ingest_folder
 from smallfirst.service.scheduler import CpuScheduler, Priority
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class IngestWorker:
 
     def submit(self, folder: str, collection: str | None = None, unrestricted: bool = False) -> IngestJob:
         """Queue a job for ``folder``, which must lie under an allowed root unless ``unrestricted``
-        (the local CLI user); see :mod:`smallfirst.service.server.ingest_roots`."""
+        (the local CLI user); see :mod:`smallfirst.service.core.ingest_roots`."""
         collection = collection or self._store.collection
         if not COLLECTION_NAME.match(collection):
             raise BadRequest("'collection' must be 1 to 64 letters, digits, '_' or '-'")

@@ -8,8 +8,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from smallfirst.retrieval.calibration import Calibration, calibrate, offtopic_questions, pseudo_questions
-from smallfirst.service.server.retriever import Retriever
+from smallfirst.retrieval.grounding_threshold import Calibration, calibrate, offtopic_questions, pseudo_questions
+from smallfirst.service.core.retriever import Retriever
 from smallfirst.settings import Settings
 
 log = logging.getLogger(__name__)
