@@ -360,7 +360,7 @@ class Autocompleter:
         if job.first_step_at is None:
             job.first_step_at = step.began
             job.stats.queue_ms = (step.began - job.started) * 1000
-        if not row.decoding and row.sample:
+        if row.sample and not job.shown:  # the step the first visible text waits for
             job.stats.step_ms = step.took_ms
         job.position += len(row.tokens)
         if job.standby:
@@ -402,8 +402,10 @@ class Autocompleter:
 
     def _deliver(self, job: Job, piece: bytes) -> None:
         assert job.cutter is not None
-        if job.stats.completion_tokens == 0:
+        if job.stats.completion_tokens == 0 or (piece and not job.shown):
+            # Time to the first text past the typed word, not to a token that only spells it back.
             job.stats.prefill_ms = (time.perf_counter() - job.started) * 1000
+        job.shown = job.shown or bool(piece)
         job.stats.completion_tokens += 1
         text, stop = job.cutter.feed(job.decoder.decode(piece))
         self._put(job, text)
