@@ -173,7 +173,7 @@ def breakdown(timings: list[dict[str, float]]) -> str:
     med = {k: percentile([t[k] for t in timings if t.get(k) is not None], 50) or 0.0
            for k in ("client", "first_token", "prefill", "queue", "step")}
     return (f"keystroke breakdown (medians, n={len(timings)}): client sees {med['client']:.1f} ms = "
-            f"model step {med['step']:.1f} + waiting for the step {med['queue']:.1f} + engine and event loop "
+            f"model step {med['step']:.1f} + waiting for the first step {med['queue']:.1f} + engine, event loop and steps that showed nothing "
             f"{med['prefill'] - med['step'] - med['queue']:.1f} + session and frame writing {med['first_token'] - med['prefill']:.1f} "
             f"+ network and client {med['client'] - med['first_token']:.1f}")
 

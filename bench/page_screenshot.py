@@ -4,7 +4,7 @@ asked until its answer is done, then the page captured.
 
     python bench/page_screenshot.py --out docs/images/widget.png
 
-Without ``--out`` the picture goes to a temporary folder (so ``make bench`` leaves the tree alone).
+Without ``--out`` the picture goes to a temporary folder.
 """
 
 from __future__ import annotations

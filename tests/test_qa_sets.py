@@ -37,9 +37,7 @@ def _rows() -> list[dict]:
 def _code_files() -> list[Path]:
     files = []
     for folder in SCANNED:
-        base = ROOT / folder
-        if base.is_symlink():
-            continue  # the installed namespace points back at the folders scanned here
+        base = ROOT / folder  # rglob does not follow the links in smallfirst/ back to the folders scanned here
         files += [p for p in base.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts]
     return files
 

@@ -1,4 +1,4 @@
-"""The request pipelines: grounded answers (small first, large when needed) and autocomplete."""
+"""The answer pipeline: retrieve, route, stream from the small or the large tier, check, escalate."""
 
 from __future__ import annotations
 

@@ -321,6 +321,7 @@ class Autocompleter:
                 self.reused += 1
                 job.first_step_at = job.first_step_at or time.perf_counter()
                 job.stats.queue_ms = (job.first_step_at - job.started) * 1000
+                job.sample_ms = 0.0  # sampled from the kept scores: no step
                 self._sampled(job, prepared.first)
         finally:
             job.busy = False
@@ -360,8 +361,8 @@ class Autocompleter:
         if job.first_step_at is None:
             job.first_step_at = step.began
             job.stats.queue_ms = (step.began - job.started) * 1000
-        if row.sample and not job.shown:  # the step the first visible text waits for
-            job.stats.step_ms = step.took_ms
+        if row.sample:
+            job.sample_ms = step.took_ms
         job.position += len(row.tokens)
         if job.standby:
             if job.prompt is not None and job.position >= len(job.prompt) - 1:
@@ -378,7 +379,7 @@ class Autocompleter:
             job.pending = None
             job.stats.finish = "stop"
             if job.cutter is not None:
-                self._put(job, job.cutter.close())
+                self._put(job, job.cutter.close(), timed=True)
             self._finish(job)
             return
         job.pending = outcome.token
@@ -402,20 +403,28 @@ class Autocompleter:
 
     def _deliver(self, job: Job, piece: bytes) -> None:
         assert job.cutter is not None
-        if job.stats.completion_tokens == 0 or (piece and not job.shown):
-            # Time to the first text past the typed word, not to a token that only spells it back.
-            job.stats.prefill_ms = (time.perf_counter() - job.started) * 1000
-        job.shown = job.shown or bool(piece)
+        if job.stats.completion_tokens == 0:  # kept only if the suggestion never shows any text
+            self._timed(job)
         job.stats.completion_tokens += 1
         text, stop = job.cutter.feed(job.decoder.decode(piece))
-        self._put(job, text)
+        self._put(job, text, timed=True)
         if stop:
             job.stats.finish = job.cutter.finish
             self._finish(job)
 
-    def _put(self, job: Job, text: str) -> None:
-        """Queue suggestion text for the caller; count a suggestion cut as junk, by reason."""
+    @staticmethod
+    def _timed(job: Job) -> None:
+        """The suggestion's prefill and step times, to now and to the step that sampled its latest token."""
+        job.stats.prefill_ms = (time.perf_counter() - job.started) * 1000
+        job.stats.step_ms = job.sample_ms
+
+    def _put(self, job: Job, text: str, timed: bool = False) -> None:
+        """Queue suggestion text for the caller; count a suggestion cut as junk, by reason. With
+        ``timed``, the first text queued sets the times: a token that only spells back the typed
+        word, or text the cutter holds back, shows the user nothing yet."""
         if text:
+            if timed and job.cutter is not None and job.cutter.sent == text:  # the first text it lets through
+                self._timed(job)
             job.queue.put_nowait(text)
         if job.cutter is not None and job.cutter.dropped is not None and not job.counted:
             job.counted = True

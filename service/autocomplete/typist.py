@@ -45,7 +45,7 @@ class Job:
     error: SmallfirstError | None = None
     started: float = field(default_factory=time.perf_counter)
     first_step_at: float | None = None
-    shown: bool = False  # some suggestion text has been delivered (not only the typed word spelled back)
+    sample_ms: float = 0.0  # the model step that sampled its latest token (0: scores kept at the last keystroke)
     queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 

@@ -16,7 +16,7 @@ class GenerationStats:
     finish: str = "stop"
     queue_ms: float = 0.0
     prefill_ms: float = 0.0
-    step_ms: float = 0.0  # the model step that produced the first token, where a backend measures it
+    step_ms: float = 0.0  # the model step behind the first text shown (0: none ran), where a backend measures it
 
 
 class Backend(Protocol):

@@ -8,7 +8,7 @@ import ctypes
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Concatenate, ParamSpec, Sequence, TypeVar
 
 from smallfirst.errors import ConfigError, UpstreamError
 from smallfirst.service.llm.admission import ModelQueue, Reservation, Turn
@@ -20,6 +20,9 @@ from smallfirst.service.scheduler import CpuScheduler, Priority
 from smallfirst.threads import OwnerThread
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RECOMPUTE_TOKENS = 16  # an assembled passage's first tokens are evaluated again in place (see _assemble)
 YIELDING_PREFILL_STEP = 8  # ~50 ms on the reference machine: the longest a keystroke then waits
@@ -258,10 +261,10 @@ class LocalBackend:
             return b"", True
         return self._llama.detokenize([token]), False
 
-    def _on_context(self, operation: Callable[..., Any], *args: Any) -> Any:
+    def _on_context(self, operation: Callable[Concatenate[Any, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one of :mod:`~smallfirst.service.llm.option_scoring`' context operations (scheduler thread)."""
         self._owner.check(operation.__name__)
-        return operation(self._llama, *args)
+        return operation(self._llama, *args, **kwargs)
 
     def _last_logprobs(self, tokens: Sequence[int]) -> Any:
         """Evaluate the prompt's last token; the distribution of the token after it."""

@@ -3,7 +3,7 @@ continuations of one prompt, teacher-forced. The options go side by side, each i
 its own that shares the prompt's cells (the KV cache is unified, so sharing copies nothing), and
 their tokens go in one batch per step rather than one decode per token.
 
-Every function here touches the context: call them on the thread that owns it.
+Every function here but :func:`layout` touches the context: call them on the thread that owns it.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The HTTP and WebSocket server: the app, sessions, protocol, security, the ingest worker, stats and metrics."""
+"""The HTTP and WebSocket edge: the app and its routes, sessions, security, uploads, limits, readiness, metrics and logs."""
