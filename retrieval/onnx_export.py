@@ -8,17 +8,12 @@ Only this module imports torch; serving the int8 model needs onnxruntime alone.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
+from smallfirst.cache import built_once, cache_root, files_key
 from smallfirst.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,67 +22,33 @@ EXPORT_FORMAT = 1  # bump when the export recipe changes: older caches are then 
 INT8_FILE = "model_qint8.onnx"
 META_FILE = "export.json"
 OPSET = 17
-KEY_BYTES = 1 << 20
 
 
 def default_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "smallfirst" / "embedder"
+    return cache_root("embedder")
 
 
 def model_key(model_dir: Path) -> str:
-    """A key that changes whenever the model's files or the export recipe do: each file's name and
-    size, and its first and last MiB (cheap next to hashing the weights whole, and unlike
-    modification times it survives a copy)."""
-    digest = hashlib.sha256(f"format {EXPORT_FORMAT}".encode())
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(model_dir)}\x00{size}\n".encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(KEY_BYTES))
-            if size > 2 * KEY_BYTES:
-                f.seek(-KEY_BYTES, os.SEEK_END)
-                digest.update(f.read(KEY_BYTES))
-    return digest.hexdigest()[:20]
+    """A key that changes whenever the model's files or the export recipe do."""
+    files = [(str(p.relative_to(model_dir)), p) for p in sorted(p for p in model_dir.rglob("*") if p.is_file())]
+    return files_key(files, f"format {EXPORT_FORMAT}")
 
 
 def int8_model(model_dir: Path, cache_root: Path | None = None) -> Path:
-    """The folder holding the int8 export of ``model_dir``, made first when missing.
-
-    Several processes may ask at once: one exports under a file lock, the others wait for it.
-    A half-written export is never visible (it is built in a temporary folder and renamed)."""
+    """The folder holding the int8 export of ``model_dir``, made first when missing (once per
+    machine, under a lock; see :mod:`smallfirst.cache`)."""
     root = cache_root or default_cache_root()
     target = root / model_key(model_dir)
-    if (target / META_FILE).is_file():
-        return target
+
+    def build(scratch: Path) -> None:
+        log.info("making the int8 ONNX copy of the embedding model in %s (once)", target)
+        _export(model_dir, scratch)
+
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with _locked(root / f"{target.name}.lock"):
-            if (target / META_FILE).is_file():
-                return target
-            log.info("making the int8 ONNX copy of the embedding model in %s (once)", target)
-            scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-            try:
-                _export(model_dir, scratch)
-                if target.exists():
-                    shutil.rmtree(target)
-                os.replace(scratch, target)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+        return built_once(target, META_FILE, build)
     except OSError as exc:
         raise ConfigError(f"cannot write the int8 embedding model under {root}: {exc}; set SMALLFIRST_EMBED_CACHE_DIR "
                           "to a writable folder, or SMALLFIRST_EMBED_BACKEND=torch") from exc
-    return target
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _export(model_dir: Path, out: Path) -> None:

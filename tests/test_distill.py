@@ -194,6 +194,7 @@ def test_a_worse_adapter_is_refused_and_nothing_is_left_to_serve(loop: Loop, tmp
     assert "adapter REFUSED" in result.stdout and "no better than the base model" in result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["accepted"] is False and not (out / "adapter.gguf").exists() and not list(out.glob("*.partial"))
+    assert report["training"]["weights"] == "cache"  # the float32 copy the first run kept, not the GGUF read anew
     (tmp_path / "data").mkdir()
     server = Server(tmp_path / "data", {"SMALLFIRST_ADAPTER_PATH": str(out)})
     with pytest.raises(RuntimeError, match="refused by its evaluation"):

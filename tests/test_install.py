@@ -50,11 +50,11 @@ def test_a_non_editable_install_serves_the_page_and_answers(tmp_path: Path) -> N
     run(sys.executable, "-m", "venv", str(venv), env=env, cwd=tmp_path, timeout=300)
     python = str(venv / "bin" / "python")
     # As the Makefile does: the CPU build of torch first, so nothing pulls another build.
-    run(python, "-m", "pip", "install", "--quiet", f"torch=={version('torch').split('+')[0]}", env=env, cwd=tmp_path, timeout=1200)
+    run(python, "-m", "pip", "install", "--quiet", "--no-compile", f"torch=={version('torch').split('+')[0]}", env=env, cwd=tmp_path, timeout=1200)
     # llama-cpp-python from the Makefile's own wheel folder (built for its flags), not pip's cache.
     wheel = run("make", "-s", "-C", str(ROOT), "llama-wheel", env=env, cwd=tmp_path, timeout=1200).strip().splitlines()[-1]
-    run(python, "-m", "pip", "install", "--quiet", "--no-deps", wheel, env=env, cwd=tmp_path, timeout=600)
-    run(python, "-m", "pip", "install", "--quiet", str(source), env=env, cwd=tmp_path, timeout=1200)
+    run(python, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", wheel, env=env, cwd=tmp_path, timeout=600)
+    run(python, "-m", "pip", "install", "--quiet", "--no-compile", str(source), env=env, cwd=tmp_path, timeout=1200)
     shutil.rmtree(source)  # from here on only the installed package exists
     where = run(python, "-c", "import smallfirst.service.server.app as a; print(a.__file__); print(a.WEB_DIR)", env=env, cwd=tmp_path, timeout=120)
     assert all(line.startswith(str(venv)) for line in where.split()), where

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = Path(smallfirst.__file__).resolve().parent
 
 # What each part may import, beside itself and the shared modules at the package's top
-# (settings, errors, credentials, threads). Parts inside service/ are named by their folder or
+# (settings, errors, credentials, threads, cache). Parts inside service/ are named by their folder or
 # module; an entry may also name one module of a part ("service.distill.log"). A part missing
 # from here may import nothing of the package but the top.
 SERVED_DISTILL = {"service.distill.log", "service.distill.adapter"}  # what the service loads of distill/
@@ -39,7 +39,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "service.cli": {"retrieval", "ingest", "service.llm", "service.server", "service.tools", "service.distill"},
     "service.__main__": {"service.cli"},
 }
-TOP = {"settings", "errors", "credentials", "threads"}
+TOP = {"settings", "errors", "credentials", "threads", "cache"}
 
 
 def module_files() -> dict[str, Path]:

@@ -210,7 +210,8 @@ def distill(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     rows = rows_for(train, vocab, settings.answer_ctx)
     if not rows:
         raise DistillError(f"every training example is longer than SMALLFIRST_ANSWER_CTX ({settings.answer_ctx} tokens)")
-    print(f"distill: training on {len(rows)} examples ({config.epochs} epochs); the model loads for training first",
+    print(f"distill: training on {len(rows)} examples ({config.epochs} epochs); the model loads for "
+          "training first (a minute the first time, while its float32 copy is kept; seconds after)",
           file=sys.stderr)
     update, close_bar = _progress(not args.no_progress)
     try:

@@ -1,7 +1,8 @@
 """LoRA training of the small model on the CPU, with transformers and peft (the ``distill`` extra).
 
-transformers reads the served GGUF itself (dequantised to float32), so the adapter is trained on
-the very weights llama.cpp serves. Token ids come from llama.cpp's tokenizer of the same file,
+transformers reads the served GGUF itself (dequantised to float32, kept once per machine by
+:mod:`smallfirst.service.distill.base_weights`), so the adapter is trained on the very weights
+llama.cpp serves. Token ids come from llama.cpp's tokenizer of the same file,
 so training sees exactly the tokens the service evaluates.
 """
 
@@ -46,6 +47,7 @@ class TrainResult:
     steps: int
     seconds: float
     load_seconds: float
+    weights: str  # "cache" (the float32 copy an earlier run made) or "gguf" (read from the model file)
     first_loss: float
     last_loss: float
 
@@ -53,10 +55,10 @@ class TrainResult:
     def seconds_per_step(self) -> float:
         return self.seconds / self.steps if self.steps else 0.0
 
-    def figures(self) -> dict[str, float | int]:
+    def figures(self) -> dict[str, float | int | str]:
         """What a report says of the run (everything but the weights)."""
         return {"steps": self.steps, "seconds": round(self.seconds, 1), "seconds_per_step": round(self.seconds_per_step, 3),
-                "load_seconds": round(self.load_seconds, 1), "first_loss": round(self.first_loss, 4),
+                "load_seconds": round(self.load_seconds, 1), "weights": self.weights, "first_loss": round(self.first_loss, 4),
                 "last_loss": round(self.last_loss, 4)}
 
 
@@ -127,21 +129,20 @@ def train_lora(
     """Train a LoRA on the attention projections; ``progress(step, steps, loss)`` after each step."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from smallfirst.service.distill.base_weights import load_float_model
 
     if not rows:
         raise ValueError("no training examples")
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.perf_counter()
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        str(model_path.parent), gguf_file=model_path.name, dtype=torch.float32, attn_implementation="eager",
-    )
+    model, weights = load_float_model(model_path)
     load_seconds = time.perf_counter() - started
+    torch.manual_seed(config.seed)  # after loading, which may or may not draw from the generator
     lora_config = LoraConfig(
         r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r: a float is fine
         target_modules=list(TARGET_MODULES), lora_dropout=0.0,
@@ -168,4 +169,4 @@ def train_lora(
             progress(step, len(batches), last_loss)
     seconds = time.perf_counter() - started
     lora = {name: value.detach().cpu().numpy() for name, value in model.state_dict().items() if ".lora_" in name}
-    return TrainResult(lora, len(batches), seconds, load_seconds, first_loss, last_loss)
+    return TrainResult(lora, len(batches), seconds, load_seconds, weights, first_loss, last_loss)
