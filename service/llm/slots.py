@@ -45,12 +45,9 @@ class PrefixIndex:
     taken off, and those whose text is a start of it (healed over several tokens)."""
 
     def __init__(self, pieces: Sequence[bytes]) -> None:
-        order = sorted((piece, token) for token, piece in enumerate(pieces) if piece)
-        self._pieces = [piece for piece, _ in order]
-        self._ids = np.array([token for _, token in order], dtype=np.int64)
-        self._exact: dict[bytes, list[int]] = {}
-        for piece, token in order:
-            self._exact.setdefault(piece, []).append(token)
+        ids = sorted((token for token, piece in enumerate(pieces) if piece), key=pieces.__getitem__)
+        self._pieces = [pieces[token] for token in ids]
+        self._ids = np.array(ids, dtype=np.int64)
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     def allowed(self, heal: bytes) -> np.ndarray:
@@ -61,13 +58,17 @@ class PrefixIndex:
             return found
         lo = bisect.bisect_left(self._pieces, heal)
         hi = bisect.bisect_left(self._pieces, _successor(heal)) if heal.rstrip(b"\xff") else len(self._pieces)
-        shorter = [token for k in range(1, len(heal)) for token in self._exact.get(heal[:k], ())]
+        shorter = [int(token) for k in range(1, len(heal)) for token in self._exact(heal[:k])]
         # Distinct texts, so no token is found twice: the shorter ones cannot start with ``heal``.
         found = np.concatenate([self._ids[lo:hi], np.array(shorter, dtype=np.int64)]) if shorter else self._ids[lo:hi]
         self._cache[heal] = found
         while len(self._cache) > HEALING_CACHE:
             self._cache.popitem(last=False)
         return found
+
+    def _exact(self, piece: bytes) -> np.ndarray:
+        """Token ids whose text is exactly ``piece``."""
+        return self._ids[bisect.bisect_left(self._pieces, piece):bisect.bisect_right(self._pieces, piece)]
 
 
 def _successor(prefix: bytes) -> bytes:
@@ -120,8 +121,7 @@ class SlotContext:
         self._kept: list[tuple[int, np.ndarray] | None] = [None] * n_slots
         self.evaluated = 0  # tokens run through the model, all slots together
         # End-of-text and control tokens have no text here, so healing never picks them.
-        self.prefixes = PrefixIndex([b"" if lib.llama_vocab_is_eog(self._vocab, t) else self.piece(t)
-                                     for t in range(self.n_vocab)])
+        self.prefixes = PrefixIndex(self._pieces())
 
     def _set_adapter(self, lora_path: Path) -> None:
         """Apply a LoRA adapter (scale 1) to every slot's computation."""
@@ -153,6 +153,17 @@ class SlotContext:
         if not text:
             return [self._lib.llama_vocab_bos(self._vocab)] if add_bos else []
         return list(self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+
+    def _pieces(self) -> list[bytes]:
+        """Every token's text, as :meth:`piece` gives it (end-of-text tokens: none), in one pass
+        over the vocabulary with one buffer (262k tokens for Gemma 3: a second saved at start)."""
+        lib, vocab = self._lib, self._vocab
+        buf = ctypes.create_string_buffer(32)
+        pieces = []
+        for token in range(self.n_vocab):
+            n = 0 if lib.llama_vocab_is_eog(vocab, token) else lib.llama_token_to_piece(vocab, token, buf, 32, 0, False)
+            pieces.append(buf.raw[:n].rstrip(b"\0") if n > 0 else b"")
+        return pieces
 
     def piece(self, token: int) -> bytes:
         self._owner.check("piece")
