@@ -5,7 +5,8 @@ cores, flash attention), one streamed `/v1/completions` request per debounced ke
 fixed grounding passage in front of the typed text. Both sides get the same typists, driven by
 the typing workload of `smallfirst loadtest` (6 characters/s, 100 ms debounce, 8-token
 suggestions); time to first token counts from the moment the debounce expired, and a request
-is served when its first token arrives before the next keystroke.
+is served when its first token arrives before the next keystroke. On both sides, a keystroke
+cancels a suggestion whose first token has not come, as the widget does.
 
 1. smallfirst (docs/ ingested, grounding on): one typist; the same keystrokes replayed one at a
    time; four typists at once; one typist while answers stream on another connection.
@@ -240,6 +241,9 @@ async def peer_typists(base: str, texts: list[list[str]], seed: int = 0) -> list
             for i, at in enumerate(typed):
                 send_at = at + PROFILE.debounce_s
                 next_key = typed[i + 1] if i + 1 < len(typed) else float("inf")
+                await asyncio.sleep(max(0.0, at - clock()))
+                if tasks and not tasks[-1].done() and out[-1].first_token is None:
+                    tasks[-1].cancel()  # as type_session does: a keystroke drops a suggestion not yet shown
                 if next_key <= send_at or not text[: i + 1].strip():
                     continue
                 await asyncio.sleep(max(0.0, send_at - clock()))

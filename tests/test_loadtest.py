@@ -159,3 +159,50 @@ def test_busy_at_admission_and_busy_after_sources_are_counted_apart() -> None:
     assert figures["refusal_ms"]["n"] == 1 and figures["refusal_ms"]["max"] == 8.0
     assert figures["shed_ms"]["n"] == 1 and figures["shed_ms"]["max"] == 1500.0
     assert figures["errors"] == {"busy": 2}
+
+
+def test_a_keystroke_cancels_a_suggestion_not_yet_shown() -> None:
+    """The typing workload does what the widget does: the keystroke after a request cancels it when
+    no token has come, a debounce before the next request would supersede it. The server here
+    never answers a suggestion (a real one cannot be held back on demand) and records the frames."""
+    import random
+    import time
+
+    from smallfirst.service.tools.loadtest.workloads import TypingProfile, type_session
+
+    frames: list[dict[str, Any]] = []
+
+    async def handle(ws: Any) -> None:
+        await ws.send(json.dumps({"type": "ready", "protocol": 1}))
+        async for raw in ws:
+            frame = json.loads(raw)
+            frames.append(frame)
+            if frame["type"] == "cancel":
+                await ws.send(json.dumps({"type": "done", "id": frame["id"], "finish": "cancelled"}))
+
+    async def run() -> list[Any]:
+        port = free_port()
+        async with websockets.serve(handle, "127.0.0.1", port):
+            t0 = time.monotonic()
+            profile = TypingProfile(chars_per_s=40.0, jitter=0.0, debounce_s=0.005, max_tokens=4)
+            return await type_session(f"ws://127.0.0.1:{port}/ws", None, "abcd", 0.0, "t", lambda: time.monotonic() - t0,
+                                      0.5, ProtocolChecker(), profile, random.Random(0), warmup_until=0.0)
+
+    samples = asyncio.run(run())
+    assert [(f["type"], f["id"]) for f in frames] == [
+        ("complete", "t-0"), ("cancel", "t-0"), ("complete", "t-1"), ("cancel", "t-1"),
+        ("complete", "t-2"), ("cancel", "t-2"), ("complete", "t-3"),
+    ]
+    assert [s.finish for s in samples[:3]] == ["cancelled"] * 3 and samples[3].timeout
+    assert not any(s.delivered for s in samples)
+
+
+def test_stale_suggestions_are_told_apart_by_whether_any_text_came() -> None:
+    from smallfirst.service.tools.loadtest.samples import Sample
+    from smallfirst.service.tools.loadtest.summary import summarise
+
+    shown = Sample("type", "a", scheduled=0.0, sent=0.0, first_token=0.05, done=0.1, finish="stop", delivered=True)
+    late = Sample("type", "b", scheduled=1.0, sent=1.0, first_token=1.4, done=1.5, finish="stop", stale=True)
+    withdrawn = Sample("type", "c", scheduled=2.0, sent=2.0, done=2.1, finish="cancelled", stale=True)
+    figures = summarise([shown, late, withdrawn], window_s=10.0, slo_ttft_ms=1000.0, slo_itl_ms=200.0)
+    assert (figures["delivered"], figures["stale_dropped"], figures["arrived_late"]) == (1, 2, 1)

@@ -34,6 +34,7 @@ BROWSER = (os.environ.get("SMALLFIRST_BROWSER") or shutil.which("chromium") or s
 # and the text of the latest complete sent.
 PROBE = """
 window.__sent = [];
+window.__cancels = [];
 window.__lastId = null;
 window.__done = [];
 window.__pongs = [];
@@ -53,6 +54,7 @@ WebSocket.prototype.send = function (data) {
   try {
     const f = JSON.parse(data);
     if (f.type === "complete") { window.__sent.push(f.text); window.__lastId = f.id; }
+    if (f.type === "cancel") window.__cancels.push(f.id);
   } catch {}
   return send.call(this, data);
 };
@@ -208,8 +210,11 @@ def test_the_widget_suggests_accepts_dismisses_and_never_paints_stale_text(serve
                 deadline = time.monotonic() + 5
                 while not (await page.ghost()).strip() and time.monotonic() < deadline:
                     await asyncio.sleep(0.005)
+                last = await page.js("window.__lastId")
                 await page.js("{ const e = document.getElementById('editor'); e.value = e.value.slice(0, -6); "
                               "e.dispatchEvent(new Event('input')); }")
+                # The cut moved the text off the suggestion: its request is cancelled at once.
+                out.setdefault("cancelled", []).append(await page.js(f"window.__cancels.includes({json.dumps(last)})"))
                 # The stale suggestion streams on meanwhile; the cut-back text gets its own.
                 await page.served()
             out["paints"] = await page.js("window.__paints")
@@ -225,6 +230,7 @@ def test_the_widget_suggests_accepts_dismisses_and_never_paints_stale_text(serve
     assert ghost and after == before + ghost  # Tab accepted the suggestion
     assert out["after_escape"] == ("", 0), out["after_escape"]
     assert out["paints"]  # suggestions were painted while the text was being cut back
+    assert out["cancelled"] == [True] * 4, out["cancelled"]
     for paint in out["paints"]:  # every painted suggestion belongs to the text in the box
         assert paint["last"] is not None and paint["value"].startswith(paint["last"]), paint
 

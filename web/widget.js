@@ -110,8 +110,7 @@ export function attachAutocomplete(textarea, mirror, client, { debounceMs = 150,
       paint();
       if (suggestion) return;
     } else {
-      suggestion = "";
-      paint();
+      clear(); // the text moved past the suggestion: stop one still being computed, not a debounce later
     }
     clearTimeout(timer);
     timer = setTimeout(request, delay);

@@ -238,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     print_table(summary)
     extras = {s: summary[s].get("stale_dropped") for s in summary if "stale_dropped" in summary[s]}
     print(f"skipped arrivals (client at --max-sessions): {result.skipped}; protocol errors: {len(protocol_errors)}"
-          + (f"; stale suggestions dropped: {extras.get('type')}, delivered: {summary['type'].get('delivered')}" if "type" in summary else ""))
+          + (f"; stale suggestions dropped: {extras.get('type')} ({summary['type'].get('arrived_late')} arrived late, the rest "
+             f"cancelled before any text), delivered: {summary['type'].get('delivered')}" if "type" in summary else ""))
     for scope, f in summary.items():
         if f["errors"]:
             print(f"{scope} errors by code: {f['errors']}")

@@ -59,6 +59,8 @@ def summarise(samples: Iterable[Sample], window_s: float, slo_ttft_ms: float, sl
     if any(s.workload == "type" for s in measured):
         out["delivered"] = sum(1 for s in measured if s.delivered)
         out["stale_dropped"] = sum(1 for s in measured if s.stale)
+        # Of those: text that came after the next keystroke, and requests withdrawn before any came.
+        out["arrived_late"] = sum(1 for s in measured if s.stale and s.first_token is not None)
     return out
 
 
@@ -73,7 +75,7 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
                     flat[f"{prefix}{key}_{metric}"] = float(value)
         sent = figures["sent"] or 1
         flat[f"{prefix}error_rate"] = (sum(figures["errors"].values()) + figures["timeouts"]) / sent
-        for key in ("goodput", "tokens_per_s", "sent", "completed", "timeouts", "stale_dropped", "delivered", "cost_usd", "revised"):
+        for key in ("goodput", "tokens_per_s", "sent", "completed", "timeouts", "stale_dropped", "arrived_late", "delivered", "cost_usd", "revised"):
             if figures.get(key) is not None:
                 flat[f"{prefix}{key}"] = float(figures[key])
     return flat

@@ -151,7 +151,9 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
                        timeout_s: float, checker: ProtocolChecker, profile: TypingProfile, rng: random.Random,
                        warmup_until: float) -> list[Sample]:
     """One typist: a suggestion is asked for after each pause of ``debounce_s``; it is delivered only
-    if its first token arrives before the next keystroke changes the text."""
+    if its first token arrives before the next keystroke changes the text. As the widget does, that
+    keystroke cancels a suggestion whose first token has not come (the next request would
+    supersede it only a debounce later)."""
     typed = keystroke_times(text, start, profile, rng)
     samples: list[Sample] = []
     try:
@@ -160,9 +162,17 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
         return [Sample("type", f"{prefix}-0", start, error=f"connect: {type(exc).__name__}", warmup=start < warmup_until)]
     followers: list[asyncio.Task[None]] = []
     try:
+        waiting: Sample | None = None  # the request whose first token has not come yet
         for i, at in enumerate(typed):
             send_at = at + profile.debounce_s
             next_key = typed[i + 1] if i + 1 < len(typed) else float("inf")
+            await asyncio.sleep(max(0.0, at - clock()))
+            if conn.closed_reason:
+                break
+            if waiting is not None and waiting.first_token is None and waiting.done is None:
+                # As the widget does: a keystroke that changes the text cancels a suggestion not yet shown.
+                await conn.send({"type": "cancel", "id": waiting.id})
+            waiting = None
             if next_key <= send_at or not text[: i + 1].strip():
                 continue  # the user typed again before the debounce expired
             await asyncio.sleep(max(0.0, send_at - clock()))
@@ -174,6 +184,7 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
             sample.sent = clock()
             await conn.send({"type": "complete", "id": sample.id, "text": text[: i + 1], "max_tokens": profile.max_tokens})
             followers.append(asyncio.ensure_future(_follow_typed(conn, queue, sample, clock, send_at + timeout_s, next_key)))
+            waiting = sample
         if followers:
             await asyncio.gather(*followers)
     except websockets.ConnectionClosed:
