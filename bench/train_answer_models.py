@@ -5,8 +5,8 @@
     python bench/train_answer_models.py --out-dir DIR   # write elsewhere (the test compares)
 
 - **Question shapes** (``retrieval/data/question_shape_model.json``): multinomial logistic
-  regression over each dev question's embedding and its first two words (see
-  ``retrieval/shapes.py``), labelled with the shape its QA line gives.
+  regression over each dev question's embedding and its words (see ``retrieval/shapes.py``),
+  labelled with the shape its QA line gives, classes weighted to balance.
 - **The pick model** (``retrieval/data/pick_model.json``): logistic regression over the features
   of every candidate span of every dev question (``retrieval/data/pick_examples.jsonl``, written
   by ``bench/pick_data.py``: features, label, set name and a question number, no question text),
@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 from smallfirst.retrieval.answer_check import PICK_MODEL_FILE, PickModel  # noqa: E402
 from smallfirst.retrieval.picking import CANDIDATE_FEATURES  # noqa: E402
-from smallfirst.retrieval.shapes import OPENING_WORDS, SHAPE_MODEL_FILE, SHAPES, ShapeModel, features, opening  # noqa: E402
+from smallfirst.retrieval.shapes import SHAPE_MODEL_FILE, SHAPES, ShapeModel, features, word_features  # noqa: E402
 
 PICK_EXAMPLES_FILE = ROOT / "retrieval" / "data" / "pick_examples.jsonl"
 PRECISION = 0.8  # on answers scored by a model fitted without their corpus (0.9 there covers under 1% of them)
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-MIN_WORD_COUNT = 3  # an opening word needs this many dev questions to become a feature
+MIN_WORD_COUNT = 3  # a word feature needs this many dev questions to become one
 DEV = tuple(name for name, s in SETS.items() if s.split == "dev")
 
 
@@ -50,20 +50,22 @@ def _logistic(c: float):
     return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs")
 
 
-def _loco_choice(x: np.ndarray, y: np.ndarray, groups: np.ndarray, score) -> tuple[float, dict[float, float]]:
-    """The C with the best mean score over held-out corpora (the smallest C wins a tie)."""
-    results = {}
-    for c in C_GRID:
-        held = []
-        for group in np.unique(groups):
-            train = groups != group
-            if len(np.unique(y[train])) < 2:
-                continue
-            model = _logistic(c).fit(x[train], y[train])
-            held.append(score(model, x[~train], y[~train]))
-        results[c] = float(np.mean(held))
-    best = max(results.values())
-    return min(c for c, v in results.items() if v >= best - 1e-9), results
+def _logistic_balanced(c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs", class_weight="balanced")
+
+
+def _shape_vocabularies(questions: list[str]) -> list[list[str]]:
+    """Per group of word features, those that at least MIN_WORD_COUNT of these questions have."""
+    counts: list[dict[str, int]] = []
+    for q in questions:
+        for group, present in enumerate(word_features(q)):
+            if group == len(counts):
+                counts.append({})
+            for word in set(present):
+                counts[group][word] = counts[group].get(word, 0) + 1
+    return [sorted(w for w, n in group.items() if n >= MIN_WORD_COUNT) for group in counts]
 
 
 def fit_shapes() -> tuple[ShapeModel, dict]:
@@ -73,19 +75,27 @@ def fit_shapes() -> tuple[ShapeModel, dict]:
     questions = [row["question"] for _, row in rows]
     embedder = Embedder(cache_size=1)
     vectors = np.stack([embedder.embed_query(q) for q in questions])
-    vocabularies = []
-    for position in range(OPENING_WORDS):
-        counts: dict[str, int] = {}
-        for q in questions:
-            words = opening(q)
-            if position < len(words):
-                counts[words[position]] = counts.get(words[position], 0) + 1
-        vocabularies.append(sorted(w for w, n in counts.items() if n >= MIN_WORD_COUNT))
-    x = np.stack([features(v, q, vocabularies) for v, q in zip(vectors, questions)])
     y = np.array([SHAPES.index(row["shape"]) for _, row in rows])
     groups = np.array([name for name, _ in rows])
-    c, by_c = _loco_choice(x, y, groups, lambda m, xs, ys: float((m.predict(xs) == ys).mean()))
-    model = _logistic(c).fit(x, y)
+
+    def matrix(vocabularies: list[list[str]]) -> np.ndarray:
+        return np.stack([features(v, q, vocabularies) for v, q in zip(vectors, questions)])
+
+    # Leave one corpus out, with the word features chosen from the other corpora only; C by the
+    # share of all held-out questions whose shape is right.
+    by_c = {}
+    for c in C_GRID:
+        right = 0
+        for group in np.unique(groups):
+            train = groups != group
+            x = matrix(_shape_vocabularies([q for q, t in zip(questions, train) if t]))
+            right += int((_logistic_balanced(c).fit(x[train], y[train]).predict(x[~train]) == y[~train]).sum())
+        by_c[c] = right / len(y)
+    best = max(by_c.values())
+    c = min(k for k, v in by_c.items() if v >= best - 1e-9)
+    vocabularies = _shape_vocabularies(questions)
+    x = matrix(vocabularies)
+    model = _logistic_balanced(c).fit(x, y)
     weights = np.zeros((len(SHAPES), x.shape[1]))
     bias = np.zeros(len(SHAPES))
     for row, label in enumerate(model.classes_):

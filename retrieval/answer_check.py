@@ -3,11 +3,12 @@
 The small tier picks its answer among candidate spans of the evidence
 (:mod:`~smallfirst.retrieval.picking`). A logistic regression over each candidate's features
 (the small model's score of it and its rank among the options, where its sentence ranks, how much
-of the question the sentence holds, how near the span stands to the question's words, the span's
-kind, the retrieval scores, the rule-based check's verdict) gives the probability that the
+of the question the sentence holds, how near the span stands to the question's words and where in
+its sentence, how often the best sentences repeat it, the span's kind, the retrieval scores, the
+rule-based check's verdict) gives the probability that the
 candidate is right. The likeliest candidate is the answer; it is marked supported when its
 probability reaches the threshold chosen on the ``dev`` QA sets, where answers scored by a
-model fitted without their own corpus are right at 0.9 or better.
+model fitted without their own corpus are right at ``PRECISION`` (``bench/train_answer_models.py``) or better.
 
 Fitted by ``python bench/train_answer_models.py`` on candidates of the dev sets
 (``retrieval/data/pick_examples.jsonl``); the weights ship in ``retrieval/data/pick_model.json``.

@@ -44,7 +44,7 @@ _CODE_NAME = re.compile(
     r"|[A-Za-z]*_\w*"  # snake_case, __next__
     r"|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Z]{3,}\w*|[A-Z]{2,}[a-z]\w*)(?![\w=])"  # camelCase, PascalCase, CAPS
 )
-_FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, or a keyword argument: strict=False
+_FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, -N, or a keyword argument: strict=False
 _CAPS = re.compile(r"\b[A-Z][A-Z0-9_]+[A-Z0-9]\b")  # PYTHONSTARTUP, SMALLFIRST_PORT; not a prefix like SMALLFIRST_
 # A keyboard key, alone or with modifiers: Tab, Escape, Ctrl+C, Shift-Enter, F5. The answer to "Which key …?"
 # in a widget's or a tool's docs is a plain capitalised word that no code-shaped pattern takes. Alone, only

@@ -2,10 +2,12 @@
 
 For each shape, the candidates come from the best evidence sentences (with their label lines):
 
-- a value: the numbers with their units, times, paths and quoted or code-shaped values;
+- a value: the numbers with their units, times, versions, ranges, hyphenated values with a digit
+  (UTF-8), paths and quoted or code-shaped values;
 - a count: the numbers, in digits or words;
 - a name: the names a sentence gives that the question does not
-  (see :func:`~smallfirst.retrieval.expectation.names_given`);
+  (see :func:`~smallfirst.retrieval.expectation.names_given`), and its capitalised names
+  ("Berkeley DB 2", "MD5");
 - yes or no: "Yes" and "No", each with the best sentence that decides it;
 - a description: the best sentences themselves.
 
@@ -26,10 +28,14 @@ from smallfirst.retrieval.support import claims, numbers
 
 SPAN_KINDS = ("number_unit", "number", "path", "code", "name", "sentence", "yes", "no")
 SENTENCES = 3  # best evidence sentences whose spans are candidates
-NAME_SENTENCES = 2  # ...for a name, as the name choice always had it
+NAME_SENTENCES = 3  # ...for a name
 MAX_CANDIDATES = 8
 MIN_DESCRIPTION_WORDS = 5
 
+# A hyphenated value with a digit in it (UTF-8, SHA-256, 4-space), a version (2.4.59) and a range (10-20, 4 to 17, 1–5 seconds): values the number pattern takes apart.
+_HYPHENATED = re.compile(r"(?<![\w.-])(?=[\w-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+(?![\w-])")
+_VERSION = re.compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]*\w)")
+_RANGE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s*(?:-|–|to)\s*\d+(?:\.\d+)?(?:\s?(?:%|[a-zA-Z]+\b))?(?![\w.]*\d)")
 _PATH = re.compile(r"(?<![\w/])(?:~|\.{0,2})?(?:/[\w.+@-]+){2,}/?")
 _CITED_END = re.compile(r"[\s.;:,]+$")
 
@@ -72,6 +78,9 @@ def _values(question: str, evidence: Sequence[Evidence], counting: bool) -> list
         if counting:
             spans = [(s, k) for s, k in spans if re.fullmatch(r"\d+|[a-z]+", s.strip(), re.IGNORECASE)]
         else:
+            spans += [(m.group(0), "number") for m in _VERSION.finditer(core)]
+            spans += [(m.group(0), "code") for m in _HYPHENATED.finditer(core) if not _RANGE.fullmatch(m.group(0))]
+            spans += [(_range_span(m.group(0)), "number_unit") for m in _RANGE.finditer(core)]
             spans += [(p, "path") for p in _PATH.findall(core)]
             spans += [(c.text, "code") for c in claims(core) if c.kind in ("quote", "identifier")
                       and name_key(c.text) not in asked_words and len(c.text) > 1]
@@ -84,8 +93,36 @@ def _values(question: str, evidence: Sequence[Evidence], counting: bool) -> list
     return out[:MAX_CANDIDATES]
 
 
+def _range_span(text: str) -> str:
+    """A range, with the word after it kept only when it is a unit: "4 to 17", "1-5 seconds"."""
+    parts = text.split()
+    if len(parts) > 1 and parts[-1].isalpha() and numbers(text)[-1].key[1] is None:
+        return " ".join(parts[:-1])
+    return text
+
+
 def _looks_like_code(name: str) -> bool:
     return bool(re.search(r"[_.()/@%-]|[a-z][A-Z]|^[A-Z0-9_]{2,}$", name))
+
+
+# Names no kind word or code shape finds: several capitalised words ("Berkeley DB 2", "RFC 2617"),
+# and capitals with digits ("MD5", "SHA1").
+_CAPITALISED = re.compile(r"(?<![\w-])[A-Z][\w+-]*(?:\s+(?:[A-Z][\w+-]*|\d[\w.]*)){1,3}(?![\w-])")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)$")
+_CAPS_DIGITS = re.compile(r"(?<![\w-])[A-Z]+\d[A-Z0-9]*(?![\w-])")
+
+
+def _plain_names(core: str, question: str) -> list[str]:
+    """Capitalised names in ``core`` that are not the question's own words."""
+    asked = set(content_words(question))
+    found = []
+    for m in _CAPITALISED.finditer(core):
+        found.append(m.group(0))
+        first, rest = m.group(0).split(None, 1)
+        if _SENTENCE_START.search(core[:m.start()]) and (" " in rest or re.search(r"[A-Z0-9]{2}", rest)):
+            found.append(rest)  # "See RFC 2617" at a sentence's start may be "RFC 2617"
+    found += _CAPS_DIGITS.findall(core)
+    return [name for name in found if name.lower() not in question.lower() and set(content_words(name)) - asked]
 
 
 def _names(question: str, evidence: Sequence[Evidence], sources: str) -> list[Candidate]:
@@ -94,9 +131,11 @@ def _names(question: str, evidence: Sequence[Evidence], sources: str) -> list[Ca
     out: list[Candidate] = []
     seen: set[str] = set()
     for rank, ev in enumerate(evidence[:NAME_SENTENCES]):
-        for name in names_given(_core(ev), question, kind, sources):
+        core = _core(ev)
+        for name in [*names_given(core, question, kind, sources), *_plain_names(core, question)]:
             key = name_key(name)
-            if key in seen or all(len(part) <= 1 for part in re.split(r"[^A-Za-z0-9]+", name) if part):
+            if key in seen or (not name.startswith("-")
+                               and all(len(part) <= 1 for part in re.split(r"[^A-Za-z0-9]+", name) if part)):
                 continue
             seen.add(key)
             shown = answer_phrase(name, expectation) if expectation is not None else name
@@ -148,10 +187,16 @@ def cited(candidate: Candidate) -> str:
 
 _NEGATION = re.compile(r"\b(?:not|no|never|cannot|none|neither|nor|without)\b|n't\b", re.IGNORECASE)
 CANDIDATE_FEATURES = (
-    "lm_score", "lm_best", "lm_gap", "options", "sentence_rank", "sentence_relative_score",
-    "question_terms_in_sentence", "span_near_question", *(f"kind_{k}" for k in SPAN_KINDS),
+    "lm_score", "lm_best", "lm_gap", "lm_z", "options", "sentence_rank", "sentence_relative_score",
+    "question_terms_in_sentence", "span_near_question", "question_within_3", "question_within_8", "span_in_question",
+    "span_in_label", "span_position", "span_words", "span_repeats", *(f"kind_{k}" for k in SPAN_KINDS),
     "negated_sentence", "yes_negated", "no_negated", "shape_probability", "top_hit_score", "hit_gap", "rules_pass",
 )
+REPEAT_SENTENCES = 5  # best evidence sentences in which a span's repeats are counted
+
+
+def _starts(tokens: Sequence[str], span: Sequence[str]) -> list[int]:
+    return [i for i in range(len(tokens) - len(span) + 1) if span and list(tokens[i:i + len(span)]) == list(span)]
 
 
 def _nearness(candidate: Candidate, question: str) -> float:
@@ -163,7 +208,7 @@ def _nearness(candidate: Candidate, question: str) -> float:
     asked = set(content_words(question))
     if not span or not asked:
         return 0.0
-    starts = [i for i in range(len(tokens) - len(span) + 1) if tokens[i:i + len(span)] == span]
+    starts = _starts(tokens, span)
     near = [i for i, t in enumerate(tokens) if t in asked or (len(t) > 3 and t.rstrip("s") in asked)]
     if not starts or not near:
         return 0.0
@@ -171,17 +216,48 @@ def _nearness(candidate: Candidate, question: str) -> float:
     return 1.0 / (1.0 + distance)
 
 
+def _span_context(candidate: Candidate, question: str) -> dict[str, float]:
+    """Where the span sits in its sentence: the share of the question's terms within 3 and 8 words
+    of it, its relative position, whether the label line holds it, and how much of it the question says."""
+    asked = set(content_words(question))
+    tokens = words(_core(candidate.evidence))
+    span = words(candidate.text)
+    starts = _starts(tokens, span) if candidate.kind not in ("sentence", "yes", "no") else []
+
+    def within(k: int) -> float:
+        best = 0.0
+        for start in starts:
+            around = tokens[max(0, start - k):start] + tokens[start + len(span):start + len(span) + k]
+            best = max(best, len(asked & set(content_words(" ".join(around)))) / len(asked))
+        return best if asked else 0.0
+
+    span_terms = set(content_words(candidate.text))
+    label = candidate.evidence.sentence.label
+    return {
+        "question_within_3": within(3),
+        "question_within_8": within(8),
+        "span_in_question": len(span_terms & asked) / len(span_terms) if span_terms else 0.0,
+        "span_in_label": float(bool(label) and candidate.text.lower() in label.lower()),
+        "span_position": starts[0] / max(1, len(tokens)) if starts else 1.0,
+        "span_words": float(len(span)),
+    }
+
+
 def candidate_features(candidates_: Sequence[Candidate], lm_scores: Sequence[float], question: str,
                        evidence: Sequence[Evidence], hit_scores: Sequence[float], shape_probability: float,
                        rules: Sequence[bool]) -> list[dict[str, float]]:
     """Each candidate's features for the pick model: the small model's score of it and its rank among
-    the options, where its sentence ranks and how much of the question it holds, how near the span
-    stands to the question's words, the span's kind, negation for yes or no, and the retrieval."""
+    the options, where its sentence ranks and how much of the question it holds, where the span
+    stands among the question's words, how often the best sentences repeat it, the span's kind,
+    negation for yes or no, and the retrieval."""
     best_lm = max(lm_scores) if lm_scores else 0.0
+    mean_lm = sum(lm_scores) / len(lm_scores) if lm_scores else 0.0
+    spread = (sum((s - mean_lm) ** 2 for s in lm_scores) / len(lm_scores)) ** 0.5 if lm_scores else 0.0
     order = sorted(range(len(lm_scores)), key=lambda i: -lm_scores[i])
     lm_rank = {i: r for r, i in enumerate(order)}
     best_evidence = max((ev.score for ev in evidence), default=0.0)
     terms = set(content_words(question))
+    best_texts = [_core(ev).lower() for ev in evidence[:REPEAT_SENTENCES]]
     out = []
     for i, c in enumerate(candidates_):
         sentence_words = set(content_words(f"{c.evidence.sentence.label} {c.evidence.text}"))
@@ -190,11 +266,14 @@ def candidate_features(candidates_: Sequence[Candidate], lm_scores: Sequence[flo
             "lm_score": lm_scores[i],
             "lm_best": float(lm_rank[i] == 0),
             "lm_gap": best_lm - lm_scores[i],
+            "lm_z": (lm_scores[i] - mean_lm) / spread if spread > 1e-9 else 0.0,
             "options": float(min(len(candidates_), MAX_CANDIDATES)),
             "sentence_rank": float(c.rank),
             "sentence_relative_score": c.evidence.score / best_evidence if best_evidence > 0 else 0.0,
             "question_terms_in_sentence": len(terms & sentence_words) / len(terms) if terms else 0.0,
             "span_near_question": _nearness(c, question),
+            **_span_context(c, question),
+            "span_repeats": float(sum(c.text.lower() in text for text in best_texts)),
             **{f"kind_{k}": float(c.kind == k) for k in SPAN_KINDS},
             "negated_sentence": negated,
             "yes_negated": negated * (c.kind == "yes"),

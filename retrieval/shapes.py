@@ -1,10 +1,13 @@
 """What shape of answer a question asks for: a value, a name, a description, yes or no, or a count.
 
-A multinomial logistic regression over the query's embedding (already computed for the search)
-and its first two words, each as one of the words seen often enough in training. Fitted on the
-``dev`` QA sets by ``python bench/train_answer_models.py``; its weights ship in
-``retrieval/data/question_shape_model.json``. No word list decides a shape: the model learns
-which openings and which meanings go with which shape.
+A multinomial logistic regression over the query's embedding (already computed for the search),
+scaled by ``EMBEDDING_WEIGHT``, and the question's words: each of its first three words at its
+position, and every word and every pair of neighbouring words anywhere in it, each as one of those
+seen often enough in training. Fitted on the ``dev`` QA sets by
+``python bench/train_answer_models.py``, with classes weighted to balance (a corpus's own mix of
+shapes should not become the model's prior); its weights ship in
+``retrieval/data/question_shape_model.json``. No word list decides a shape: the model learns which
+openings, words and meanings go with which shape.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import orjson
@@ -19,25 +23,37 @@ import orjson
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SHAPE_MODEL_FILE = DATA_DIR / "question_shape_model.json"
 SHAPES = ("value", "name", "description", "yesno", "count")
-OPENING_WORDS = 2  # the first words of a question that are features of their own
+OPENING_WORDS = 3  # the first words of a question that are features of their own, at their position
+EMBEDDING_WEIGHT = 0.5  # the embedding's scale beside the 0/1 word features (chosen on dev, held-out corpus)
 
 _WORD = re.compile(r"[a-z']+")
 
 
+def question_words(question: str) -> list[str]:
+    """The question's words, lower case ("what's" stays one word)."""
+    return _WORD.findall(question.lower())
+
+
 def opening(question: str) -> list[str]:
-    """The question's first words, lower case ("what's" stays one word)."""
-    return _WORD.findall(question.lower())[:OPENING_WORDS]
+    """The question's first words."""
+    return question_words(question)[:OPENING_WORDS]
 
 
-def features(vector: np.ndarray, question: str, vocabularies: list[list[str]]) -> np.ndarray:
-    """The embedding, then one indicator per known word at each opening position (an unknown word sets none)."""
-    words = opening(question)
-    parts = [np.asarray(vector, dtype=np.float64)]
-    for position, vocabulary in enumerate(vocabularies):
-        indicator = np.zeros(len(vocabulary))
-        if position < len(words) and words[position] in vocabulary:
-            indicator[vocabulary.index(words[position])] = 1.0
-        parts.append(indicator)
+def word_features(question: str) -> list[list[str]]:
+    """The question's word features by group: each opening position, then its words, then its word pairs."""
+    words = question_words(question)
+    groups = [[words[p]] if p < len(words) else [] for p in range(OPENING_WORDS)]
+    groups.append(sorted(set(words)))
+    groups.append(sorted({f"{a} {b}" for a, b in zip(words, words[1:])}))
+    return groups
+
+
+def features(vector: np.ndarray, question: str, vocabularies: Sequence[Sequence[str]]) -> np.ndarray:
+    """The scaled embedding, then one indicator per known word feature of each group (an unknown one sets none)."""
+    parts = [EMBEDDING_WEIGHT * np.asarray(vector, dtype=np.float64)]
+    for present, vocabulary in zip(word_features(question), vocabularies):
+        known = set(present)
+        parts.append(np.array([float(word in known) for word in vocabulary]))
     return np.concatenate(parts)
 
 
@@ -65,6 +81,8 @@ class ShapeModel:
     @classmethod
     def load(cls, path: Path = SHAPE_MODEL_FILE) -> "ShapeModel":
         data = orjson.loads(path.read_bytes())
+        if len(data["vocabularies"]) != len(word_features("")):
+            raise ValueError(f"{path}: fitted on other features; refit with bench/train_answer_models.py")
         return cls(tuple(data["classes"]), tuple(tuple(v) for v in data["vocabularies"]),
                    np.asarray(data["weights"], dtype=np.float64), np.asarray(data["bias"], dtype=np.float64))
 

@@ -14,7 +14,7 @@ import pytest
 
 from smallfirst.retrieval.answer_check import PICK_MODEL_FILE, PickModel
 from smallfirst.retrieval.picking import CANDIDATE_FEATURES
-from smallfirst.retrieval.shapes import SHAPE_MODEL_FILE, SHAPES, ShapeModel
+from smallfirst.retrieval.shapes import SHAPE_MODEL_FILE, SHAPES, ShapeModel, word_features
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,18 @@ def test_a_pick_model_fitted_on_other_features_is_refused(tmp_path: Path) -> Non
     stale.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="other features"):
         PickModel.load(stale)
+
+
+def test_the_shape_model_reads_a_questions_opening_words_and_pairs_and_refuses_other_features(tmp_path: Path) -> None:
+    groups = word_features("How many lamps stay dark at night?")
+    assert groups[:3] == [["how"], ["many"], ["lamps"]]
+    assert "night" in groups[3] and "how many" in groups[4] and "stay dark" in groups[4]
+    data = json.loads(SHAPE_MODEL_FILE.read_text())
+    data["vocabularies"] = data["vocabularies"][:2]
+    stale = tmp_path / "question_shape_model.json"
+    stale.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="other features"):
+        ShapeModel.load(stale)
 
 
 @pytest.mark.slow

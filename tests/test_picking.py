@@ -134,3 +134,36 @@ def test_without_the_model_the_small_models_likeliest_is_chosen_and_the_rules_de
     features = [{}, {}]
     assert choose(None, features, [-2.0, -0.5], [True, False]) == Pick(1, None, False)
     assert choose(None, features, [-0.1, -0.5], [True, False]) == Pick(0, None, True)
+
+
+RELAY = """Relay station › Requirements
+
+Building the relay needs at least version 3.2.14 of libfoghorn. Its gain can be set from 2 to 40 in steps of two.
+The panel speaks ISO-8859-1 only. A restart takes 5-10 seconds.
+-Q num  Number of lamps kept quiet at night.
+The relay speaks the Northern Light Protocol to its lamps. See RFC 4242 for the framing.
+"""
+
+
+def test_versions_ranges_and_hyphenated_values_are_candidates_whole() -> None:
+    assert "3.2.14" in spans("value", "What is the oldest libfoghorn the relay can be built against?", RELAY)
+    assert "2 to 40" in spans("value", "Within what limits may the relay's gain be set?", RELAY)
+    assert "5-10 seconds" in spans("value", "How long does the relay need to restart?", RELAY)
+    assert "ISO-8859-1" in spans("value", "In what character encoding does the panel talk?", RELAY)
+
+
+def test_a_name_question_gets_one_letter_flags_and_capitalised_names() -> None:
+    assert "-Q" in spans("name", "Which flag chooses how many lamps stay dark at night?", RELAY)
+    assert "Northern Light Protocol" in spans("name", "What does the relay use to talk to its lamps?", RELAY)
+    found = spans("name", "Which RFC describes how the relay frames its messages?", RELAY)
+    assert "RFC 4242" in found  # without the sentence's first word, "See"
+
+
+def test_span_context_features_see_the_question_words_beside_a_span() -> None:
+    question = "Which radio channel does the harbour master answer on?"
+    count = len(candidates("value", question, find_evidence(question, [hit(HARBOUR)], None).ranked, HARBOUR))
+    options, features = _features(question, HARBOUR, [-1.0] * count)
+    by_text = {c.text: f for c, f in zip(options, features)}
+    assert by_text["16"]["question_within_3"] > by_text["07:30"]["question_within_3"]
+    assert by_text["16"]["span_position"] < by_text["07:30"]["span_position"]
+    assert by_text["16"]["span_in_question"] == 0.0 and by_text["90 days"]["span_words"] == 2.0

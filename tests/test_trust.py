@@ -175,7 +175,7 @@ def test_eval_reports_the_check(with_large: Server, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("question", "shape", "span"), [
-    ("At what time does the earliest Sunday ferry set off?", "value", "08:15"),
+    ("At what time does the ferry set off on Sundays?", "value", "08:15"),
     ("Which function gives the rainfall collected since midnight?", "name", "read_gauge()"),
     ("What does wind_speed() report?", "description", "mean wind speed of the last ten minutes"),
 ])
