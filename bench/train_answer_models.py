@@ -44,16 +44,10 @@ MIN_WORD_COUNT = 3  # a word feature needs this many dev questions to become one
 DEV = tuple(name for name, s in SETS.items() if s.split == "dev")
 
 
-def _logistic(c: float):
+def _logistic(c: float, balanced: bool = False):
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs")
-
-
-def _logistic_balanced(c: float):
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs", class_weight="balanced")
+    return LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs", class_weight="balanced" if balanced else None)
 
 
 def _shape_vocabularies(questions: list[str]) -> list[list[str]]:
@@ -89,13 +83,13 @@ def fit_shapes() -> tuple[ShapeModel, dict]:
         for group in np.unique(groups):
             train = groups != group
             x = matrix(_shape_vocabularies([q for q, t in zip(questions, train) if t]))
-            right += int((_logistic_balanced(c).fit(x[train], y[train]).predict(x[~train]) == y[~train]).sum())
+            right += int((_logistic(c, balanced=True).fit(x[train], y[train]).predict(x[~train]) == y[~train]).sum())
         by_c[c] = right / len(y)
     best = max(by_c.values())
     c = min(k for k, v in by_c.items() if v >= best - 1e-9)
     vocabularies = _shape_vocabularies(questions)
     x = matrix(vocabularies)
-    model = _logistic_balanced(c).fit(x, y)
+    model = _logistic(c, balanced=True).fit(x, y)
     weights = np.zeros((len(SHAPES), x.shape[1]))
     bias = np.zeros(len(SHAPES))
     for row, label in enumerate(model.classes_):

@@ -199,41 +199,26 @@ def _starts(tokens: Sequence[str], span: Sequence[str]) -> list[int]:
     return [i for i in range(len(tokens) - len(span) + 1) if span and list(tokens[i:i + len(span)]) == list(span)]
 
 
-def _nearness(candidate: Candidate, question: str) -> float:
-    """How close the span stands to the question's words in its sentence: 1 beside one, falling with distance."""
-    if candidate.kind in ("sentence", "yes", "no"):
-        return 0.0
-    tokens = words(_core(candidate.evidence))
-    span = words(candidate.text)
-    asked = set(content_words(question))
-    if not span or not asked:
-        return 0.0
-    starts = _starts(tokens, span)
-    near = [i for i, t in enumerate(tokens) if t in asked or (len(t) > 3 and t.rstrip("s") in asked)]
-    if not starts or not near:
-        return 0.0
-    distance = min(abs(a - b) for a in starts for b in near)
-    return 1.0 / (1.0 + distance)
-
-
 def _span_context(candidate: Candidate, question: str) -> dict[str, float]:
-    """Where the span sits in its sentence: the share of the question's terms within 3 and 8 words
-    of it, its relative position, whether the label line holds it, and how much of it the question says."""
+    """Where the span stands in its sentence: how close to the question's words (1 beside one,
+    falling with distance), the share of the question's terms within 3 and 8 words of it, its
+    relative position, whether the label line holds it, how much of it the question says, its length."""
     asked = set(content_words(question))
     tokens = words(_core(candidate.evidence))
     span = words(candidate.text)
     starts = _starts(tokens, span) if candidate.kind not in ("sentence", "yes", "no") else []
+    near = [i for i, t in enumerate(tokens) if t in asked or (len(t) > 3 and t.rstrip("s") in asked)]
 
     def within(k: int) -> float:
-        best = 0.0
-        for start in starts:
-            around = tokens[max(0, start - k):start] + tokens[start + len(span):start + len(span) + k]
-            best = max(best, len(asked & set(content_words(" ".join(around)))) / len(asked))
-        return best if asked else 0.0
+        shares = [len(asked & set(content_words(" ".join(tokens[max(0, start - k):start]
+                                                         + tokens[start + len(span):start + len(span) + k]))))
+                  / len(asked) for start in starts] if asked else []
+        return max(shares, default=0.0)
 
     span_terms = set(content_words(candidate.text))
     label = candidate.evidence.sentence.label
     return {
+        "span_near_question": 1.0 / (1.0 + min(abs(a - b) for a in starts for b in near)) if starts and near else 0.0,
         "question_within_3": within(3),
         "question_within_8": within(8),
         "span_in_question": len(span_terms & asked) / len(span_terms) if span_terms else 0.0,
@@ -271,7 +256,6 @@ def candidate_features(candidates_: Sequence[Candidate], lm_scores: Sequence[flo
             "sentence_rank": float(c.rank),
             "sentence_relative_score": c.evidence.score / best_evidence if best_evidence > 0 else 0.0,
             "question_terms_in_sentence": len(terms & sentence_words) / len(terms) if terms else 0.0,
-            "span_near_question": _nearness(c, question),
             **_span_context(c, question),
             "span_repeats": float(sum(c.text.lower() in text for text in best_texts)),
             **{f"kind_{k}": float(c.kind == k) for k in SPAN_KINDS},

@@ -34,11 +34,6 @@ def question_words(question: str) -> list[str]:
     return _WORD.findall(question.lower())
 
 
-def opening(question: str) -> list[str]:
-    """The question's first words."""
-    return question_words(question)[:OPENING_WORDS]
-
-
 def word_features(question: str) -> list[list[str]]:
     """The question's word features by group: each opening position, then its words, then its word pairs."""
     words = question_words(question)

@@ -167,3 +167,12 @@ def test_span_context_features_see_the_question_words_beside_a_span() -> None:
     assert by_text["16"]["question_within_3"] > by_text["07:30"]["question_within_3"]
     assert by_text["16"]["span_position"] < by_text["07:30"]["span_position"]
     assert by_text["16"]["span_in_question"] == 0.0 and by_text["90 days"]["span_words"] == 2.0
+
+
+def test_a_question_without_content_words_still_gets_features() -> None:
+    question = "What is it?"
+    evidence = find_evidence(question, [hit(HARBOUR)], None)
+    options = candidates("value", question, evidence.ranked, HARBOUR)
+    assert options
+    features = candidate_features(options, [-1.0] * len(options), question, evidence.ranked, [0.7], 0.5, [False] * len(options))
+    assert all(f["question_within_3"] == f["question_within_8"] == f["span_near_question"] == 0.0 for f in features)
