@@ -118,8 +118,8 @@ def _plain_names(core: str, question: str) -> list[str]:
     found = []
     for m in _CAPITALISED.finditer(core):
         found.append(m.group(0))
-        first, rest = m.group(0).split(None, 1)
-        if _SENTENCE_START.search(core[:m.start()]) and (" " in rest or re.search(r"[A-Z0-9]{2}", rest)):
+        rest = m.group(0).split(None, 1)[1]
+        if _SENTENCE_START.search(core, 0, m.start()) and (" " in rest or re.search(r"[A-Z0-9]{2}", rest)):
             found.append(rest)  # "See RFC 2617" at a sentence's start may be "RFC 2617"
     found += _CAPS_DIGITS.findall(core)
     return [name for name in found if name.lower() not in question.lower() and set(content_words(name)) - asked]
@@ -195,8 +195,9 @@ CANDIDATE_FEATURES = (
 REPEAT_SENTENCES = 5  # best evidence sentences in which a span's repeats are counted
 
 
-def _starts(tokens: Sequence[str], span: Sequence[str]) -> list[int]:
-    return [i for i in range(len(tokens) - len(span) + 1) if span and list(tokens[i:i + len(span)]) == list(span)]
+def _starts(tokens: list[str], span: list[str]) -> list[int]:
+    """Where ``span`` starts in ``tokens`` (none for an empty span)."""
+    return [i for i in range(len(tokens) - len(span) + 1) if span and tokens[i:i + len(span)] == span]
 
 
 def _span_context(candidate: Candidate, question: str) -> dict[str, float]:
