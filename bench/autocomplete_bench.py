@@ -5,8 +5,9 @@ cores, flash attention), one streamed `/v1/completions` request per debounced ke
 fixed grounding passage in front of the typed text. Both sides get the same typists, driven by
 the typing workload of `smallfirst loadtest` (6 characters/s, 100 ms debounce, 8-token
 suggestions); time to first token counts from the moment the debounce expired, and a request
-is served when its first token arrives before the next keystroke. On both sides, a keystroke
-cancels a suggestion whose first token has not come, as the widget does.
+is served when its first token arrives before the next keystroke. On both sides, as the widget
+does, a keystroke that types into the suggestion keeps its rest with no request, and any other
+keystroke cancels it.
 
 1. smallfirst (docs/ ingested, grounding on): one typist; the same keystrokes replayed one at a
    time; four typists at once; one typist while answers stream on another connection.
@@ -40,7 +41,7 @@ from smallfirst.service.llm.loading import bundled_model_path  # noqa: E402
 from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS  # noqa: E402
 from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample  # noqa: E402
 from smallfirst.service.percentiles import percentile  # noqa: E402
-from smallfirst.service.tools.loadtest.workloads import TypingProfile, keystroke_times, type_session  # noqa: E402
+from smallfirst.service.tools.loadtest.workloads import TypingProfile, keystroke_times, type_session, typed_into  # noqa: E402
 
 PROFILE = TypingProfile(chars_per_s=6.0, jitter=0.5, debounce_s=0.1, max_tokens=8)
 TEXTS = [
@@ -217,6 +218,7 @@ async def peer_request(client: httpx.AsyncClient, base: str, prompt: str, sample
                 choice = json.loads(line[6:])["choices"][0]
                 if choice.get("text") and sample.first_token is None:
                     sample.first_token = clock()
+                sample.text += choice.get("text") or ""
                 finish = choice.get("finish_reason") or finish
     except httpx.HTTPError as exc:
         sample.error = type(exc).__name__
@@ -237,13 +239,20 @@ async def peer_typists(base: str, texts: list[list[str]], seed: int = 0) -> list
         start = 0.1 + 0.37 * k
         for n, text in enumerate(mine):
             tasks: list[asyncio.Future[Any]] = []
+            shown: tuple[Sample, str] | None = None
             typed = keystroke_times(text, start, PROFILE, rng)  # the loadtest's timing rules, as in type_session
             for i, at in enumerate(typed):
                 send_at = at + PROFILE.debounce_s
                 next_key = typed[i + 1] if i + 1 < len(typed) else float("inf")
                 await asyncio.sleep(max(0.0, at - clock()))
-                if tasks and not tasks[-1].done() and out[-1].first_token is None:
-                    tasks[-1].cancel()  # as type_session does: a keystroke drops a suggestion not yet shown
+                if shown is not None:  # as type_session does: keep a suggestion typed into, else drop it
+                    last, sent = shown
+                    if typed_into(sent, last.text, text[: i + 1]):
+                        if len(sent) + len(last.text) > i + 1:
+                            continue
+                    elif not tasks[-1].done():
+                        tasks[-1].cancel()
+                    shown = None
                 if next_key <= send_at or not text[: i + 1].strip():
                     continue
                 await asyncio.sleep(max(0.0, send_at - clock()))
@@ -254,6 +263,7 @@ async def peer_typists(base: str, texts: list[list[str]], seed: int = 0) -> list
                 out.append(sample)
                 tasks.append(asyncio.ensure_future(peer_request(client, base, SNIPPET + text[: i + 1], sample, clock,
                                                                 PROFILE.max_tokens, next_key)))
+                shown = (sample, text[: i + 1])
             await asyncio.gather(*tasks, return_exceptions=True)
             start = clock() + 0.5
         return out

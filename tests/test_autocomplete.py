@@ -285,3 +285,27 @@ def test_text_typed_from_a_passage_gets_its_continuation_with_no_model_step(engi
     assert text == "fice by radio,", text
     assert (steps, evaluated, copies) == (0, 0, 1)
     assert stats.completion_tokens == 0
+
+
+def test_a_keystroke_takes_the_slot_of_a_background_prefill_when_every_slot_is_in_use(engine, slots, scheduler) -> None:
+    """Grounding prefills fill every slot; a new typist's keystroke stops one of them and is
+    served, instead of being refused as busy."""
+    from smallfirst.service.autocomplete.grounding import Grounding
+
+    passage = " ".join(f"Bay {i} of the depot stores {i * 3} crates of tinned fruit and spare rope." for i in range(12))
+
+    async def scenario():
+        ac = await engine()
+        tokens = tuple(await scheduler.run(Priority.CONTROL, slots.tokenize, passage + "\n\n", True))
+        grounding = Grounding("p1", "doc", "Depot", 0, passage + "\n\n", tokens, passage)
+        prefilling = [ac._standby(ac.typist(), grounding, "The depot") for _ in range(slots.n_slots)]
+        assert all(job is not None for job in prefilling)
+        await until(lambda: all(job.prompt is not None for job in prefilling), "the prefills' preparation")
+        assert not any(job.finished for job in prefilling)
+        served = await suggest(ac, ac.typist(), TYPED[:40])
+        await asyncio.wait_for(ac.idle(), 60)
+        await ac.close()
+        return served, [job.stats.finish for job in prefilling], ac.preempted
+    (text, stats, _), finishes, preempted = asyncio.run(scenario())
+    assert stats.finish in ("stop", "length") and text, (text, stats)
+    assert preempted == 1 and finishes.count("cancelled") == 1 and finishes.count("stop") == len(finishes) - 1

@@ -197,6 +197,44 @@ def test_a_keystroke_cancels_a_suggestion_not_yet_shown() -> None:
     assert not any(s.delivered for s in samples)
 
 
+def test_typing_into_a_suggestion_keeps_it_and_any_other_keystroke_cancels_it() -> None:
+    """As the widget does: a keystroke that types the suggestion's next character keeps its rest
+    and asks for nothing; one that leaves it cancels the request even after its text came. The
+    server streams one token per suggestion and never ends one on its own."""
+    import random
+    import time
+
+    from smallfirst.service.tools.loadtest.workloads import TypingProfile, type_session
+
+    frames: list[dict[str, Any]] = []
+
+    async def handle(ws: Any) -> None:
+        await ws.send(json.dumps({"type": "ready", "protocol": 1}))
+        async for raw in ws:
+            frame = json.loads(raw)
+            frames.append(frame)
+            if frame["type"] == "complete":
+                text = "bz" if frame["text"] == "a" else "q"
+                await ws.send(json.dumps({"type": "token", "id": frame["id"], "seq": 0, "text": text}))
+            elif frame["type"] == "cancel":
+                await ws.send(json.dumps({"type": "done", "id": frame["id"], "finish": "cancelled"}))
+
+    async def run() -> list[Any]:
+        port = free_port()
+        async with websockets.serve(handle, "127.0.0.1", port):
+            t0 = time.monotonic()
+            profile = TypingProfile(chars_per_s=10.0, jitter=0.0, debounce_s=0.005, max_tokens=4)
+            return await type_session(f"ws://127.0.0.1:{port}/ws", None, "abcd", 0.0, "t", lambda: time.monotonic() - t0,
+                                      0.5, ProtocolChecker(), profile, random.Random(0), warmup_until=0.0)
+
+    samples = asyncio.run(run())
+    assert [(f["type"], f["id"]) for f in frames] == [
+        ("complete", "t-0"), ("cancel", "t-0"), ("complete", "t-2"), ("cancel", "t-2"), ("complete", "t-3"),
+    ]
+    assert [s.text for s in samples] == ["bz", "q", "q"]
+    assert [s.delivered for s in samples[:2]] == [True, True]
+
+
 def test_stale_suggestions_are_told_apart_by_whether_any_text_came() -> None:
     from smallfirst.service.tools.loadtest.samples import Sample
     from smallfirst.service.tools.loadtest.summary import summarise

@@ -77,6 +77,7 @@ class Autocompleter:
         self.steps = 0  # model steps that evaluated at least one row
         self.evaluated = 0  # tokens those steps evaluated
         self.reused = 0  # suggestions whose first token came from the scores a slot kept, with no step
+        self.preempted = 0  # background prefills stopped to free a slot for a keystroke
 
     @classmethod
     async def load(cls, scheduler: CpuScheduler, model_path: Path, n_slots: int, slot_ctx: int, threads: int,
@@ -116,6 +117,20 @@ class Autocompleter:
     def _claim(self, typist: Typist) -> int | None:
         return self.owners.claim(typist, {job.slot for job in self._jobs})
 
+    def _preempt(self, typist: Typist) -> int | None:
+        """Every slot holds a running job: a keystroke goes before a background prefill (a prewarm
+        first, then a standby passage), whose slot it takes. None when only suggestions run."""
+        prefills = [job for job in self._jobs if job.standby and job.prompt is not None and not job.finished]
+        if not prefills:
+            return None
+        job = min(prefills, key=lambda job: (not job.release, job.started))
+        job.cancelled = True
+        job.stats.finish = "cancelled"
+        self._finish(job)
+        self._jobs.remove(job)
+        self.preempted += 1
+        return self.owners.take(typist, job.slot)
+
     # Requests --------------------------------------------------------------------------
 
     async def suggest(
@@ -143,6 +158,8 @@ class Autocompleter:
             yield copy
             return
         slot = typist.slot if self.owners.owns(typist, typist.slot) else self._claim(typist)
+        if slot is None:
+            slot = self._preempt(typist)
         typist.slot = slot
         if slot is None:
             raise Busy("every autocomplete slot is busy; try again shortly")

@@ -54,7 +54,10 @@ class SlotOwners:
             candidates = [s for s in range(self.n_slots) if s not in busy and self._owner[s] is not typist]
         if not candidates:
             return None
-        slot = min(candidates, key=lambda s: self._used[s])
+        return self.take(typist, min(candidates, key=lambda s: self._used[s]))
+
+    def take(self, typist: Typist, slot: int) -> int:
+        """Give ``slot`` to ``typist``; its previous owner starts cold on its next keystroke."""
         previous = self._owner[slot]
         if previous is not None and previous is not typist:
             previous.evicted_from(slot)

@@ -122,6 +122,9 @@ class RuntimeCollector(Collector):
         yield CounterMetricFamily("smallfirst_suggestions_copied",
                                   "Suggestions copied from a document passage, with no model step.",
                                   value=autocomplete.copies if autocomplete is not None else 0)
+        yield CounterMetricFamily("smallfirst_autocomplete_prefills_preempted",
+                                  "Background prefills (new grounding, the next text window) stopped to free a slot for a keystroke.",
+                                  value=autocomplete.preempted if autocomplete is not None else 0)
         chunks = CounterMetricFamily("smallfirst_ingest_chunks", "Chunks written or deleted by ingest jobs.", labels=["result"])
         for result in ("written", "deleted"):
             chunks.add_metric([result], totals.get(f"chunks_{result}", 0))

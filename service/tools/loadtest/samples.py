@@ -30,6 +30,7 @@ class Sample:
     escalation: str | None = None  # the router's reason, before any small-model token
     revised: bool = False  # the small answer failed its support check and was replaced
     supported: bool | None = None
+    text: str = ""  # the suggestion or answer text received so far
 
     @property
     def ttft_ms(self) -> float | None:

@@ -106,6 +106,7 @@ async def follow(conn: Connection, queue: asyncio.Queue[dict[str, Any] | None], 
                 sample.first_token = now
             sample.token_times.append(now)
             sample.tokens += 1
+            sample.text += str(frame.get("text", ""))
         elif kind == "done":
             sample.done, sample.finish = now, frame.get("finish")
             sample.tier, sample.cost_usd = frame.get("tier"), float(frame.get("cost_usd") or 0.0)
@@ -147,13 +148,19 @@ def keystroke_times(text: str, start: float, profile: TypingProfile, rng: random
     return times
 
 
+def typed_into(sent: str, suggestion: str, typed: str) -> bool:
+    """Whether the text now ``typed`` runs into the suggestion shown for ``sent``: the widget then
+    keeps the rest of the suggestion and asks for nothing; any other keystroke drops it."""
+    return len(typed) > len(sent) and typed.startswith(sent) and (sent + suggestion).startswith(typed)
+
+
 async def type_session(url: str, token: str | None, text: str, start: float, prefix: str, clock: Callable[[], float],
                        timeout_s: float, checker: ProtocolChecker, profile: TypingProfile, rng: random.Random,
                        warmup_until: float) -> list[Sample]:
-    """One typist: a suggestion is asked for after each pause of ``debounce_s``; it is delivered only
-    if its first token arrives before the next keystroke changes the text. As the widget does, that
-    keystroke cancels a suggestion whose first token has not come (the next request would
-    supersede it only a debounce later)."""
+    """One typist, doing what the widget does: a suggestion is asked for after each pause of
+    ``debounce_s``; a keystroke that types into the suggestion shown keeps its rest and asks for
+    nothing, and any other keystroke cancels it at once, whether or not its text has come. A
+    suggestion is delivered only if its first token arrives before the next keystroke."""
     typed = keystroke_times(text, start, profile, rng)
     samples: list[Sample] = []
     try:
@@ -162,18 +169,23 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
         return [Sample("type", f"{prefix}-0", start, error=f"connect: {type(exc).__name__}", warmup=start < warmup_until)]
     followers: list[asyncio.Task[None]] = []
     try:
-        waiting: Sample | None = None  # the request whose first token has not come yet
+        shown: tuple[Sample, str] | None = None  # the latest request and the text it was sent for
         for i, at in enumerate(typed):
+            now_typed = text[: i + 1]
             send_at = at + profile.debounce_s
             next_key = typed[i + 1] if i + 1 < len(typed) else float("inf")
             await asyncio.sleep(max(0.0, at - clock()))
             if conn.closed_reason:
                 break
-            if waiting is not None and waiting.first_token is None and waiting.done is None:
-                # As the widget does: a keystroke that changes the text cancels a suggestion not yet shown.
-                await conn.send({"type": "cancel", "id": waiting.id})
-            waiting = None
-            if next_key <= send_at or not text[: i + 1].strip():
+            if shown is not None:
+                sample, sent = shown
+                if typed_into(sent, sample.text, now_typed):
+                    if len(sent) + len(sample.text) > len(now_typed):
+                        continue  # the rest of the suggestion still stands: nothing to ask
+                elif sample.done is None:
+                    await conn.send({"type": "cancel", "id": sample.id})
+                shown = None
+            if next_key <= send_at or not now_typed.strip():
                 continue  # the user typed again before the debounce expired
             await asyncio.sleep(max(0.0, send_at - clock()))
             if conn.closed_reason:
@@ -182,9 +194,9 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
             samples.append(sample)
             queue = conn.expect(sample.id)
             sample.sent = clock()
-            await conn.send({"type": "complete", "id": sample.id, "text": text[: i + 1], "max_tokens": profile.max_tokens})
+            await conn.send({"type": "complete", "id": sample.id, "text": now_typed, "max_tokens": profile.max_tokens})
             followers.append(asyncio.ensure_future(_follow_typed(conn, queue, sample, clock, send_at + timeout_s, next_key)))
-            waiting = sample
+            shown = (sample, now_typed)
         if followers:
             await asyncio.gather(*followers)
     except websockets.ConnectionClosed:
