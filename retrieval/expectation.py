@@ -22,11 +22,12 @@ from smallfirst.retrieval.evidence import STOPWORDS, Evidence, EvidenceSet, cont
 # ("Which file formats …?", "Which file name …?"); "format", often answered by several ("Markdown
 # and text"); and "model", whose names run over several words and numbers ("Gemma 3 270M"),
 # which no single option holds. "What kind of tool …?" asks for a description, not a name (while "What kind of error …?" wants one).
-CALLABLE_KINDS = ("function", "method", "decorator", "helper", "handler", "class", "exception", "error", "built-in")
+# The list holds general classes of named things in software documentation; no word is kept for
+# the sake of one question (left out of the corpus that asks it, nothing would have chosen it).
+CALLABLE_KINDS = ("function", "method", "decorator", "handler", "class", "exception", "error")
 OTHER_KINDS = ("module", "library", "statement", "keyword", "constant", "attribute", "variable", "flag", "option",
-               "action", "operator", "type", "standard", "tool", "script", "command", "argument", "parameter",
-               "setting", "field", "header", "key", "character", "algorithm", "interpreter", "package", "extension",
-               "endpoint", "syntax", "newsgroup")
+               "operator", "type", "tool", "script", "command", "argument", "parameter", "setting", "field",
+               "header", "character", "algorithm", "package", "extension", "endpoint")
 _KINDS = CALLABLE_KINDS + OTHER_KINDS
 # A lead-in phrase before the question word ("With the 'replace' error handler, which character …?"),
 # but no clause that is itself a question ("Does pathlib, which module …, support globbing?").
@@ -46,16 +47,6 @@ _CODE_NAME = re.compile(
 )
 _FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*|(?<![\w-])\w+=\w+")  # --quiet, -N, or a keyword argument: strict=False
 _CAPS = re.compile(r"\b[A-Z][A-Z0-9_]+[A-Z0-9]\b")  # PYTHONSTARTUP, SMALLFIRST_PORT; not a prefix like SMALLFIRST_
-# A keyboard key, alone or with modifiers: Tab, Escape, Ctrl+C, Shift-Enter, F5. The answer to "Which key …?"
-# in a widget's or a tool's docs is a plain capitalised word that no code-shaped pattern takes. Alone, only
-# words that name little else, and not as an imperative before its object ("Enter the command", "Escape a
-# string"); Return, Delete, Home or End only after a modifier. Not taken: arrows, punctuation keys, "Ctrl + C".
-_MODIFIER = r"(?:Ctrl|Control|Alt|Shift|Cmd|Command|Meta|Super|Option)[+-]"
-_OBJECT = r"(?!\s+(?:the|a|an|your|my|our|its|their|this|these|that|those|any|all|each|every|some|it|them)\b)"
-_KEY_NAME = re.compile(
-    r"(?<![\w+-])(?:(?:" + _MODIFIER + r")+(?:Return|Delete|Del|Insert|Home|End|[A-Za-z0-9])"
-    r"|(?:" + _MODIFIER + r")*(?:Tab|Enter|Escape|Esc|Space|Spacebar|Backspace|PageUp|PageDown|F(?:1[0-9]|2[0-4]|[1-9])))"
-    r"(?![\w+-])" + _OBJECT)
 OPERATOR = re.compile(r"(?<![^\s(\[`])([-+*/%=<>!&|^~@:]{2,3})(?=[\s)\].,`]|$)")  # //, **, ->, !=, :=
 
 
@@ -127,9 +118,9 @@ def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
 
 
 # Kinds whose names are never written as a call: ``as_integer_ratio()`` is no standard.
-_NOT_CALLED = ("module", "library", "package", "standard", "newsgroup", "statement", "keyword", "operator", "header",
-               "extension", "syntax", "endpoint", "character", "variable", "constant", "setting", "field", "key", "flag",
-               "option", "action", "argument", "parameter", "script", "interpreter")
+_NOT_CALLED = ("module", "library", "package", "statement", "keyword", "operator", "header", "extension", "endpoint",
+               "character", "variable", "constant", "setting", "field", "flag", "option", "argument", "parameter",
+               "script")
 
 
 def _fits_kind(name: str, kind: str) -> bool:
@@ -171,16 +162,12 @@ def names_given(answer: str, question: str, expectation: Expectation, sources: s
         found = _CODE_NAME.findall(answer)
         if expectation.kind in ("flag", "option"):
             found += _FLAG.findall(answer)
-        if expectation.kind == "key":
-            found += _KEY_NAME.findall(answer)
         if expectation.kind == "operator":
             found += [op for op in OPERATOR.findall(answer) if set(op) != {"-"}]  # not a dash or a rule: --, ---
         haystack = set(words(sources))
         found += [w for w in _named_by_kind(answer, expectation.kind) if w in haystack]
         flat = " ".join(sources.lower().split())
         for name in _proper_names(answer, expectation.kind):
-            if expectation.kind == "key" and _KEY_NAME.search(name):  # "Press Tab key" names Tab
-                continue
             if name.lower() in flat:  # the whole name, and none of its words alone
                 parts = {part.lower() for part in name.split()}
                 found = [f for f in found if f.lower() not in parts] + [name]
@@ -239,7 +226,5 @@ def answer_phrase(name: str, expectation: Expectation) -> str:
     """How an answer states a chosen name: as it is when it is code-shaped (``read_gauge()``),
     else with the kind the question asked for ("heapq module"), as the sources called it."""
     if _CODE_NAME.fullmatch(name) or _FLAG.fullmatch(name) or _CAPS.fullmatch(name) or OPERATOR.fullmatch(name):
-        return name
-    if expectation.kind == "key" and _KEY_NAME.fullmatch(name):  # "Tab", not "Tab key"
         return name
     return f"{name} {expectation.kind}"
