@@ -6,8 +6,8 @@ fixed grounding passage in front of the typed text. Both sides get the same typi
 the typing workload of `smallfirst loadtest` (6 characters/s, 100 ms debounce, 8-token
 suggestions); time to first token counts from the moment the debounce expired, and a request
 is served when its first token arrives before the next keystroke. On both sides, as the widget
-does, a keystroke that types into the suggestion keeps its rest with no request, and any other
-keystroke cancels it.
+does, a keystroke that leaves the suggestion cancels it at once; unlike the widget, a pause after
+typing into a suggestion still asks again, so that both sides answer the same keystrokes.
 
 1. smallfirst (docs/ ingested, grounding on): one typist; the same keystrokes replayed one at a
    time; four typists at once; one typist while answers stream on another connection.
@@ -43,7 +43,9 @@ from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample  #
 from smallfirst.service.percentiles import percentile  # noqa: E402
 from smallfirst.service.tools.loadtest.workloads import TypingProfile, keystroke_times, type_session, typed_into  # noqa: E402
 
-PROFILE = TypingProfile(chars_per_s=6.0, jitter=0.5, debounce_s=0.1, max_tokens=8)
+# Every pause asks, also one that types into the suggestion shown (the widget would keep it), so
+# that both sides answer the same keystrokes and their latencies compare.
+PROFILE = TypingProfile(chars_per_s=6.0, jitter=0.5, debounce_s=0.1, max_tokens=8, keep_typed_into=False)
 TEXTS = [
     "The service streams tokens over a WebSocket, and a new keystroke cancels the suggestion that is still running.",
     "Ingestion runs in a background worker, so the service keeps answering while new documents are embedded.",
@@ -248,7 +250,7 @@ async def peer_typists(base: str, texts: list[list[str]], seed: int = 0) -> list
                 if shown is not None:  # as type_session does: keep a suggestion typed into, else drop it
                     last, sent = shown
                     if typed_into(sent, last.text, text[: i + 1]):
-                        if len(sent) + len(last.text) > i + 1:
+                        if PROFILE.keep_typed_into and len(sent) + len(last.text) > i + 1:
                             continue
                     elif not tasks[-1].done():
                         tasks[-1].cancel()

@@ -19,6 +19,7 @@ class TypingProfile:
     jitter: float = 0.5  # each gap is uniform in [1 - jitter, 1 + jitter] times the mean
     debounce_s: float = 0.1
     max_tokens: int = 8
+    keep_typed_into: bool = True  # as the widget: typing into a suggestion asks for nothing (off: every pause asks)
 
 
 class Connection:
@@ -159,8 +160,9 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
                        warmup_until: float) -> list[Sample]:
     """One typist, doing what the widget does: a suggestion is asked for after each pause of
     ``debounce_s``; a keystroke that types into the suggestion shown keeps its rest and asks for
-    nothing, and any other keystroke cancels it at once, whether or not its text has come. A
-    suggestion is delivered only if its first token arrives before the next keystroke."""
+    nothing (unless ``keep_typed_into`` is off: then the next pause asks again, superseding it),
+    and any other keystroke cancels it at once, whether or not its text has come. A suggestion
+    is delivered only if its first token arrives before the next keystroke."""
     typed = keystroke_times(text, start, profile, rng)
     samples: list[Sample] = []
     try:
@@ -180,7 +182,7 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
             if shown is not None:
                 sample, sent = shown
                 if typed_into(sent, sample.text, now_typed):
-                    if len(sent) + len(sample.text) > len(now_typed):
+                    if profile.keep_typed_into and len(sent) + len(sample.text) > len(now_typed):
                         continue  # the rest of the suggestion still stands: nothing to ask
                 elif sample.done is None:
                     await conn.send({"type": "cancel", "id": sample.id})
