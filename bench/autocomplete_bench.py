@@ -252,9 +252,10 @@ async def peer_typists(base: str, texts: list[list[str]], seed: int = 0) -> list
                     if typed_into(sent, last.text, text[: i + 1]):
                         if PROFILE.keep_typed_into and len(sent) + len(last.text) > i + 1:
                             continue
-                    elif not tasks[-1].done():
-                        tasks[-1].cancel()
-                    shown = None
+                    else:
+                        if not tasks[-1].done():
+                            tasks[-1].cancel()
+                        shown = None
                 if next_key <= send_at or not text[: i + 1].strip():
                     continue
                 await asyncio.sleep(max(0.0, send_at - clock()))

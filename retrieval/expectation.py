@@ -117,7 +117,7 @@ def _named_by_kind(answer: str, kind: str) -> Iterable[str]:
                 yield tokens[j]
 
 
-# Kinds whose names are never written as a call: ``as_integer_ratio()`` is no standard.
+# Kinds whose names are never written as a call: ``as_integer_ratio()`` is no module.
 _NOT_CALLED = ("module", "library", "package", "statement", "keyword", "operator", "header", "extension", "endpoint",
                "character", "variable", "constant", "setting", "field", "flag", "option", "argument", "parameter",
                "script")
@@ -125,7 +125,7 @@ _NOT_CALLED = ("module", "library", "package", "statement", "keyword", "operator
 
 def _fits_kind(name: str, kind: str) -> bool:
     """Whether a name can be a thing of this kind: a call (``read_gauge()``) never names a module
-    or a standard, and neither a bare snake_case name (``weird_json``) nor an attribute
+    or a setting, and neither a bare snake_case name (``weird_json``) nor an attribute
     (``JSONDecodeError.msg``) is an exception class, while ``ValueError`` and a qualified
     ``re.error`` are."""
     if name.endswith("()") and kind in _NOT_CALLED:

@@ -197,11 +197,12 @@ def test_a_keystroke_cancels_a_suggestion_not_yet_shown() -> None:
     assert not any(s.delivered for s in samples)
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_typing_into_a_suggestion_keeps_it_and_any_other_keystroke_cancels_it(keep: bool) -> None:
+@pytest.mark.parametrize(("keep", "first"), [(True, "bz"), (False, "bz"), (True, "b")])
+def test_typing_into_a_suggestion_keeps_it_and_any_other_keystroke_cancels_it(keep: bool, first: str) -> None:
     """As the widget does: a keystroke that types the suggestion's next character keeps its rest
     and asks for nothing; one that leaves it cancels the request even after its text came. The
-    server streams one token per suggestion and never ends one on its own."""
+    server streams one token per suggestion and never ends one on its own. A suggestion typed to
+    its end ("b" after "a") is not cancelled: the next pause asks again, superseding it."""
     import random
     import time
 
@@ -215,7 +216,7 @@ def test_typing_into_a_suggestion_keeps_it_and_any_other_keystroke_cancels_it(ke
             frame = json.loads(raw)
             frames.append(frame)
             if frame["type"] == "complete":
-                text = "bz" if frame["text"] == "a" else "q"
+                text = first if frame["text"] == "a" else "q"
                 await ws.send(json.dumps({"type": "token", "id": frame["id"], "seq": 0, "text": text}))
             elif frame["type"] == "cancel":
                 await ws.send(json.dumps({"type": "done", "id": frame["id"], "finish": "cancelled"}))
@@ -224,17 +225,17 @@ def test_typing_into_a_suggestion_keeps_it_and_any_other_keystroke_cancels_it(ke
         port = free_port()
         async with websockets.serve(handle, "127.0.0.1", port):
             t0 = time.monotonic()
-            profile = TypingProfile(chars_per_s=10.0, jitter=0.0, debounce_s=0.005, max_tokens=4, keep_typed_into=keep)
+            profile = TypingProfile(chars_per_s=4.0, jitter=0.0, debounce_s=0.005, max_tokens=4, keep_typed_into=keep)
             return await type_session(f"ws://127.0.0.1:{port}/ws", None, "abcd", 0.0, "t", lambda: time.monotonic() - t0,
                                       0.5, ProtocolChecker(), profile, random.Random(0), warmup_until=0.0)
 
     samples = asyncio.run(run())
-    if keep:
+    if keep and first == "bz":
         assert [(f["type"], f["id"]) for f in frames] == [
             ("complete", "t-0"), ("cancel", "t-0"), ("complete", "t-2"), ("cancel", "t-2"), ("complete", "t-3"),
         ]
         assert [s.text for s in samples] == ["bz", "q", "q"]
-    else:  # the bench's typists: the pause after "ab" asks again, and that request supersedes the first
+    else:  # the bench's typists, or a suggestion typed to its end: the pause after "ab" asks again
         assert [(f["type"], f["id"]) for f in frames] == [
             ("complete", "t-0"), ("complete", "t-1"), ("cancel", "t-1"), ("complete", "t-2"), ("cancel", "t-2"),
             ("complete", "t-3"),

@@ -278,6 +278,10 @@ def test_a_qualified_form_of_the_questions_own_name_is_not_new() -> None:
     assert expectation is not None
     assert names_given("tide.TableFormatError [1].", question, expectation, sources) == []
     assert names_given("ValueError [1].", question, expectation, sources) == ["ValueError"]
+    module = "Which module can I import for lighthouse tables?"
+    found = expected(module)
+    assert found is not None and names_given("rec.boats.lighthouse [1].", module, found, "rec.boats.lighthouse") == \
+        ["rec.boats.lighthouse"]  # a plain word of the question is no name it gave
 
 
 def test_a_name_must_have_the_shape_of_the_kind_asked_for() -> None:

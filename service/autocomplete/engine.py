@@ -118,12 +118,17 @@ class Autocompleter:
         return self.owners.claim(typist, {job.slot for job in self._jobs})
 
     def _preempt(self, typist: Typist) -> int | None:
-        """Every slot holds a running job: a keystroke goes before a background prefill (a prewarm
-        first, then a standby passage), whose slot it takes. None when only suggestions run."""
+        """Every slot holds a running job: a keystroke goes before a prepared background prefill,
+        whose slot it takes, the one that has done least (prefills advance one at a time, oldest
+        first): one whose typist has gone, else a prewarm, else one not in a step now, else the
+        newest. None when no prepared prefill holds a slot."""
         prefills = [job for job in self._jobs if job.standby and job.prompt is not None and not job.finished]
         if not prefills:
             return None
-        job = min(prefills, key=lambda job: (not job.release, job.started))
+        job = min(prefills, key=lambda job: (not job.cancelled, not job.release, job.busy, -job.started))
+        owner = self.owners.owner(job.slot)
+        if job.release and owner is not None:
+            owner.prewarmed = None  # its next keystroke may prefill that window again
         job.cancelled = True
         job.stats.finish = "cancelled"
         self._finish(job)

@@ -76,6 +76,7 @@ class GroundingRefresh:
         if standby.cancelled or standby.error is not None or not self._owners.owns(typist, slot):
             if self._owners.owns(typist, slot) and slot != typist.slot:
                 self._owners.free(slot)
+            typist.query = None  # stopped (a keystroke took its slot, say): the same words look it up again
             return
         old = typist.slot
         typist.slot, typist.grounding = slot, chosen

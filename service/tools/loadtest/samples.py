@@ -30,7 +30,7 @@ class Sample:
     escalation: str | None = None  # the router's reason, before any small-model token
     revised: bool = False  # the small answer failed its support check and was replaced
     supported: bool | None = None
-    text: str = ""  # the suggestion or answer text received so far
+    text: str = ""  # a suggestion's text received so far (answers keep none)
 
     @property
     def ttft_ms(self) -> float | None:

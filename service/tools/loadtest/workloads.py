@@ -107,7 +107,8 @@ async def follow(conn: Connection, queue: asyncio.Queue[dict[str, Any] | None], 
                 sample.first_token = now
             sample.token_times.append(now)
             sample.tokens += 1
-            sample.text += str(frame.get("text", ""))
+            if sample.workload == "type":
+                sample.text += str(frame.get("text", ""))
         elif kind == "done":
             sample.done, sample.finish = now, frame.get("finish")
             sample.tier, sample.cost_usd = frame.get("tier"), float(frame.get("cost_usd") or 0.0)
@@ -186,7 +187,9 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
                         continue  # the rest of the suggestion still stands: nothing to ask
                 elif sample.done is None:
                     await conn.send({"type": "cancel", "id": sample.id})
-                shown = None
+                    shown = None
+                else:
+                    shown = None
             if next_key <= send_at or not now_typed.strip():
                 continue  # the user typed again before the debounce expired
             await asyncio.sleep(max(0.0, send_at - clock()))
