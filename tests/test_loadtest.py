@@ -161,14 +161,14 @@ def test_busy_at_admission_and_busy_after_sources_are_counted_apart() -> None:
     assert figures["errors"] == {"busy": 2}
 
 
-def test_a_keystroke_cancels_a_suggestion_not_yet_shown() -> None:
-    """The typing workload does what the widget does: the keystroke after a request cancels it when
-    no token has come, a debounce before the next request would supersede it. The server here
-    never answers a suggestion (a real one cannot be held back on demand) and records the frames."""
+def _type_against(reply: Any, profile: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Type "abcd" with ``profile`` against a WebSocket server that records every frame, answers a
+    suggestion with one token of ``reply(text)`` (none when it gives None), never ends one on
+    its own, and ends each cancelled one."""
     import random
     import time
 
-    from smallfirst.service.tools.loadtest.workloads import TypingProfile, type_session
+    from smallfirst.service.tools.loadtest.workloads import type_session
 
     frames: list[dict[str, Any]] = []
 
@@ -177,18 +177,29 @@ def test_a_keystroke_cancels_a_suggestion_not_yet_shown() -> None:
         async for raw in ws:
             frame = json.loads(raw)
             frames.append(frame)
-            if frame["type"] == "cancel":
+            if frame["type"] == "complete" and reply(frame["text"]) is not None:
+                await ws.send(json.dumps({"type": "token", "id": frame["id"], "seq": 0, "text": reply(frame["text"])}))
+            elif frame["type"] == "cancel":
                 await ws.send(json.dumps({"type": "done", "id": frame["id"], "finish": "cancelled"}))
 
     async def run() -> list[Any]:
         port = free_port()
         async with websockets.serve(handle, "127.0.0.1", port):
             t0 = time.monotonic()
-            profile = TypingProfile(chars_per_s=40.0, jitter=0.0, debounce_s=0.005, max_tokens=4)
             return await type_session(f"ws://127.0.0.1:{port}/ws", None, "abcd", 0.0, "t", lambda: time.monotonic() - t0,
                                       0.5, ProtocolChecker(), profile, random.Random(0), warmup_until=0.0)
 
-    samples = asyncio.run(run())
+    return frames, asyncio.run(run())
+
+
+def test_a_keystroke_cancels_a_suggestion_not_yet_shown() -> None:
+    """The typing workload does what the widget does: the keystroke after a request cancels it when
+    no token has come, a debounce before the next request would supersede it. The server here
+    never answers a suggestion (a real one cannot be held back on demand) and records the frames."""
+    from smallfirst.service.tools.loadtest.workloads import TypingProfile
+
+    frames, samples = _type_against(lambda text: None, TypingProfile(chars_per_s=40.0, jitter=0.0, debounce_s=0.005,
+                                                                     max_tokens=4))
     assert [(f["type"], f["id"]) for f in frames] == [
         ("complete", "t-0"), ("cancel", "t-0"), ("complete", "t-1"), ("cancel", "t-1"),
         ("complete", "t-2"), ("cancel", "t-2"), ("complete", "t-3"),
@@ -203,33 +214,10 @@ def test_typing_into_a_suggestion_keeps_it_and_any_other_keystroke_cancels_it(ke
     and asks for nothing; one that leaves it cancels the request even after its text came. The
     server streams one token per suggestion and never ends one on its own. A suggestion typed to
     its end ("b" after "a") is not cancelled: the next pause asks again, superseding it."""
-    import random
-    import time
+    from smallfirst.service.tools.loadtest.workloads import TypingProfile
 
-    from smallfirst.service.tools.loadtest.workloads import TypingProfile, type_session
-
-    frames: list[dict[str, Any]] = []
-
-    async def handle(ws: Any) -> None:
-        await ws.send(json.dumps({"type": "ready", "protocol": 1}))
-        async for raw in ws:
-            frame = json.loads(raw)
-            frames.append(frame)
-            if frame["type"] == "complete":
-                text = first if frame["text"] == "a" else "q"
-                await ws.send(json.dumps({"type": "token", "id": frame["id"], "seq": 0, "text": text}))
-            elif frame["type"] == "cancel":
-                await ws.send(json.dumps({"type": "done", "id": frame["id"], "finish": "cancelled"}))
-
-    async def run() -> list[Any]:
-        port = free_port()
-        async with websockets.serve(handle, "127.0.0.1", port):
-            t0 = time.monotonic()
-            profile = TypingProfile(chars_per_s=4.0, jitter=0.0, debounce_s=0.005, max_tokens=4, keep_typed_into=keep)
-            return await type_session(f"ws://127.0.0.1:{port}/ws", None, "abcd", 0.0, "t", lambda: time.monotonic() - t0,
-                                      0.5, ProtocolChecker(), profile, random.Random(0), warmup_until=0.0)
-
-    samples = asyncio.run(run())
+    profile = TypingProfile(chars_per_s=4.0, jitter=0.0, debounce_s=0.005, max_tokens=4, keep_typed_into=keep)
+    frames, samples = _type_against(lambda text: first if text == "a" else "q", profile)
     if keep and first == "bz":
         assert [(f["type"], f["id"]) for f in frames] == [
             ("complete", "t-0"), ("cancel", "t-0"), ("complete", "t-2"), ("cancel", "t-2"), ("complete", "t-3"),

@@ -185,10 +185,9 @@ async def type_session(url: str, token: str | None, text: str, start: float, pre
                 if typed_into(sent, sample.text, now_typed):
                     if profile.keep_typed_into and len(sent) + len(sample.text) > len(now_typed):
                         continue  # the rest of the suggestion still stands: nothing to ask
-                elif sample.done is None:
-                    await conn.send({"type": "cancel", "id": sample.id})
-                    shown = None
-                else:
+                else:  # the text left the suggestion: drop it
+                    if sample.done is None:
+                        await conn.send({"type": "cancel", "id": sample.id})
                     shown = None
             if next_key <= send_at or not now_typed.strip():
                 continue  # the user typed again before the debounce expired
