@@ -93,7 +93,7 @@ def rows(items: list[dict]) -> list[dict]:
                                       item["hit_scores"], item["probability"], item["rules"])
         for candidate, f in zip(item["spans"], features):
             right = _matches(cited(candidate), item["row"]["answer_any"], item["row"].get("shape"))
-            out.append({"set": item["set"], "question": item["number"], "right": right,
+            out.append({"set": item["set"], "question": item["number"], "shape": item["shape"], "right": right,
                         "features": {k: round(v, 6) for k, v in f.items()}})
     return out
 

@@ -11,8 +11,11 @@
   of every candidate span of every dev question (``retrieval/data/pick_examples.jsonl``, written
   by ``bench/pick_data.py``: features, label, set name and a question number, no question text),
   labelled right or wrong by the QA set's accepted answers. The answer is the candidate it finds
-  likeliest; the threshold is the lowest confidence at which those answers, each scored by a
-  model fitted without its own corpus, are right at ``PRECISION`` or better.
+  likeliest. Each answer is scored by a model fitted without its own corpus. A question shape
+  whose answers among two or more candidates are then right no more often than blind picks
+  among the same candidates (one-sided test at ``CHANCE_LEVEL``) is one whose choices the check
+  never vouches for; the threshold is the lowest confidence at which the other answers are right
+  at ``PRECISION`` or better.
 
 Regularisation is chosen by leave-one-corpus-out over the dev sets, so that what is chosen
 carries to a corpus the fit has not seen. Deterministic: the same data gives the same files.
@@ -40,6 +43,7 @@ from smallfirst.retrieval.shapes import SHAPE_MODEL_FILE, SHAPES, ShapeModel, fe
 PICK_EXAMPLES_FILE = ROOT / "retrieval" / "data" / "pick_examples.jsonl"
 PRECISION = 0.8  # on answers scored by a model fitted without their corpus (0.9 there covers under 1% of them)
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+CHANCE_LEVEL = 0.05  # a shape's held-out picks must beat chance at this significance for the check to vouch for it
 MIN_WORD_COUNT = 3  # a word feature needs this many dev questions to become one
 DEV = tuple(name for name, s in SETS.items() if s.split == "dev")
 
@@ -125,11 +129,44 @@ def _picks(probabilities: np.ndarray, questions: np.ndarray, right: np.ndarray) 
     return np.array(confidence), np.array(chosen_right, dtype=bool)
 
 
+def _beats_chance(right: int, chances: list[float]) -> bool:
+    """Whether ``right`` answers are more than blind picks explain, where each question's blind
+    pick is right with its chance: one-sided test on the exact (Poisson binomial) distribution."""
+    distribution = np.array([1.0])
+    for p in chances:
+        distribution = np.convolve(distribution, [1.0 - p, p])
+    return float(distribution[right:].sum()) < CHANCE_LEVEL
+
+
+def _unsupported_shapes(probabilities: np.ndarray, questions: np.ndarray, shapes: np.ndarray,
+                        right: np.ndarray) -> tuple[frozenset[str], dict]:
+    """The shapes whose held-out picks among two or more candidates (``probabilities`` and
+    ``right`` per candidate) are right no more often than blind picks among the same candidates
+    would be, and each shape's figures. A question with one candidate is no choice, so it is not counted."""
+    unique = np.unique(questions)
+    _, chosen_right = _picks(probabilities, questions, right)
+    choices = [i for i, q in enumerate(unique) if (questions == q).sum() > 1]
+    figures, unsupported = {}, set()
+    for shape in sorted({str(s) for s in shapes}):
+        mine = [i for i in choices if str(shapes[np.flatnonzero(questions == unique[i])[0]]) == shape]
+        if not mine:
+            continue
+        hits = int(chosen_right[mine].sum())
+        chances = [float(right[questions == unique[i]].mean()) for i in mine]
+        vouched = _beats_chance(hits, chances)
+        figures[shape] = {"questions": len(mine), "right": round(hits / len(mine), 4),
+                          "blind_pick_right": round(float(np.mean(chances)), 4), "vouched": vouched}
+        if not vouched:
+            unsupported.add(shape)
+    return frozenset(unsupported), figures
+
+
 def fit_pick(examples: list[dict]) -> tuple[PickModel, dict]:
     x = np.array([[e["features"][k] for k in CANDIDATE_FEATURES] for e in examples], dtype=np.float64)
     y = np.array([int(e["right"]) for e in examples])
     groups = np.array([e["set"] for e in examples])
     questions = np.array([f"{e['set']}:{e['question']}" for e in examples])
+    shapes = np.array([e["shape"] for e in examples])
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
@@ -153,15 +190,20 @@ def fit_pick(examples: list[dict]) -> tuple[PickModel, dict]:
         train = groups != group
         held_out[~train] = _logistic(c).fit(z[train], y[train]).predict_proba(z[~train])[:, 1]
     confidence, right = _picks(held_out, questions, y)
-    threshold = _threshold(confidence, right)
+    unsupported, by_shape = _unsupported_shapes(held_out, questions, shapes, y)
+    first = [np.flatnonzero(questions == q) for q in np.unique(questions)]
+    vouched = np.array([len(m) == 1 or str(shapes[m[0]]) not in unsupported for m in first])
+    threshold = _threshold(confidence[vouched], right[vouched])
     lm = x[:, CANDIDATE_FEATURES.index("lm_score")]
     _, lm_right = _picks(lm, questions, y)
     model = _logistic(c).fit(z, y)
-    pick = PickModel(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale, threshold)
-    covered = confidence >= threshold
+    pick = PickModel(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale, threshold,
+                     unsupported)
+    covered = vouched & (confidence >= threshold)
     meta = {"candidates": len(y), "questions": int(len(confidence)), "C": c,
             "held_out_corpus_pick_accuracy": {str(k): round(v, 4) for k, v in results.items()},
             "held_out_pick_right": round(float(right.mean()), 4),
+            "held_out_by_shape": by_shape,
             "small_model_alone_pick_right": round(float(lm_right.mean()), 4),
             "held_out_precision": round(float(right[covered].mean()), 4) if covered.any() else None,
             "held_out_coverage_of_picked": round(float(covered.mean()), 4)}
@@ -188,7 +230,8 @@ def main() -> int:
         line.append(f"pick: candidates={meta['candidates']} questions={meta['questions']} C={meta['C']} "
                     f"threshold={pick.threshold:.3f} held_out_pick_right={meta['held_out_pick_right']} "
                     f"small_model_alone={meta['small_model_alone_pick_right']} "
-                    f"held_out_precision={meta['held_out_precision']} held_out_coverage={meta['held_out_coverage_of_picked']}")
+                    f"held_out_precision={meta['held_out_precision']} held_out_coverage={meta['held_out_coverage_of_picked']} "
+                    f"unsupported_shapes={','.join(sorted(pick.unsupported_shapes)) or 'none'}")
     print(" | ".join(line) or "nothing to fit")
     return 0
 

@@ -48,6 +48,34 @@ def test_the_shape_model_reads_a_questions_opening_words_and_pairs_and_refuses_o
 
 
 @pytest.mark.slow
+def test_a_shape_picked_no_better_than_chance_is_one_the_check_never_vouches_for() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from train_answer_models import _unsupported_shapes
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # Per shape, 20 questions with one right candidate each, the pick right for 11: with two
+    # candidates a coin does as well; with four, a blind pick is right about 5 times. Questions
+    # with one candidate are no choice, whatever their answers.
+    probabilities: list[float] = []
+    questions: list[str] = []
+    shapes: list[str] = []
+    right: list[bool] = []
+    for shape, options in (("yesno", 2), ("name", 4), ("count", 1)):
+        for n in range(20):
+            picked_right = n < 11
+            for k in range(options):
+                questions.append(f"{shape}{n:02d}")
+                shapes.append(shape)
+                right.append(k == 0 if options > 1 else n < 3)
+                probabilities.append(0.9 if (k == 0) == picked_right else 0.1)
+    unsupported, figures = _unsupported_shapes(np.array(probabilities), np.array(questions), np.array(shapes),
+                                               np.array(right))
+    assert unsupported == {"yesno"} and "count" not in figures
+    assert figures["yesno"]["right"] == figures["name"]["right"] == 0.55
+    assert figures["yesno"]["blind_pick_right"] == 0.5 and figures["name"]["blind_pick_right"] == 0.25
+
+
 def test_retraining_reproduces_the_shipped_models(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "bench" / "train_answer_models.py"), "--out-dir", str(tmp_path)],
                    check=True, capture_output=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -130,6 +130,20 @@ def test_the_pick_model_chooses_the_likeliest_right_and_supports_it_only_at_its_
     assert not choose(_model("span_near_question", 4.0, 0.999), features, scores, [True] * count).supported
 
 
+def test_a_shape_the_model_cannot_vouch_for_is_never_supported_however_sure_the_pick() -> None:
+    question = "Which radio channel does the harbour master answer on?"
+    count = len(candidates("value", question, find_evidence(question, [hit(HARBOUR)], None).ranked, HARBOUR))
+    scores = [-1.0] * count
+    options, features = _features(question, HARBOUR, scores)
+    near = _model("span_near_question", 4.0, 0.6)
+    doubtful = PickModel(near.weights, near.bias, near.mean, near.scale, near.threshold, frozenset({"value"}))
+    assert choose(doubtful, features, scores, [True] * count, "name").supported
+    pick = choose(doubtful, features, scores, [True] * count, "value")
+    assert options[pick.index].text == "16" and not pick.supported and not pick.vouched and pick.confidence == 0.0
+    alone = choose(doubtful, features[pick.index:pick.index + 1], scores[:1], [True], "value")
+    assert alone.supported and alone.vouched  # one candidate is no choice
+
+
 def test_without_the_model_the_small_models_likeliest_is_chosen_and_the_rules_decide() -> None:
     features = [{}, {}]
     assert choose(None, features, [-2.0, -0.5], [True, False]) == Pick(1, None, False)

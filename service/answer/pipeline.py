@@ -212,7 +212,7 @@ async def _answer_small(
             scores = await components.answer_model.option_scores(
                 prompt, [c.text for c in spans], stats=stats, reservation=reservation, save_at=save_at,
                 passages=sourced.passages)
-            text, picked = _pick(components, msg, grounding, spans, scores, shape_probability, req)
+            text, picked = _pick(components, msg, grounding, spans, scores, shape, shape_probability, req)
             await req.pump(send, _fixed_text(text, stats))
         elif options and expectation is not None:  # the question asks for a name: pick it among those the evidence gives
             best = await components.answer_model.choose(prompt, [name for name, _ in options], stats=stats,
@@ -264,14 +264,14 @@ def _shape(components: Components, question: str, vector: np.ndarray) -> tuple[s
 
 
 def _pick(components: Components, msg: Ask, grounding: Grounding, spans: list[Candidate], scores: list[float],
-          shape_probability: float, req: Request) -> tuple[str, Verdict]:
+          shape: str | None, shape_probability: float, req: Request) -> tuple[str, Verdict]:
     """The answer chosen among the candidate spans (see :func:`~smallfirst.retrieval.answer_check.choose`)
     and its verdict; its features and confidence go to the ``done`` frame."""
     ranked = grounding.evidence.ranked
     sources = [h.text for h in grounding.evidence.hits]
     rules = [check_answer(msg.question, cited(c), ranked, sources).supported for c in spans]
     features = candidate_features(spans, scores, msg.question, ranked, grounding.hit_scores, shape_probability, rules)
-    pick = choose(components.pick_model, features, scores, rules)
+    pick = choose(components.pick_model, features, scores, rules, shape)
     chosen = spans[pick.index]
     answer = cited(chosen)
     req.extra["check_features"] = {k: round(v, 4) for k, v in features[pick.index].items()}
@@ -279,6 +279,10 @@ def _pick(components: Components, msg: Ask, grounding: Grounding, spans: list[Ca
         req.extra["confidence"] = round(pick.confidence, 4)
     if pick.supported:
         return answer, Verdict(True, [], chosen.evidence)
-    why = f"the pick's confidence {pick.confidence:.2f} is below the threshold" if pick.confidence is not None \
-        else "the rules do not pass it"
+    if not pick.vouched:
+        why = f"the check cannot vouch for a choice among answers of this shape ({shape})"
+    elif pick.confidence is not None:
+        why = f"the pick's confidence {pick.confidence:.2f} is below the threshold"
+    else:
+        why = "the rules do not pass it"
     return answer, Verdict(False, [{"text": answer, "start": 0, "end": len(answer), "why": why}], chosen.evidence)
