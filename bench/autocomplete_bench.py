@@ -14,6 +14,9 @@ typing into a suggestion still asks again, so that both sides answer the same ke
 2. smallfirst with `SMALLFIRST_COMPLETE_PREFIX_REUSE=false` (the naive baseline: every keystroke
    retrieves and prefills from scratch): the same replay.
 3. The peer: one typist; four typists; one typist while a long completion streams.
+4. The peer on smallfirst's keystroke copy of the model (its output layer at Q4_0, see
+   `service/llm/keystroke_model.py`): one typist, so that what the copy gives and what the
+   service gives show apart.
 One model process runs at a time. Figures last, in one plain line.
 """
 
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -37,6 +41,7 @@ from harness import ROOT, bench_env, free_port, ingest, running, service
 
 sys.path.insert(0, str(ROOT))
 
+from smallfirst.service.llm.keystroke_model import keystroke_model  # noqa: E402
 from smallfirst.service.llm.loading import bundled_model_path  # noqa: E402
 from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS  # noqa: E402
 from smallfirst.service.tools.loadtest.samples import ProtocolChecker, Sample  # noqa: E402
@@ -195,12 +200,12 @@ async def typist_with_answers(url: str, text: str) -> tuple[list[Sample], int, i
 # The peer --------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def peer() -> Iterator[str]:
-    """`python -m llama_cpp.server` on the bundled model, all cores; yields its base URL."""
+def peer(model: Path | None = None) -> Iterator[str]:
+    """`python -m llama_cpp.server` on ``model`` (the bundled one by default), all cores; yields its base URL."""
     port = free_port()
     cores = str(os.cpu_count() or 1)
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_model_path()), "--port", str(port),
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model or bundled_model_path()), "--port", str(port),
                "--n_ctx", "2048", "--n_threads", cores, "--n_threads_batch", cores, "--flash_attn", "true"]
     with running(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, f"{base}/v1/models", "the peer server", 120):
         yield base
@@ -338,6 +343,9 @@ def main() -> int:
         report["peer_four"] = figures(asyncio.run(peer_typists(base, four, seed=1)))
         samples, completed, cut = asyncio.run(peer_with_answer(base, TEXTS[2]))
         report["peer_answers"] = (figures(samples), completed, cut)
+    with peer(keystroke_model(bundled_model_path())) as base:
+        asyncio.run(peer_typists(base, [[TEXTS[3][:40]]]))
+        report["peer_copy_one"] = figures(asyncio.run(peer_typists(base, one)))
 
     ours, peer_one = report["ours_one"], report["peer_one"]
     ours_four, peer_four = report["ours_four"], report["peer_four"]
@@ -347,6 +355,7 @@ def main() -> int:
     naive_p50 = percentile(report["naive_replay"], 50)
     print(ours.line("smallfirst, 1 typist"))
     print(peer_one.line("peer, 1 typist"))
+    print(report["peer_copy_one"].line("peer on the keystroke copy, 1 typist"))
     print(ours_four.line("smallfirst, 4 typists"))
     print(peer_four.line("peer, 4 typists"))
     print(ours_ans.line("smallfirst, 1 typist + answers") + f"  answers completed {ans_done}, failed {ans_failed}")
@@ -359,6 +368,7 @@ def main() -> int:
     peer_p50 = percentile(peer_one.ttft, 50)
     print(
         f"autocomplete p50_ms={_f(p50)} p95_ms={_f(p95)} vs_peer_p50={p50 / peer_p50:.2f} "
+        f"vs_peer_on_copy_p50={p50 / percentile(report['peer_copy_one'].ttft, 50):.2f} "
         f"speedup_p50={naive_p50 / same_set_p50:.1f} four_typists_p95_ms={_f(percentile(ours_four.ttft, 95))} "
         f"with_answers_p95_ms={_f(percentile(ours_ans.ttft, 95))} peer_p50_ms={_f(peer_p50)} "
         f"peer_p95_ms={_f(percentile(peer_one.ttft, 95))} four_typists_served={ours_four.share:.2f} "

@@ -68,6 +68,7 @@ def test_health_and_readiness(server: Server) -> None:
     assert httpx.get(server.http + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(server.http + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["keystroke_copy"] is True  # keystrokes run on the copy with the narrow output layer
     page = httpx.get(server.http + "/")
     assert page.status_code == 200 and "/static/demo.js" in page.text
     assert httpx.get(server.http + "/static/widget.js").status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from smallfirst.service.autocomplete.engine import Autocompleter
 from smallfirst.service.distill.adapter import Adapter, load_adapter
 from smallfirst.service.distill.log import DistillLog
 from smallfirst.service.llm.breaker import CircuitBreaker
+from smallfirst.service.llm.keystroke_model import keystroke_model
 from smallfirst.service.llm.local import LocalBackend
 from smallfirst.service.llm.loading import Tokenizer
 from smallfirst.service.llm.remote import RemoteBackend
@@ -28,6 +30,8 @@ from smallfirst.service.core.stats import Stats
 from smallfirst.service.core.ingest_worker import IngestWorker
 from smallfirst.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Components:
@@ -37,6 +41,7 @@ class Components:
 
     settings: Settings
     model_path: Path
+    keystroke_model_path: Path  # model_path, or its copy with a narrow output layer
     stats: Stats
     retriever: Retriever  # the embedder, the store and the small model's tokenizer
     autocomplete: Autocompleter
@@ -76,8 +81,9 @@ class Components:
             stack.push_async_callback(on_thread, store_thread, store.close)
             tokenizer = await scheduler.run(Priority.CONTROL, Tokenizer, model_path)
             retriever = Retriever(s, scheduler, store_thread, embedder, tokenizer, store)
+            keystrokes = await asyncio.to_thread(_keystroke_model, model_path) if s.complete_fast_output else model_path
             autocomplete = await Autocompleter.load(
-                scheduler, model_path, s.complete_slots, s.complete_ctx, threads,
+                scheduler, keystrokes, s.complete_slots, s.complete_ctx, threads,
                 retriever.grounding_lookup if s.complete_grounding else None,
                 context_tokens=s.complete_context_tokens, min_score=s.min_score, prefix_reuse=s.complete_prefix_reuse,
                 copying=s.complete_copy,
@@ -109,7 +115,8 @@ class Components:
                 write_service_file(s)
                 stack.callback(remove_service_file, s)
             components = cls(
-                settings=s, model_path=model_path, stats=stats, retriever=retriever, autocomplete=autocomplete,
+                settings=s, model_path=model_path, keystroke_model_path=keystrokes, stats=stats, retriever=retriever,
+                autocomplete=autocomplete,
                 answer_model=answer_model, classifier=classifier, shapes=shapes, pick_model=pick_model, calibrator=calibrator, worker=worker,
                 adapter=adapter, large=large, distill=distill, _closing=stack.pop_all(),
             )
@@ -119,6 +126,20 @@ class Components:
     async def close(self) -> None:
         """Stop the background work and release every part, in the reverse order of loading."""
         await self._closing.aclose()
+
+
+def _keystroke_model(model_path: Path) -> Path:
+    """The model file keystrokes run on: its copy with a narrow output layer (see
+    :mod:`~smallfirst.service.llm.keystroke_model`), or the file itself when the copy cannot be made."""
+    try:
+        path = keystroke_model(model_path)
+    except (OSError, ValueError) as exc:
+        log.warning("keystrokes use %s as it is: its copy with a narrow output layer cannot be made: %s",
+                    model_path, exc)
+        return model_path
+    if path != model_path:
+        log.info("keystrokes use %s, a copy of %s with a Q4_0 output layer", path, model_path.name)
+    return path
 
 
 def _large_tier(s: Settings, url: str, count_tokens: Callable[[str], Awaitable[int]]) -> RemoteBackend:

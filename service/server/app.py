@@ -85,6 +85,7 @@ async def readyz(runtime: Runtime) -> Response[schemas.Readiness]:
     if components is not None:
         body.model = components.model_name
         body.adapter = components.adapter.name if components.adapter is not None else None
+        body.keystroke_copy = components.keystroke_model_path != components.model_path
         body.load_seconds = round(runtime.load_seconds, 2)
     return Response(body, status_code=200 if components is not None else 503)
 

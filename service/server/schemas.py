@@ -28,6 +28,7 @@ class Readiness(Shape, omit_defaults=True):
     error: str | None = None
     model: str | None = None
     adapter: str | None = None
+    keystroke_copy: bool | None = None  # keystrokes run on the model's copy with a Q4_0 output layer
     load_seconds: float | None = None
 
 
