@@ -12,7 +12,7 @@ text the mean token log-probability fell by 0.12 nats. So only keystrokes use th
 answers, whose option scores decide what is picked, keep the file as it is.
 
 The copy is made once per machine under ``$XDG_CACHE_HOME/smallfirst/keystroke-model``
-(see :mod:`smallfirst.cache`), keyed by the source file; it takes about a minute on 2 cores.
+(see :mod:`smallfirst.cache`), keyed by the source file; it takes about half a minute on 2 cores.
 """
 
 from __future__ import annotations
