@@ -47,6 +47,7 @@ def direct(data_dir: str) -> dict[str, float]:
     from smallfirst.retrieval.embedder import Embedder
     from smallfirst.settings import Settings
     from smallfirst.retrieval.store import VectorStore
+    from smallfirst.service.llm.keystroke_model import keystroke_model
     from smallfirst.service.llm.loading import Tokenizer, bundled_model_path
     from smallfirst.service.llm.prompts import ANSWER_STOPS, answer_prompt
     from smallfirst.service.tools.loadtest.cli import DEFAULT_QUESTIONS
@@ -75,6 +76,10 @@ def direct(data_dir: str) -> dict[str, float]:
         ttft.append((times[0] - started) * 1000)
         if len(times) > 2:
             tps.append((len(times) - 1) / (times[-1] - times[0]))
+    llm.close()
+    keys_path = keystroke_model(path) if settings.complete_fast_output else path  # the file the service's keystrokes run on
+    llm = Llama(str(keys_path), n_ctx=settings.answer_ctx, n_threads=threads, n_threads_batch=threads, swa_full=True,
+                flash_attn=True, verbose=False)
     keys = []
     for i in range(10, len(TYPED) + 1):
         started = time.perf_counter()

@@ -12,7 +12,7 @@
   by ``bench/pick_data.py``: features, label, set name and a question number, no question text),
   labelled right or wrong by the QA set's accepted answers. The answer is the candidate it finds
   likeliest. Each answer is scored by a model fitted without its own corpus. A question shape
-  whose answers among two or more candidates are then right no more often than blind picks
+  whose answers among two or more candidates are then not shown to beat blind picks
   among the same candidates (one-sided test at ``CHANCE_LEVEL``) is one whose choices the check
   never vouches for; the threshold is the lowest confidence at which the other answers are right
   at ``PRECISION`` or better.
@@ -139,14 +139,15 @@ def _beats_chance(right: int, chances: list[float]) -> bool:
 
 
 def _unsupported_shapes(probabilities: np.ndarray, questions: np.ndarray, shapes: np.ndarray,
-                        right: np.ndarray) -> tuple[frozenset[str], dict]:
+                        right: np.ndarray) -> tuple[frozenset[str], dict[str, dict[str, object]]]:
     """The shapes whose held-out picks among two or more candidates (``probabilities`` and
-    ``right`` per candidate) are right no more often than blind picks among the same candidates
+    ``right`` per candidate) are not shown to beat blind picks among the same candidates
     would be, and each shape's figures. A question with one candidate is no choice, so it is not counted."""
     unique = np.unique(questions)
     _, chosen_right = _picks(probabilities, questions, right)
     choices = [i for i, q in enumerate(unique) if (questions == q).sum() > 1]
-    figures, unsupported = {}, set()
+    figures: dict[str, dict[str, object]] = {}
+    unsupported: set[str] = set()
     for shape in sorted({str(s) for s in shapes}):
         mine = [i for i in choices if str(shapes[np.flatnonzero(questions == unique[i])[0]]) == shape]
         if not mine:

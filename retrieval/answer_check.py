@@ -10,7 +10,7 @@ candidate is right. The likeliest candidate is the answer; it is marked supporte
 probability reaches the threshold chosen on the ``dev`` QA sets, where answers scored by a
 model fitted without their own corpus are right at ``PRECISION`` (``bench/train_answer_models.py``) or better.
 A choice among two or more candidates is never marked supported, whatever its confidence, for
-a shape whose held-out choices on dev are right no more often than blind picks among the same
+a shape whose held-out choices on dev are not shown to beat blind picks among the same
 candidates (yes or no, and a count, on the shipped data): the check cannot vouch for a coin flip.
 
 Fitted by ``python bench/train_answer_models.py`` on candidates of the dev sets

@@ -47,7 +47,6 @@ def test_the_shape_model_reads_a_questions_opening_words_and_pairs_and_refuses_o
         ShapeModel.load(stale)
 
 
-@pytest.mark.slow
 def test_a_shape_picked_no_better_than_chance_is_one_the_check_never_vouches_for() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     try:
@@ -76,6 +75,7 @@ def test_a_shape_picked_no_better_than_chance_is_one_the_check_never_vouches_for
     assert figures["yesno"]["blind_pick_right"] == 0.5 and figures["name"]["blind_pick_right"] == 0.25
 
 
+@pytest.mark.slow
 def test_retraining_reproduces_the_shipped_models(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "bench" / "train_answer_models.py"), "--out-dir", str(tmp_path)],
                    check=True, capture_output=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf.quants import dequantize, quantize
 
+from smallfirst.service.core.components import _keystroke_model
 from smallfirst.service.llm.keystroke_model import keystroke_model
 from smallfirst.service.llm.loading import bundled_model_path, load_llama
 from smallfirst.service.llm.option_scoring import next_logprobs
@@ -74,6 +76,15 @@ def test_the_copy_is_made_once_and_a_file_with_its_own_output_layer_is_used_as_i
     assert keystroke_model(copy, tmp_path / "cache") == copy
 
 
+def test_keystrokes_run_on_the_file_itself_when_no_copy_can_be_made(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(60))  # a header and nothing after it
+    assert _keystroke_model(broken) == broken
+
+
+@pytest.mark.slow
 def test_the_bundled_models_copy_predicts_the_tokens_the_model_predicts() -> None:
     copy = keystroke_model(bundled_model_path())  # the machine's copy, which the suite's services use too
     assert copy != bundled_model_path()

@@ -133,7 +133,7 @@ def _keystroke_model(model_path: Path) -> Path:
     :mod:`~smallfirst.service.llm.keystroke_model`), or the file itself when the copy cannot be made."""
     try:
         path = keystroke_model(model_path)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # the copy only saves time: whatever stops it, keystrokes run on the file itself
         log.warning("keystrokes use %s as it is: its copy with a narrow output layer cannot be made: %s",
                     model_path, exc)
         return model_path

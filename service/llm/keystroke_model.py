@@ -6,9 +6,9 @@ model (67 MB), and on a few cores the read is most of a keystroke's step. llama.
 separate ``output.weight`` when a file has one, so the copy adds the same matrix at Q4_0
 (94 MB); the input embeddings, read a row per token, stay as they were.
 
-Measured on 2 cores (``bench/autocomplete_bench.py``; ``docs/autocomplete.md``), a one-row
-step takes about a quarter less time. The output's log-probabilities move a little: on held-out
-text the mean token log-probability fell by 0.12 nats. So only keystrokes use the copy;
+Measured on 2 cores with llama-cpp-python, a one-row step takes about a quarter less time
+(``docs/autocomplete.md``). The output's log-probabilities move a little: on held-out text the
+mean token log-probability fell by 0.12 nats. So only keystrokes use the copy;
 answers, whose option scores decide what is picked, keep the file as it is.
 
 The copy is made once per machine under ``$XDG_CACHE_HOME/smallfirst/keystroke-model``
@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
+import gguf
 import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf.quants import dequantize, quantize
 
 from smallfirst.cache import built_once, cache_root, files_key
 
@@ -39,13 +41,12 @@ def keystroke_model(model_path: Path, cache: Path | None = None) -> Path:
     """The copy of ``model_path`` with a Q4_0 output layer, made first when missing; the file
     itself when it has a separate output layer already, or embeddings no wider than Q4_0's gain.
     Either answer is kept in the cache, so a later start reads no more than the file's ends.
-    Raises OSError when the cache cannot be written, ValueError when the file is no GGUF."""
+    Raises OSError when the cache cannot be written or the copy is missing, ValueError when the
+    file is no GGUF."""
     root = cache or cache_root("keystroke-model")
     target = root / files_key([(model_path.name, model_path)], RECIPE)
 
     def build(scratch: Path) -> None:
-        from gguf import GGUFReader
-
         reader = GGUFReader(str(model_path))
         names = {t.name: t for t in reader.tensors}
         embeddings = names.get("token_embd.weight")
@@ -56,16 +57,17 @@ def keystroke_model(model_path: Path, cache: Path | None = None) -> Path:
         (scratch / META_FILE).write_text(json.dumps({"recipe": RECIPE, "source": str(model_path), "copy": copy}))
 
     done = built_once(target, META_FILE, build)
-    return done / MODEL_FILE if json.loads((done / META_FILE).read_text())["copy"] else model_path
+    if not json.loads((done / META_FILE).read_text())["copy"]:
+        return model_path
+    if not (done / MODEL_FILE).is_file():
+        raise OSError(f"the keystroke copy {done / MODEL_FILE} is missing; remove {done} to make it again")
+    return done / MODEL_FILE
 
 
-def _write(reader: Any, out: Path) -> None:
+def _write(reader: GGUFReader, out: Path) -> None:
     """Every key and tensor of ``reader``, plus ``output.weight``: its token embeddings at Q4_0."""
-    import gguf
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import dequantize, quantize
-
     writer = GGUFWriter(str(out), reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    writer.data_alignment = reader.alignment  # the copied general.alignment key must hold for the data
     for field in reader.fields.values():
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
             continue  # written by the writer itself
@@ -74,10 +76,13 @@ def _write(reader: Any, out: Path) -> None:
                              sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
     embeddings = next(t for t in reader.tensors if t.name == "token_embd.weight")
     rows = embeddings.data
-    output = np.concatenate([
-        quantize(dequantize(rows[start:start + ROWS_PER_CHUNK], embeddings.tensor_type), GGMLQuantizationType.Q4_0)
-        for start in range(0, rows.shape[0], ROWS_PER_CHUNK)
-    ])
+    output: np.ndarray | None = None
+    for start in range(0, rows.shape[0], ROWS_PER_CHUNK):
+        chunk = quantize(dequantize(rows[start:start + ROWS_PER_CHUNK], embeddings.tensor_type), GGMLQuantizationType.Q4_0)
+        if output is None:
+            output = np.empty((rows.shape[0], chunk.shape[1]), dtype=chunk.dtype)
+        output[start:start + len(chunk)] = chunk
+    assert output is not None  # a model has at least one token
     for tensor in reader.tensors:
         writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
     writer.add_tensor_info("output.weight", output.shape, output.dtype, output.nbytes, GGMLQuantizationType.Q4_0)
