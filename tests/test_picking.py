@@ -119,11 +119,18 @@ def _model(feature: str, weight: float, threshold: float) -> PickModel:
     return PickModel(weights, 0.0, np.zeros(len(CANDIDATE_FEATURES)), np.ones(len(CANDIDATE_FEATURES)), threshold)
 
 
-def test_the_pick_model_chooses_the_likeliest_right_and_supports_it_only_at_its_threshold() -> None:
+def _harbour_channel() -> tuple[list, list[dict], list[float]]:
+    """The value candidates of a channel question, equal for the small model, with their features."""
     question = "Which radio channel does the harbour master answer on?"
     count = len(candidates("value", question, find_evidence(question, [hit(HARBOUR)], None).ranked, HARBOUR))
     scores = [-1.0] * count
     options, features = _features(question, HARBOUR, scores)
+    return options, features, scores
+
+
+def test_the_pick_model_chooses_the_likeliest_right_and_supports_it_only_at_its_threshold() -> None:
+    options, features, scores = _harbour_channel()
+    count = len(options)
     near = _model("span_near_question", 4.0, 0.6)
     pick = choose(near, features, scores, [True] * count)
     assert options[pick.index].text == "16" and pick.supported and pick.confidence > 0.6
@@ -131,10 +138,8 @@ def test_the_pick_model_chooses_the_likeliest_right_and_supports_it_only_at_its_
 
 
 def test_a_shape_the_model_cannot_vouch_for_is_never_supported_however_sure_the_pick() -> None:
-    question = "Which radio channel does the harbour master answer on?"
-    count = len(candidates("value", question, find_evidence(question, [hit(HARBOUR)], None).ranked, HARBOUR))
-    scores = [-1.0] * count
-    options, features = _features(question, HARBOUR, scores)
+    options, features, scores = _harbour_channel()
+    count = len(options)
     near = _model("span_near_question", 4.0, 0.6)
     doubtful = PickModel(near.weights, near.bias, near.mean, near.scale, near.threshold, frozenset({"value"}))
     assert choose(doubtful, features, scores, [True] * count, "name").supported

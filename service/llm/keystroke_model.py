@@ -39,7 +39,7 @@ _WIDE_TYPES = ("F32", "F16", "BF16", "Q8_0")  # an output matrix stored this wid
 
 def keystroke_model(model_path: Path, cache: Path | None = None) -> Path:
     """The copy of ``model_path`` with a Q4_0 output layer, made first when missing; the file
-    itself when it has a separate output layer already, or embeddings no wider than Q4_0's gain.
+    itself when it has a separate output layer already, or its embeddings are stored narrow already.
     Either answer is kept in the cache, so a later start reads no more than the file's ends.
     Raises OSError when the cache cannot be written or the copy is missing, ValueError when the
     file is no GGUF."""
