@@ -141,8 +141,8 @@ def _beats_chance(right: int, chances: list[float]) -> bool:
 def _unsupported_shapes(probabilities: np.ndarray, questions: np.ndarray, shapes: np.ndarray,
                         right: np.ndarray) -> tuple[frozenset[str], dict[str, dict[str, object]]]:
     """The shapes whose held-out picks among two or more candidates (``probabilities`` and
-    ``right`` per candidate) are not shown to beat blind picks among the same candidates
-    would be, and each shape's figures. A question with one candidate is no choice, so it is not counted."""
+    ``right`` per candidate) are not shown to beat blind picks among the same candidates, and
+    each shape's figures. A question with one candidate is no choice, so it is not counted."""
     unique = np.unique(questions)
     _, chosen_right = _picks(probabilities, questions, right)
     choices = [i for i, q in enumerate(unique) if (questions == q).sum() > 1]
