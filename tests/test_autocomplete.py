@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from smallfirst.service.autocomplete.engine import Autocompleter, Typist
-from smallfirst.service.autocomplete.runner import SlotRunner
+from smallfirst.service.autocomplete.planner import PlannedRow
+from smallfirst.service.autocomplete.runner import PrepareRequest, SlotRunner
 from smallfirst.service.llm.base import GenerationStats
 from smallfirst.service.llm.loading import bundled_model_path
 from smallfirst.service.llm.slots import Row, SlotContext
@@ -101,6 +102,54 @@ def test_a_keystroke_in_the_word_the_last_one_healed_takes_its_first_token_with_
     assert reused == 1 and warm_stats.prompt_tokens == warm_stats.cached_tokens, warm_stats
     assert warm_text == cold_text and warm_text, (warm_text, cold_text)
     assert warm_evaluated == cold_evaluated - (cold_stats.prompt_tokens - cold_stats.cached_tokens)
+
+
+def test_every_keystroke_inside_a_word_backs_off_to_the_word_start_with_no_step(engine) -> None:
+    """The word being typed is taken off the prompt whole, also where the tokenizer splits it
+    differently as it grows (" meas" + "u", " measure" + "m"): every keystroke after its first
+    letter backs off to the word's start, where the slot kept the scores, and evaluates nothing
+    before its first token; the last suggestion is the one a cold prompt gets."""
+    text = "The weather station on the hill records temperature and wind "
+    word = "measuremen"
+
+    async def scenario():
+        ac = await engine()
+        typist = ac.typist()
+        await suggest(ac, typist, text + word[0], 6)
+        reused, uncached = ac.reused, []
+        for end in range(2, len(word) + 1):
+            warm, stats, _ = await suggest(ac, typist, text + word[:end], 6)
+            uncached.append(stats.prompt_tokens - stats.cached_tokens)
+        reused = ac.reused - reused
+        await ac.close()
+        cold_engine = await engine()
+        cold, _, _ = await suggest(cold_engine, cold_engine.typist(), text + word, 6)
+        await cold_engine.close()
+        return reused, uncached, warm, cold
+    reused, uncached, warm, cold = asyncio.run(scenario())
+    assert reused == len(word) - 1 and not any(uncached), (reused, uncached)
+    assert warm == cold and warm[:1].isalpha(), (warm, cold)
+
+
+def test_a_word_is_never_spelled_from_a_lone_space(slots, scheduler) -> None:
+    """The first token after a prompt healed inside a word starts with the word typed so far, or
+    is the first piece the tokenizer cuts of it: never a lone space and then the word without its
+    space, a split the tokenizer never makes (and one the model, so constrained, often picks)."""
+    runner = SlotRunner(slots)
+
+    def first_tokens() -> list[tuple[bytes, bytes]]:
+        clear_all(slots)
+        out = []
+        for text in ("The sch", "The scheduler r", "Retrieved documents are fenc", "the weather station on the hill"):
+            prepared = runner.prepare(PrepareRequest(0, (), text, 8, reuse=False))
+            row = PlannedRow(0, 0, prepared.epoch, 0, prepared.tokens, True, decoding=False, heal=prepared.heal)
+            (result,) = runner.step([row]).rows
+            out.append((prepared.heal, result.piece))
+        return out
+
+    for heal, piece in asyncio.run(scheduler.run(Priority.CONTROL, first_tokens)):
+        assert heal and piece.strip(), (heal, piece)
+        assert piece.startswith(heal) or heal.startswith(piece), (heal, piece)
 
 
 def test_a_prefix_longer_than_the_sliding_window_rolls_back_partway(slots, scheduler) -> None:

@@ -94,8 +94,14 @@ def test_the_healing_index_allows_tokens_that_spell_out_what_was_taken_off() -> 
 
     vocab = [b"", b" ", b" t", b" tr", b" tra", b" track", b" train", b" the", b"tra", b"ck", b"1", b" 1"]
     index = PrefixIndex(vocab)
-    allowed = {vocab[i] for i in index.allowed(b" tra")}
-    assert allowed == {b" ", b" t", b" tr", b" tra", b" track", b" train"}  # longer ones, and starts of it
-    assert {vocab[i] for i in index.allowed(b" ")} == {b" ", b" t", b" tr", b" tra", b" track", b" train", b" the", b" 1"}
+    assert {vocab[i] for i in index.allowed(b" tra")} == {b" tra", b" track", b" train"}  # it, and longer ones
+    # Spelled over several tokens: also the first token of its own tokenization, no other start of it.
+    assert {vocab[i] for i in index.allowed(b" trac", start=3)} == {b" tr", b" track"}
+    assert {vocab[i] for i in index.allowed(b" trac", start=7)} == {b" track"}  # " the" does not start it
+    # After a space: a word that starts with it, never the bare space (the tokenizer joins it to the word).
+    assert {vocab[i] for i in index.allowed(b" ")} == {b" t", b" tr", b" tra", b" track", b" train", b" the", b" 1"}
     assert list(index.allowed(b"zz")) == []
     assert index.allowed(b" tra") is index.allowed(b" tra")  # computed once
+    # A word may be taken off whole only where some token could go on past all of it.
+    assert index.extends(b" tra") and index.extends(b" t") and index.extends(b"")
+    assert not index.extends(b" track") and not index.extends(b" trak") and index.extends(b" trai") and not index.extends(b"ck")

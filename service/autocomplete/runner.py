@@ -14,8 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from smallfirst.service.autocomplete.planner import PlannedRow
 from smallfirst.service.llm.slots import Row, SlotContext
+
+MAX_HEAL_TOKENS = 4  # the most tokens of an unfinished word taken off the prompt
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ class StepResult:
     rows: tuple[RowResult, ...]
 
 
+def _word_byte(byte: int) -> bool:
+    """A letter or digit, or a byte of a multi-byte character: inside a word."""
+    return byte >= 0x80 or chr(byte).isalnum()
+
+
 class SlotRunner:
     """Runs prepare and step messages on a :class:`SlotContext`; called on the scheduler thread only."""
 
@@ -86,21 +95,40 @@ class SlotRunner:
         self._epochs[request.slot] += 1
         first = None
         if position == len(tokens):  # a keystroke in the word the last one healed: same prompt, same scores
-            first = self._result(-1, ctx.sample_kept(request.slot, ctx.prefixes.allowed(heal) if heal else None))
+            first = self._result(-1, ctx.sample_kept(request.slot, self._allowed(heal) if heal else None))
         return Prepared(tuple(tokens), position, self._epochs[request.slot], heal, first)
 
     def _back_off(self, body: list[int], first: int) -> tuple[list[int], bytes]:
         """Token healing: the typed text's last token may be unfinished (a lone space, whose word
         the tokenizer would have joined to it, or part of a word), and a prompt ending on it is
-        out of the model's distribution. It is taken off the prompt (never ``body[:first]``, the
-        BOS) and returned as bytes that the first generated tokens must spell out. A last token
-        holding a line break is kept: the text after it starts afresh."""
+        out of the model's distribution. It is taken off the prompt, with the tokens before it in
+        the same word while some token of the vocabulary spells all of them and more (up to
+        :data:`MAX_HEAL_TOKENS` tokens, never ``body[:first]``, the BOS), and returned as bytes
+        that the first generated tokens must spell out. So the keystrokes inside a word mostly back
+        off to one boundary, the word's start, where the slot kept the next-token scores: their
+        first token needs no step, and can be the whole word. A last token holding a line break is
+        kept: the text after it starts afresh."""
         if len(body) <= first:
             return body, b""
         heal = self.ctx.piece(body[-1])
         if not heal or b"\n" in heal:
             return body, b""
-        return body[:-1], heal
+        end = len(body) - 1
+        while end > first and len(body) - end < MAX_HEAL_TOKENS and _word_byte(heal[0]):
+            before = self.ctx.piece(body[end - 1])
+            if not before or not _word_byte(before[-1]) or not self.ctx.prefixes.extends(before + heal):
+                break  # the word starts here (after punctuation, say), or no token could finish it in one
+            heal, end = before + heal, end - 1
+        return body[:end], heal
+
+    def _allowed(self, heal: bytes) -> np.ndarray:
+        """The tokens that may come next while ``heal`` is not spelled out yet: those that start
+        with it, and the first token of its own tokenization."""
+        try:
+            own = self.ctx.tokenize(heal.decode("utf-8"), add_bos=False)
+        except UnicodeDecodeError:  # it ends inside a character: only tokens that start with it
+            own = []
+        return self.ctx.prefixes.allowed(heal, own[0] if own else None)
 
     def step(self, rows: Sequence[PlannedRow]) -> StepResult:
         """Evaluate the rows whose slot is as planned, in one batch; sample where asked."""
@@ -108,7 +136,7 @@ class SlotRunner:
         ctx = self.ctx
         live = [row for row in rows if self._epochs[row.slot] == row.epoch and len(ctx.tokens[row.slot]) == row.start]
         sampled = ctx.decode([Row(row.slot, list(row.tokens), row.sample,
-                                  ctx.prefixes.allowed(row.heal) if row.sample and row.heal else None,
+                                  self._allowed(row.heal) if row.sample and row.heal else None,
                                   keep=row.sample and not row.decoding)
                               for row in live]) if live else []
         results = {row.key: self._result(row.key, token) for row, token in zip(live, sampled)}

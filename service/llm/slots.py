@@ -42,33 +42,41 @@ class Row:
 class PrefixIndex:
     """The vocabulary's token texts, sorted once, to find which tokens may follow a prompt that
     was backed off to a token boundary (token healing): those whose text starts with the text
-    taken off, and those whose text is a start of it (healed over several tokens)."""
+    taken off, and the first of its own tokens (healed over several tokens)."""
 
     def __init__(self, pieces: Sequence[bytes]) -> None:
         ids = sorted((token for token, piece in enumerate(pieces) if piece), key=pieces.__getitem__)
         self._pieces = [pieces[token] for token in ids]
         self._ids = np.array(ids, dtype=np.int64)
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._texts = list(pieces)  # by token id
+        self._cache: OrderedDict[tuple[bytes, int | None], np.ndarray] = OrderedDict()
 
-    def allowed(self, heal: bytes) -> np.ndarray:
-        """Token ids whose text starts with ``heal`` or is a non-empty start of it."""
-        found = self._cache.get(heal)
+    def allowed(self, heal: bytes, start: int | None = None) -> np.ndarray:
+        """Token ids that may spell out ``heal``: those whose text starts with it (but not a bare
+        space or line break itself, which the tokenizer never leaves before a word), and
+        ``start``, when given and its text is a start of ``heal``: the first token of ``heal``'s
+        own tokenization. No other start of it, so a word is never spelled in pieces the
+        tokenizer would not cut (a lone space, then the word without its space)."""
+        key = (heal, start)
+        found = self._cache.get(key)
         if found is not None:
-            self._cache.move_to_end(heal)
+            self._cache.move_to_end(key)
             return found
-        lo = bisect.bisect_left(self._pieces, heal)
+        lo = (bisect.bisect_right if heal[-1:].isspace() else bisect.bisect_left)(self._pieces, heal)
         hi = bisect.bisect_left(self._pieces, _successor(heal)) if heal.rstrip(b"\xff") else len(self._pieces)
-        shorter = [int(token) for k in range(1, len(heal)) for token in self._exact(heal[:k])]
-        # Distinct texts, so no token is found twice: the shorter ones cannot start with ``heal``.
-        found = np.concatenate([self._ids[lo:hi], np.array(shorter, dtype=np.int64)]) if shorter else self._ids[lo:hi]
-        self._cache[heal] = found
+        found = self._ids[lo:hi]
+        first = self._texts[start] if start is not None and 0 <= start < len(self._texts) else b""
+        if first and len(first) < len(heal) and heal.startswith(first):
+            found = np.append(found, start)
+        self._cache[key] = found
         while len(self._cache) > HEALING_CACHE:
             self._cache.popitem(last=False)
         return found
 
-    def _exact(self, piece: bytes) -> np.ndarray:
-        """Token ids whose text is exactly ``piece``."""
-        return self._ids[bisect.bisect_left(self._pieces, piece):bisect.bisect_right(self._pieces, piece)]
+    def extends(self, text: bytes) -> bool:
+        """Whether some token's text starts with ``text`` and goes on past it."""
+        lo = bisect.bisect_right(self._pieces, text)
+        return lo < len(self._pieces) and self._pieces[lo].startswith(text)
 
 
 def _successor(prefix: bytes) -> bytes:
