@@ -30,7 +30,7 @@ class Limits:
     max_rows: int = 4  # sampled rows per step: each adds ~9-13 ms to the step on the reference machine
     step_tokens: int = 16  # prompt tokens per step while other typists may be waiting
     alone_step_tokens: int = 48  # a cold prompt with nobody else waiting
-    standby_step_tokens: int = 8  # a standby prefill chunk: the longest a new keystroke waits behind it
+    standby_step_tokens: int = 4  # a standby prefill chunk: the longest a new keystroke waits behind it
 
 
 @dataclass(frozen=True)
