@@ -134,13 +134,15 @@ def test_every_keystroke_inside_a_word_backs_off_to_the_word_start_with_no_step(
 def test_a_word_is_never_spelled_from_a_lone_space(slots, scheduler) -> None:
     """The first token after a prompt healed inside a word starts with the word typed so far, or
     is the first piece the tokenizer cuts of it: never a lone space and then the word without its
-    space, a split the tokenizer never makes (and one the model, so constrained, often picks)."""
+    space, a split the tokenizer never makes (and one the model, so constrained, often picks).
+    After a space, it is a word: never the lone space again."""
     runner = SlotRunner(slots)
 
     def first_tokens() -> list[tuple[bytes, bytes]]:
         clear_all(slots)
         out = []
-        for text in ("The sch", "The scheduler r", "Retrieved documents are fenc", "the weather station on the hill"):
+        for text in ("The sch", "The scheduler r", "Retrieved documents are fenc", "the weather station on the hill",
+                     "The scheduler runs every "):
             prepared = runner.prepare(PrepareRequest(0, (), text, 8, reuse=False))
             row = PlannedRow(0, 0, prepared.epoch, 0, prepared.tokens, True, decoding=False, heal=prepared.heal)
             (result,) = runner.step([row]).rows

@@ -65,9 +65,10 @@ class PrefixIndex:
         lo = (bisect.bisect_right if heal[-1:].isspace() else bisect.bisect_left)(self._pieces, heal)
         hi = bisect.bisect_left(self._pieces, _successor(heal)) if heal.rstrip(b"\xff") else len(self._pieces)
         found = self._ids[lo:hi]
-        first = self._texts[start] if start is not None and 0 <= start < len(self._texts) else b""
-        if first and len(first) < len(heal) and heal.startswith(first):
-            found = np.append(found, start)
+        if start is not None and 0 <= start < len(self._texts):
+            first = self._texts[start]
+            if first and len(first) < len(heal) and heal.startswith(first):
+                found = np.append(found, start)
         self._cache[key] = found
         while len(self._cache) > HEALING_CACHE:
             self._cache.popitem(last=False)
